@@ -1,0 +1,1 @@
+"""DuckDB over the Parquet lake: views, reports, training sets."""

@@ -1,0 +1,1 @@
+"""Litestar routes: thin, decode input, call a service, encode output."""

@@ -1,0 +1,82 @@
+"""The Litestar application, with the Faust app co-hosted in its lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+from faust.contrib.asgi import faust_app_running
+from litestar import Litestar
+from litestar.di import Provide
+from litestar.exceptions import HTTPException
+from litestar.middleware import DefineMiddleware
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import SwaggerRenderPlugin
+from litestar.openapi.spec import Components, SecurityScheme
+
+from app import __version__
+from app.bootstrap import Services, open_services
+from app.log import get_logger
+from app.settings import Settings
+
+from .auth import PUBLIC_PATHS, ApiKeyAuthentication
+from .errors import handle_http_error, handle_unexpected
+from .routes import build_routes, provide_services
+
+log = get_logger(__name__)
+
+
+def create_app(settings: Settings, on_fatal: Callable[[str], None] | None = None) -> Litestar:
+    """The ASGI app for ``settings``, which must name a database and brokers.
+
+    ``on_fatal`` is called if the stream agents crash: a process that accepts events it
+    can no longer fold must stop (and be restarted), not limp on.
+    """
+
+    async def watch(services: Services) -> None:
+        while not services.stream_app.crashed:
+            await asyncio.sleep(0.5)
+        reason = repr(services.stream_app.crash_reason)
+        log.error("stream agents crashed; stopping the service", reason=reason)
+        if on_fatal is not None:
+            on_fatal(reason)
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        services = await open_services(settings)
+        app.state.services = services
+        try:
+            async with faust_app_running(services.stream_app, stop_timeout=30):
+                log.info("stream agents started", topic=settings.events_topic)
+                watcher = asyncio.create_task(watch(services))
+                yield
+                watcher.cancel()
+                # HTTP has stopped taking requests: let the agents finish what was accepted.
+                await services.drain(timeout=30 if settings.embedded_broker else 5)
+        finally:
+            await services.close()
+
+    return Litestar(
+        route_handlers=build_routes(settings),
+        lifespan=[lifespan],
+        dependencies={"services": Provide(provide_services, sync_to_thread=False)},
+        middleware=[DefineMiddleware(ApiKeyAuthentication, exclude=PUBLIC_PATHS)],
+        exception_handlers={HTTPException: handle_http_error, Exception: handle_unexpected},
+        request_max_body_size=settings.max_body_bytes,
+        openapi_config=OpenAPIConfig(
+            title="PlayerPulse",
+            version=__version__,
+            description="Live player events in; real-time profiles and ONNX predictions out.",
+            path="/schema",
+            render_plugins=[SwaggerRenderPlugin()],
+            components=Components(
+                security_schemes={
+                    "apiKey": SecurityScheme(type="http", scheme="bearer", description="API key")
+                }
+            ),
+            security=[{"apiKey": []}],
+        ),
+        debug=False,
+        logging_config=None,  # structlog owns logging (app.log)
+    )

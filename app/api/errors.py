@@ -1,0 +1,51 @@
+"""Every error as ``{"error": "...", "detail": ...}``, with the status the contract names."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.status_codes import HTTP_400_BAD_REQUEST, HTTP_500_INTERNAL_SERVER_ERROR
+
+from app.log import get_logger
+
+log = get_logger(__name__)
+
+
+class ApiError(HTTPException):
+    """An error a handler raises on purpose: status, message and optional detail."""
+
+    def __init__(
+        self,
+        status_code: int,
+        error: str,
+        detail: Any = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(detail=error, status_code=status_code, extra=detail, headers=headers)
+
+
+def error_body(error: str, detail: Any = None) -> dict[str, Any]:
+    """The JSON shape of every error."""
+    return {"error": error, "detail": detail}
+
+
+def handle_http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
+    """Litestar's and our own HTTP errors, in our shape."""
+    status = exc.status_code
+    detail = exc.extra if exc.extra not in ({}, None) else None
+    error = exc.detail
+    if isinstance(exc, ValidationException):
+        status = HTTP_400_BAD_REQUEST
+        error = "invalid request"
+    return Response(error_body(error, detail), status_code=status, headers=exc.headers)
+
+
+def handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    """Anything else is our bug: log it whole, answer 500 without internals."""
+    log.error("unhandled error", path=request.url.path, exc_info=exc)
+    return Response(
+        error_body("internal error", "the server failed to handle this request; it was logged"),
+        status_code=HTTP_500_INTERNAL_SERVER_ERROR,
+    )

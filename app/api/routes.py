@@ -1,0 +1,240 @@
+"""HTTP routes: decode input, call a service, encode output. No business rules here."""
+
+from __future__ import annotations
+
+import time
+import zlib
+from datetime import datetime
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Request, get, post
+from litestar.datastructures import State, UploadFile
+from litestar.enums import RequestEncodingType
+from litestar.handlers import HTTPRouteHandler
+from litestar.params import Body
+from litestar.status_codes import (
+    HTTP_201_CREATED,
+    HTTP_202_ACCEPTED,
+    HTTP_400_BAD_REQUEST,
+    HTTP_404_NOT_FOUND,
+    HTTP_409_CONFLICT,
+    HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+    HTTP_415_UNSUPPORTED_MEDIA_TYPE,
+    HTTP_422_UNPROCESSABLE_ENTITY,
+    HTTP_503_SERVICE_UNAVAILABLE,
+)
+
+from app.bootstrap import Services
+from app.domain.access import Principal, Role
+from app.domain.events import BatchError, Rejection, encode_record, parse_batch
+from app.models.registry import UnknownModel
+from app.models.runtime import ModelRejected, PredictionFailed
+from app.settings import Settings
+from app.streams.producer import BrokerUnavailable
+
+from .auth import requires
+from .errors import ApiError
+
+# -- response bodies -------------------------------------------------------------------
+
+
+class IngestReply(msgspec.Struct):
+    """Events accepted (durable in Kafka) and, per index, those rejected."""
+
+    accepted: int
+    rejected: list[Rejection]
+
+
+class ProfileReply(msgspec.Struct):
+    """A player's real-time profile."""
+
+    player_id: str
+    features: dict[str, Any]
+    events_applied: int
+    last_event_at: datetime | None
+    last_received_at: datetime | None
+    updated_at: datetime
+
+
+class ModelVersionReply(msgspec.Struct):
+    """The version an upload created."""
+
+    name: str
+    version: int
+
+
+class PredictionReply(msgspec.Struct):
+    """A model's outputs for one player, and which version answered."""
+
+    model: str
+    version: int
+    outputs: dict[str, Any]
+
+
+class HealthReply(msgspec.Struct):
+    """Ready to accept events."""
+
+    status: str
+    version: str
+
+
+# -- handlers --------------------------------------------------------------------------
+
+
+def provide_services(state: State) -> Services:
+    """The process's services, for dependency injection."""
+    services: Services = state.services
+    return services
+
+
+async def health() -> HealthReply:
+    """200 once the service accepts events (the server only listens once it does)."""
+    from app import __version__
+
+    return HealthReply(status="ok", version=__version__)
+
+
+async def send_events(request: Request[Principal, Any, Any], services: Services) -> IngestReply:
+    """Accept a batch of events; 202 only once the broker has every accepted one."""
+    body = await request.body()
+    body = _decoded(body, request.headers.get("content-encoding"), services.settings)
+    received_at = time.time_ns() // 1000
+    try:
+        records, rejections = parse_batch(body, request.user.game, received_at)
+    except BatchError as exc:
+        raise ApiError(HTTP_400_BAD_REQUEST, str(exc)) from None
+    try:
+        await services.producer.send(
+            services.settings.events_topic,
+            [(r.partition_key, encode_record(r)) for r in records],
+        )
+    except BrokerUnavailable as exc:
+        raise ApiError(
+            HTTP_503_SERVICE_UNAVAILABLE,
+            "the event broker is unavailable; nothing in this batch may be assumed accepted",
+            str(exc),
+            headers={"Retry-After": "5"},
+        ) from None
+    return IngestReply(accepted=len(records), rejected=rejections)
+
+
+async def get_profile(
+    player_id: str, request: Request[Principal, Any, Any], services: Services
+) -> ProfileReply:
+    """The player's features as of now."""
+    profile = await services.profiles.get(request.user.game, player_id)
+    if profile is None:
+        raise ApiError(HTTP_404_NOT_FOUND, f"player {player_id!r} has no events in this game")
+    return ProfileReply(
+        player_id=profile.player_id,
+        features=profile.features,
+        events_applied=profile.events_applied,
+        last_event_at=profile.last_event_at,
+        last_received_at=profile.last_received_at,
+        updated_at=profile.updated_at,
+    )
+
+
+async def upload_model(
+    name: str,
+    request: Request[Principal, Any, Any],
+    services: Services,
+    data: Annotated[dict[str, Any], Body(media_type=RequestEncodingType.MULTI_PART)],
+) -> ModelVersionReply:
+    """Upload a new version of model ``name``: an ONNX file part and a JSON manifest part."""
+    model = data.get("model")
+    manifest = data.get("manifest")
+    if model is None:
+        raise ApiError(HTTP_422_UNPROCESSABLE_ENTITY, "model: missing file part 'model'")
+    if manifest is None:
+        raise ApiError(HTTP_422_UNPROCESSABLE_ENTITY, "manifest: missing part 'manifest'")
+    onnx = await model.read() if isinstance(model, UploadFile) else str(model).encode()
+    manifest_raw = await manifest.read() if isinstance(manifest, UploadFile) else manifest
+    try:
+        version = await services.registry.upload(request.user.game, name, onnx, manifest_raw)
+    except ModelRejected as exc:
+        raise ApiError(HTTP_422_UNPROCESSABLE_ENTITY, str(exc)) from None
+    return ModelVersionReply(name=name, version=version)
+
+
+async def predict_for_player(
+    player_id: str, name: str, request: Request[Principal, Any, Any], services: Services
+) -> PredictionReply:
+    """Run the serving version of ``name`` on the player's current features."""
+    game = request.user.game
+    profile = await services.profiles.get(game, player_id)
+    if profile is None:
+        raise ApiError(HTTP_404_NOT_FOUND, f"player {player_id!r} has no events in this game")
+    try:
+        prediction = await services.registry.predict(game, name, profile.features)
+    except UnknownModel:
+        raise ApiError(HTTP_404_NOT_FOUND, f"model {name!r} has no version in this game") from None
+    except ModelRejected as exc:
+        raise ApiError(
+            HTTP_409_CONFLICT, f"model {name!r} no longer fits the features file: {exc}"
+        ) from None
+    except PredictionFailed as exc:
+        raise ApiError(HTTP_422_UNPROCESSABLE_ENTITY, f"model {name!r}: {exc}") from None
+    return PredictionReply(
+        model=prediction.model, version=prediction.version, outputs=prediction.outputs
+    )
+
+
+def build_routes(settings: Settings) -> list[HTTPRouteHandler]:
+    """Route handlers, with limits taken from the settings."""
+    return [
+        get("/health", tags=["ops"], summary="Readiness")(health),
+        post(
+            "/v1/events",
+            guards=[requires(Role.INGEST)],
+            status_code=HTTP_202_ACCEPTED,
+            request_max_body_size=settings.max_body_bytes,
+            tags=["events"],
+            summary="Send a batch of events",
+        )(send_events),
+        get(
+            "/v1/players/{player_id:str}",
+            guards=[requires(Role.READ)],
+            tags=["profiles"],
+            summary="Read a player's profile",
+        )(get_profile),
+        post(
+            "/v1/admin/models/{name:str}",
+            guards=[requires(Role.ADMIN)],
+            status_code=HTTP_201_CREATED,
+            request_max_body_size=settings.model_max_bytes + 1024 * 1024,
+            tags=["models"],
+            summary="Upload a model version",
+        )(upload_model),
+        get(
+            "/v1/players/{player_id:str}/predictions/{name:str}",
+            guards=[requires(Role.READ)],
+            tags=["predictions"],
+            summary="Predict for a player",
+        )(predict_for_player),
+    ]
+
+
+def _decoded(body: bytes, encoding: str | None, settings: Settings) -> bytes:
+    """The body without its Content-Encoding, never larger than the body limit."""
+    if not encoding or encoding.lower() == "identity":
+        return body
+    if encoding.lower() not in ("gzip", "x-gzip"):
+        raise ApiError(
+            HTTP_415_UNSUPPORTED_MEDIA_TYPE,
+            f"Content-Encoding {encoding!r} is not supported; use gzip or none",
+        )
+    inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+    try:
+        out = inflater.decompress(body, settings.max_body_bytes + 1)
+    except zlib.error as exc:
+        raise ApiError(HTTP_400_BAD_REQUEST, f"body is not valid gzip: {exc}") from None
+    if len(out) > settings.max_body_bytes or inflater.unconsumed_tail:
+        raise ApiError(
+            HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+            f"decompressed body exceeds {settings.max_body_bytes} bytes",
+        )
+    if not inflater.eof:
+        raise ApiError(HTTP_400_BAD_REQUEST, "body is truncated gzip")
+    return out

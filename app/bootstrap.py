@@ -1,0 +1,118 @@
+"""The one place that builds the object graph: settings in, running services out.
+
+HTTP handlers, stream agents, the CLI and tests all get their services from here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+import faust
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.db.engine import create_engine
+from app.domain.features import FeatureSet, load_features
+from app.keys import KeyService
+from app.log import get_logger
+from app.models.registry import ModelRegistry
+from app.profiles import ProfileService
+from app.settings import Settings
+from app.streams.app import create_stream_app
+from app.streams.folding import ProfileFolder
+from app.streams.lake import LakeArchiver
+from app.streams.producer import EventProducer, ensure_topic
+
+log = get_logger(__name__)
+
+
+@dataclass
+class Services:
+    """Everything a running PlayerPulse process holds."""
+
+    settings: Settings
+    features: FeatureSet
+    engine: AsyncEngine
+    keys: KeyService
+    profiles: ProfileService
+    registry: ModelRegistry
+    producer: EventProducer
+    folder: ProfileFolder
+    archiver: LakeArchiver
+    stream_app: faust.App
+    started_at: float = field(default_factory=time.monotonic)
+
+    async def drain(self, timeout: float) -> bool:
+        """Wait until this process has folded and archived all it produced, then flush.
+
+        What matters on the embedded broker, which forgets everything when it stops.
+        Returns False if the agents did not catch up in time.
+        """
+        deadline = time.monotonic() + timeout
+        caught_up = False
+        while time.monotonic() < deadline:
+            produced = self.producer.delivered
+            if self.folder.stats.seen >= produced and self.archiver.seen >= produced:
+                caught_up = True
+                break
+            await asyncio.sleep(0.05)
+        await self.archiver.flush()
+        if not caught_up:
+            log.error(
+                "shutting down before the agents caught up",
+                produced=self.producer.delivered,
+                folded=self.folder.stats.seen,
+                archived=self.archiver.seen,
+            )
+        return caught_up
+
+    async def close(self) -> None:
+        """Release clients and pools (the stream app is stopped by its own lifespan)."""
+        await self.producer.close()
+        await self.engine.dispose()
+
+
+def open_engine(settings: Settings) -> AsyncEngine:
+    """The database engine for these settings (which must name a database URL)."""
+    if settings.database_url is None:
+        raise RuntimeError("no database URL: start the embedded PostgreSQL first")
+    return create_engine(settings.database_url)
+
+
+async def open_services(settings: Settings) -> Services:
+    """Connect to the database and the broker, and wire every service."""
+    brokers = settings.kafka_brokers
+    if brokers is None:
+        raise RuntimeError("no Kafka brokers: start the embedded broker first")
+    features = load_features(settings.features_path)
+    engine = open_engine(settings)
+    replication = await asyncio.to_thread(
+        ensure_topic,
+        brokers,
+        settings.events_topic,
+        settings.topic_partitions,
+        settings.topic_replication,
+    )
+    producer = EventProducer(brokers, timeout_s=settings.produce_timeout_s)
+    folder = ProfileFolder(engine, features)
+    archiver = LakeArchiver(
+        settings.lake_dir,
+        flush_s=settings.lake_flush_s,
+        flush_events=settings.lake_flush_events,
+    )
+    stream_app = create_stream_app(
+        settings, brokers=brokers, replication=replication, folder=folder, archiver=archiver
+    )
+    return Services(
+        settings=settings,
+        features=features,
+        engine=engine,
+        keys=KeyService(engine, cache_s=settings.key_cache_s),
+        profiles=ProfileService(engine, features),
+        registry=ModelRegistry(engine, features, max_bytes=settings.model_max_bytes),
+        producer=producer,
+        folder=folder,
+        archiver=archiver,
+        stream_app=stream_app,
+    )

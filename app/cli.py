@@ -1,0 +1,125 @@
+"""The ``playerpulse`` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import click
+
+from app.domain.access import Role
+from app.log import configure_logging
+from app.settings import Settings, SettingsError
+
+
+def _settings(log_level: str | None = None) -> Settings:
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        raise click.ClickException(str(exc)) from None
+    configure_logging(settings.log_format, log_level or settings.log_level)
+    return settings
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="playerpulse")
+def main() -> None:
+    """PlayerPulse: live player events in, real-time profiles and predictions out.
+
+    Configuration comes from PLAYERPULSE_* environment variables (see the README).
+    """
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@click.option("--port", default=8000, show_default=True, type=int, help="TCP port.")
+def serve(host: str, port: int) -> None:
+    """Migrate, start everything, and serve until SIGINT/SIGTERM."""
+    from app.server import serve as run
+
+    sys.exit(run(_settings(), host, port))
+
+
+@contextmanager
+def _database(settings: Settings) -> Iterator[str]:
+    """A database URL: the configured one, the running embedded one, or a briefly started one."""
+    from app.db.engine import migrate
+
+    if settings.database_url is not None:
+        url, owned = settings.database_url, None
+    else:
+        from app.embedded.postgres import EmbeddedPostgres
+
+        postgres = EmbeddedPostgres(settings.data_dir)
+        running = postgres.running_url()
+        url, owned = (running, None) if running else (postgres.start(), postgres)
+    try:
+        migrate(url)
+        yield url
+    finally:
+        if owned is not None:
+            owned.stop()
+
+
+@main.group()
+def keys() -> None:
+    """API keys."""
+
+
+@keys.command("create")
+@click.option("--game", required=True, help="The game the key belongs to.")
+@click.option(
+    "--role",
+    required=True,
+    type=click.Choice([r.value for r in Role]),
+    help="ingest: send events; read: profiles and predictions; admin: everything.",
+)
+def keys_create(game: str, role: str) -> None:
+    """Print a new API key, alone on one line."""
+    from app.db.engine import create_engine
+    from app.keys import KeyService
+
+    settings = _settings("warning")
+
+    async def create(url: str) -> str:
+        engine = create_engine(url, pool_size=1)
+        try:
+            return await KeyService(engine, cache_s=0).create(game, Role(role))
+        finally:
+            await engine.dispose()
+
+    with _database(settings) as url:
+        try:
+            key = asyncio.run(create(url))
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--game") from None
+    click.echo(key)
+
+
+@main.group()
+def analytics() -> None:
+    """Questions to the Parquet lake (DuckDB)."""
+
+
+@analytics.command("query")
+@click.argument("sql")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "csv", "json"]),
+    default="table",
+    show_default=True,
+    help="json prints one JSON array of row objects.",
+)
+def analytics_query(sql: str, fmt: str) -> None:
+    """Run SQL over the lake; the view `events` holds every event once."""
+    from app.analytics.query import LakeQueryError, render, run_query
+
+    settings = _settings("warning")
+    try:
+        result = run_query(settings.lake_dir, sql)
+    except LakeQueryError as exc:
+        raise click.ClickException(str(exc)) from None
+    render(result, fmt, sys.stdout)

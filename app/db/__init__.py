@@ -1,0 +1,1 @@
+"""PostgreSQL: tables, repositories (all SQL lives here), engine and migrations."""

@@ -1,0 +1,284 @@
+"""Repositories: every SQL statement of the service. Callers own the transaction.
+
+Batch statements pass whole columns as arrays and ``unnest`` them, so a micro-batch
+of thousands of events is a handful of round trips, not one per event.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, insert, select, text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from app.domain.access import Principal, Role
+
+from .tables import api_keys, models, profiles
+
+PlayerKey = tuple[str, str]
+"""(game, player_id)"""
+
+
+class ApiKeyRepository:
+    """Hashed API keys and the game and role each belongs to."""
+
+    async def add(self, conn: AsyncConnection, key_hash: str, game: str, role: Role) -> None:
+        """Store a new key."""
+        await conn.execute(insert(api_keys).values(key_hash=key_hash, game=game, role=role.value))
+
+    async def find(self, conn: AsyncConnection, key_hash: str) -> Principal | None:
+        """The principal of a key, or None if it is unknown."""
+        row = (
+            await conn.execute(
+                select(api_keys.c.game, api_keys.c.role).where(api_keys.c.key_hash == key_hash)
+            )
+        ).first()
+        return None if row is None else Principal(game=row.game, role=Role(row.role))
+
+
+@dataclass(frozen=True, slots=True)
+class StoredProfile:
+    """A profile row as stored."""
+
+    state: bytes
+    events_applied: int
+    last_event_at: datetime | None
+    last_received_at: datetime | None
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileWrite:
+    """A profile row to insert or replace."""
+
+    game: str
+    player_id: str
+    state: bytes
+    events_applied: int
+    last_event_at: datetime | None
+    last_received_at: datetime | None
+
+
+_CLAIM = text(
+    """
+    INSERT INTO applied_events (game, player_id, event_id)
+    SELECT * FROM unnest(CAST(:games AS text[]), CAST(:players AS text[]),
+                         CAST(:ids AS text[]))
+    ON CONFLICT DO NOTHING
+    RETURNING game, player_id, event_id
+    """
+)
+
+_LOCK = text(
+    """
+    SELECT p.game, p.player_id, p.state
+    FROM profiles p
+    JOIN unnest(CAST(:games AS text[]), CAST(:players AS text[])) AS k(game, player_id)
+      ON p.game = k.game AND p.player_id = k.player_id
+    ORDER BY p.game, p.player_id
+    FOR UPDATE OF p
+    """
+)
+
+_UPSERT = text(
+    """
+    INSERT INTO profiles (game, player_id, state, events_applied, last_event_at,
+                          last_received_at, updated_at)
+    SELECT g, p, s, n, le, lr, clock_timestamp()
+    FROM unnest(CAST(:games AS text[]), CAST(:players AS text[]), CAST(:states AS bytea[]),
+                CAST(:counts AS bigint[]), CAST(:last_events AS timestamptz[]),
+                CAST(:last_received AS timestamptz[])) AS u(g, p, s, n, le, lr)
+    ON CONFLICT (game, player_id) DO UPDATE
+    SET state = excluded.state,
+        events_applied = excluded.events_applied,
+        last_event_at = excluded.last_event_at,
+        last_received_at = excluded.last_received_at,
+        updated_at = excluded.updated_at
+    """
+)
+
+_FAIL = text(
+    """
+    INSERT INTO failed_events (game, player_id, event_id, reason, payload)
+    SELECT * FROM unnest(CAST(:games AS text[]), CAST(:players AS text[]),
+                         CAST(:ids AS text[]), CAST(:reasons AS text[]),
+                         CAST(:payloads AS bytea[]))
+    """
+)
+
+
+class ProfileRepository:
+    """Profile snapshots, the event ids they absorbed, and events that could not be folded."""
+
+    async def claim_events(
+        self, conn: AsyncConnection, events: Sequence[tuple[str, str, str]]
+    ) -> set[tuple[str, str, str]]:
+        """Record (game, player_id, event_id) as applied; return those not applied before."""
+        if not events:
+            return set()
+        ordered = sorted(set(events))  # one lock order for every writer: no deadlocks
+        result = await conn.execute(
+            _CLAIM,
+            {
+                "games": [e[0] for e in ordered],
+                "players": [e[1] for e in ordered],
+                "ids": [e[2] for e in ordered],
+            },
+        )
+        return {(r[0], r[1], r[2]) for r in result}
+
+    async def lock_states(
+        self, conn: AsyncConnection, keys: Sequence[PlayerKey]
+    ) -> dict[PlayerKey, bytes]:
+        """Current states of these players, locked until the transaction ends."""
+        if not keys:
+            return {}
+        result = await conn.execute(
+            _LOCK, {"games": [k[0] for k in keys], "players": [k[1] for k in keys]}
+        )
+        return {(r[0], r[1]): r[2] for r in result}
+
+    async def save_states(self, conn: AsyncConnection, rows: Sequence[ProfileWrite]) -> None:
+        """Insert or replace these profiles, stamping them with the commit-time clock."""
+        if not rows:
+            return
+        ordered = sorted(rows, key=lambda r: (r.game, r.player_id))
+        await conn.execute(
+            _UPSERT,
+            {
+                "games": [r.game for r in ordered],
+                "players": [r.player_id for r in ordered],
+                "states": [r.state for r in ordered],
+                "counts": [r.events_applied for r in ordered],
+                "last_events": [r.last_event_at for r in ordered],
+                "last_received": [r.last_received_at for r in ordered],
+            },
+        )
+
+    async def get(self, conn: AsyncConnection, game: str, player_id: str) -> StoredProfile | None:
+        """One profile, or None if the game never saw the player."""
+        row = (
+            await conn.execute(
+                select(
+                    profiles.c.state,
+                    profiles.c.events_applied,
+                    profiles.c.last_event_at,
+                    profiles.c.last_received_at,
+                    profiles.c.updated_at,
+                ).where(profiles.c.game == game, profiles.c.player_id == player_id)
+            )
+        ).first()
+        if row is None:
+            return None
+        return StoredProfile(
+            state=row.state,
+            events_applied=row.events_applied,
+            last_event_at=row.last_event_at,
+            last_received_at=row.last_received_at,
+            updated_at=row.updated_at,
+        )
+
+    async def add_failed(
+        self,
+        conn: AsyncConnection,
+        failures: Sequence[tuple[str | None, str | None, str | None, str, bytes]],
+    ) -> None:
+        """Keep events that could not be folded, with the reason: (game, player, id, why, raw)."""
+        if not failures:
+            return
+        await conn.execute(
+            _FAIL,
+            {
+                "games": [f[0] for f in failures],
+                "players": [f[1] for f in failures],
+                "ids": [f[2] for f in failures],
+                "reasons": [f[3] for f in failures],
+                "payloads": [f[4] for f in failures],
+            },
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class StoredModel:
+    """A model version's metadata (and, when loaded, its bytes)."""
+
+    name: str
+    version: int
+    manifest: dict[str, Any]
+    sha256: str
+    size_bytes: int
+    created_at: datetime
+    onnx: bytes | None = None
+
+
+class ModelRepository:
+    """ONNX model versions, numbered from 1 per game and name."""
+
+    async def add(
+        self,
+        conn: AsyncConnection,
+        *,
+        game: str,
+        name: str,
+        onnx: bytes,
+        manifest: dict[str, Any],
+        sha256: str,
+    ) -> int:
+        """Store the next version of ``name`` and return its number.
+
+        A transaction-scoped advisory lock per (game, name) serialises concurrent uploads.
+        """
+        await conn.execute(
+            text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": f"model:{game}:{name}"}
+        )
+        current = await conn.scalar(
+            select(func.coalesce(func.max(models.c.version), 0)).where(
+                models.c.game == game, models.c.name == name
+            )
+        )
+        version = int(current or 0) + 1
+        await conn.execute(
+            insert(models).values(
+                game=game,
+                name=name,
+                version=version,
+                onnx=onnx,
+                manifest=manifest,
+                sha256=sha256,
+                size_bytes=len(onnx),
+            )
+        )
+        return version
+
+    async def serving_version(self, conn: AsyncConnection, game: str, name: str) -> int | None:
+        """The version that serves ``name``: the newest one."""
+        value = await conn.scalar(
+            select(func.max(models.c.version)).where(models.c.game == game, models.c.name == name)
+        )
+        return None if value is None else int(value)
+
+    async def load(
+        self, conn: AsyncConnection, game: str, name: str, version: int
+    ) -> StoredModel | None:
+        """One version with its ONNX bytes."""
+        row = (
+            await conn.execute(
+                select(models).where(
+                    models.c.game == game, models.c.name == name, models.c.version == version
+                )
+            )
+        ).first()
+        if row is None:
+            return None
+        return StoredModel(
+            name=row.name,
+            version=row.version,
+            manifest=row.manifest,
+            sha256=row.sha256,
+            size_bytes=row.size_bytes,
+            created_at=row.created_at,
+            onnx=row.onnx,
+        )

@@ -1,0 +1,91 @@
+"""SQLAlchemy table definitions; Alembic migrations are written against these."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Column,
+    DateTime,
+    Identity,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    Table,
+    Text,
+    func,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+TZ = DateTime(timezone=True)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("key_hash", Text, primary_key=True),
+    Column("game", Text, nullable=False),
+    Column("role", Text, nullable=False),
+    Column("created_at", TZ, nullable=False, server_default=func.now()),
+    CheckConstraint("role IN ('ingest', 'read', 'admin')", name="role"),
+)
+
+profiles = Table(
+    "profiles",
+    metadata,
+    Column("game", Text, primary_key=True),
+    Column("player_id", Text, primary_key=True),
+    Column("state", LargeBinary, nullable=False),
+    Column("events_applied", BigInteger, nullable=False),
+    Column("last_event_at", TZ),
+    Column("last_received_at", TZ),
+    Column("updated_at", TZ, nullable=False),
+)
+
+# The ids of the events each profile has absorbed: the fold inserts them in the same
+# transaction as the profile, so a redelivered event finds its id and is skipped.
+applied_events = Table(
+    "applied_events",
+    metadata,
+    Column("game", Text, primary_key=True),
+    Column("player_id", Text, primary_key=True),
+    Column("event_id", Text, primary_key=True),
+    Column("applied_at", TZ, nullable=False, server_default=func.now()),
+    Index(None, "applied_at"),
+)
+
+failed_events = Table(
+    "failed_events",
+    metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("game", Text),
+    Column("player_id", Text),
+    Column("event_id", Text),
+    Column("reason", Text, nullable=False),
+    Column("payload", LargeBinary, nullable=False),
+    Column("failed_at", TZ, nullable=False, server_default=func.now()),
+    Index(None, "game", "failed_at"),
+)
+
+models = Table(
+    "models",
+    metadata,
+    Column("game", Text, primary_key=True),
+    Column("name", Text, primary_key=True),
+    Column("version", Integer, primary_key=True),
+    Column("onnx", LargeBinary, nullable=False),
+    Column("manifest", JSONB, nullable=False),
+    Column("sha256", Text, nullable=False),
+    Column("size_bytes", BigInteger, nullable=False),
+    Column("created_at", TZ, nullable=False, server_default=func.now()),
+)

@@ -1,0 +1,1 @@
+"""The ML model registry: validate, store, version and run ONNX models."""

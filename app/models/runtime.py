@@ -1,0 +1,202 @@
+"""Loading an ONNX model against its manifest, and running it on one player's features.
+
+Everything that can be checked is checked at load time (that is, at upload): the
+model loads in onnxruntime, every graph input is mapped by the manifest to features
+of the right number and type, and a test run on default features succeeds. After
+that, a prediction can only fail on a feature value the input type cannot hold, which
+is reported as a clear error, never a crash.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+import numpy as np
+import onnxruntime as ort
+
+from app.domain.features import FeatureSet
+
+
+class ModelRejected(ValueError):
+    """The model or its manifest cannot be served; the message names the reason."""
+
+
+class PredictionFailed(RuntimeError):
+    """A valid model could not run on these feature values; the message says why."""
+
+
+class Manifest(msgspec.Struct, forbid_unknown_fields=True):
+    """How features fill a model's inputs (see CONTRACT.md)."""
+
+    inputs: dict[str, list[str]]
+    defaults: dict[str, float | int | bool | str] = msgspec.field(default_factory=dict)
+
+
+_DTYPES: dict[str, Any] = {
+    "tensor(float)": np.float32,
+    "tensor(double)": np.float64,
+    "tensor(float16)": np.float16,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(bool)": np.bool_,
+    "tensor(string)": np.object_,
+}
+_FLOATING = (np.float16, np.float32, np.float64)
+
+
+def parse_manifest(raw: bytes | str) -> Manifest:
+    """Decode a manifest; raises :class:`ModelRejected` naming the bad field."""
+    try:
+        manifest = msgspec.json.decode(raw, type=Manifest)
+    except msgspec.ValidationError as exc:
+        raise ModelRejected(f"manifest: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise ModelRejected(f"manifest: not valid JSON: {exc}") from None
+    if not manifest.inputs:
+        raise ModelRejected("manifest.inputs: maps no model input to features")
+    return manifest
+
+
+@dataclass(frozen=True, slots=True)
+class InputBinding:
+    """One graph input and the features that fill its last dimension, in order."""
+
+    name: str
+    dtype: Any
+    features: tuple[str, ...]
+
+
+class LoadedModel:
+    """An ONNX session bound to a manifest, ready to run for one player at a time."""
+
+    def __init__(self, onnx: bytes, manifest: Manifest, features: FeatureSet) -> None:
+        options = ort.SessionOptions()
+        # One player per call: threads would only add hand-off latency on a small machine.
+        options.intra_op_num_threads = 1
+        options.inter_op_num_threads = 1
+        try:
+            self.session = ort.InferenceSession(
+                onnx, sess_options=options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:
+            raise ModelRejected(f"model: onnxruntime cannot load it: {_clean(exc)}") from None
+        self.manifest = manifest
+        self.bindings = _bind(self.session, manifest, features)
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        try:
+            self.run({name: features[name].empty_value for name in features.names})
+        except PredictionFailed as exc:
+            raise ModelRejected(f"model failed a test run on default features: {exc}") from None
+
+    def run(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        """Outputs for one player, as plain JSON values, by output name."""
+        feeds = {}
+        for binding in self.bindings:
+            row = []
+            for name in binding.features:
+                value = values.get(name)
+                if value is None:
+                    value = self.manifest.defaults.get(name)
+                if value is None:
+                    if binding.dtype not in _FLOATING:
+                        raise PredictionFailed(f"feature {name!r} has no value and no default")
+                    value = math.nan
+                row.append(value)
+            try:
+                feeds[binding.name] = np.array([row], dtype=binding.dtype)
+            except (TypeError, ValueError) as exc:
+                raise PredictionFailed(
+                    f"input {binding.name!r}: feature values {row!r} do not fit "
+                    f"{np.dtype(binding.dtype).name}: {exc}"
+                ) from None
+        try:
+            outputs = self.session.run(None, feeds)
+        except Exception as exc:
+            raise PredictionFailed(f"onnxruntime: {_clean(exc)}") from None
+        return {
+            name: to_json(value) for name, value in zip(self.output_names, outputs, strict=True)
+        }
+
+
+def _bind(
+    session: ort.InferenceSession, manifest: Manifest, features: FeatureSet
+) -> list[InputBinding]:
+    graph_inputs = {i.name: i for i in session.get_inputs()}
+    missing = sorted(set(graph_inputs) - set(manifest.inputs))
+    if missing:
+        raise ModelRejected(
+            f"manifest.inputs: no features for model input(s) {missing}; "
+            f"the model's inputs are {sorted(graph_inputs)}"
+        )
+    unknown = sorted(set(manifest.inputs) - set(graph_inputs))
+    if unknown:
+        raise ModelRejected(
+            f"manifest.inputs: {unknown} not input(s) of the model; "
+            f"its inputs are {sorted(graph_inputs)}"
+        )
+    bindings = []
+    for name, names in manifest.inputs.items():
+        node = graph_inputs[name]
+        dtype = _DTYPES.get(node.type)
+        if dtype is None:
+            raise ModelRejected(
+                f"model input {name!r} has type {node.type}, which is not supported"
+            )
+        shape = node.shape
+        if len(shape) != 2:
+            raise ModelRejected(
+                f"model input {name!r} has shape {shape}; expected [batch, features]"
+            )
+        width = shape[-1]
+        if isinstance(width, int) and width != len(names):
+            raise ModelRejected(
+                f"manifest.inputs.{name}: lists {len(names)} feature(s) but the model "
+                f"input takes {width}"
+            )
+        if not names:
+            raise ModelRejected(f"manifest.inputs.{name}: lists no features")
+        for feature in names:
+            if feature not in features and feature not in manifest.defaults:
+                raise ModelRejected(
+                    f"manifest.inputs.{name}: feature {feature!r} is not in the features "
+                    f"file and has no default in manifest.defaults (features: "
+                    f"{', '.join(features.names)})"
+                )
+        bindings.append(InputBinding(name, dtype, tuple(names)))
+    return bindings
+
+
+def to_json(value: Any) -> Any:
+    """One player's part of an ONNX output as plain JSON: number, string, list or object."""
+    if isinstance(value, np.ndarray):
+        if value.ndim == 0:
+            return _plain(value.item())
+        if value.shape[0] == 1:  # the batch dimension: we ran one player
+            return _plain(value[0].tolist() if value.ndim > 1 else value[0])
+        return _plain(value.tolist())
+    if isinstance(value, list):  # a sequence, e.g. scikit-learn's ZipMap: one map per row
+        return _plain(value[0]) if len(value) == 1 else _plain(value)
+    return _plain(value)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, dict):
+        return {str(_plain(k)): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, bytes):
+        return value.decode(errors="replace")
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _clean(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text if len(text) < 500 else text[:497] + "..."

@@ -1,0 +1,53 @@
+"""Reading profiles: the stored fold state, evaluated into feature values as of now."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.db.repositories import ProfileRepository
+from app.domain.features import FeatureSet
+from app.domain.fold import decode_state, evaluate
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    """A player's profile as the API returns it."""
+
+    player_id: str
+    features: dict[str, Any]
+    events_applied: int
+    last_event_at: datetime | None
+    last_received_at: datetime | None
+    updated_at: datetime
+
+
+class ProfileService:
+    """Profiles by (game, player)."""
+
+    def __init__(
+        self, engine: AsyncEngine, features: FeatureSet, repository: ProfileRepository | None = None
+    ) -> None:
+        self.engine = engine
+        self.features = features
+        self.repository = repository or ProfileRepository()
+
+    async def get(self, game: str, player_id: str) -> Profile | None:
+        """The profile, or None if the game never saw the player."""
+        async with self.engine.connect() as conn:
+            stored = await self.repository.get(conn, game, player_id)
+        if stored is None:
+            return None
+        state = decode_state(stored.state)
+        return Profile(
+            player_id=player_id,
+            features=evaluate(state, self.features, int(time.time() * 1_000_000)),
+            events_applied=stored.events_applied,
+            last_event_at=stored.last_event_at,
+            last_received_at=stored.last_received_at,
+            updated_at=stored.updated_at,
+        )

@@ -1,0 +1,120 @@
+"""Typed settings, read once from the environment (``PLAYERPULSE_*``)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any, Literal
+
+PREFIX = "PLAYERPULSE_"
+DEFAULT_FEATURES = Path(__file__).parent / "features.example.toml"
+
+LogFormat = Literal["console", "json"]
+
+
+class SettingsError(ValueError):
+    """An environment variable holds a value that cannot be used."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything the process can be told from outside. Field docs name the variable."""
+
+    data_dir: Path = Path("./var")
+    """PLAYERPULSE_DATA_DIR: embedded PostgreSQL data, the lake, model files."""
+    database_url: str | None = None
+    """PLAYERPULSE_DATABASE_URL: a PostgreSQL URL; unset runs an embedded PostgreSQL."""
+    kafka_brokers: str | None = None
+    """PLAYERPULSE_KAFKA_BROKERS: host:port[,host:port]; unset runs the embedded broker."""
+    features_path: Path = DEFAULT_FEATURES
+    """PLAYERPULSE_FEATURES: the features file (TOML)."""
+    log_format: LogFormat = "json"
+    """PLAYERPULSE_LOG_FORMAT: console or json; default console on a terminal, else json."""
+    log_level: str = "info"
+    """PLAYERPULSE_LOG_LEVEL: debug, info, warning or error."""
+    events_topic: str = "events"
+    """PLAYERPULSE_EVENTS_TOPIC: the Kafka topic events are written to."""
+    topic_partitions: int = 8
+    """PLAYERPULSE_TOPIC_PARTITIONS: partitions of the events topic when it is created."""
+    topic_replication: int = 0
+    """PLAYERPULSE_TOPIC_REPLICATION: replication factor; 0 means min(3, brokers)."""
+    consumer_group: str = "playerpulse"
+    """PLAYERPULSE_CONSUMER_GROUP: Kafka consumer group (and Faust app id)."""
+    max_body_bytes: int = 5 * 1024 * 1024
+    """PLAYERPULSE_MAX_BODY_BYTES: largest ingest body, compressed or not."""
+    produce_timeout_s: float = 10.0
+    """PLAYERPULSE_PRODUCE_TIMEOUT_S: longest wait for the broker to acknowledge a batch."""
+    fold_batch_max: int = 2000
+    """PLAYERPULSE_FOLD_BATCH_MAX: most events the fold commits in one transaction."""
+    fold_batch_within_s: float = 0.02
+    """PLAYERPULSE_FOLD_BATCH_WITHIN_S: longest the fold waits to fill a micro-batch."""
+    lake_flush_s: float = 10.0
+    """PLAYERPULSE_LAKE_FLUSH_S: longest an event waits in memory before its Parquet file."""
+    lake_flush_events: int = 100_000
+    """PLAYERPULSE_LAKE_FLUSH_EVENTS: events that trigger an early Parquet flush."""
+    model_max_bytes: int = 100 * 1024 * 1024
+    """PLAYERPULSE_MODEL_MAX_BYTES: largest ONNX upload."""
+    key_cache_s: float = 30.0
+    """PLAYERPULSE_KEY_CACHE_S: how long a resolved API key is trusted without a lookup."""
+
+    @property
+    def lake_dir(self) -> Path:
+        """Root of the Parquet lake."""
+        return self.data_dir / "lake"
+
+    @property
+    def embedded_postgres(self) -> bool:
+        """True when no database URL is configured."""
+        return self.database_url is None
+
+    @property
+    def embedded_broker(self) -> bool:
+        """True when no Kafka brokers are configured."""
+        return self.kafka_brokers is None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read every ``PLAYERPULSE_*`` variable; unknown ones are ignored."""
+        env = os.environ if environ is None else environ
+        default_format: LogFormat = "console" if sys.stderr.isatty() else "json"
+        values: dict[str, Any] = {"log_format": default_format}
+        names = {f.name: f for f in fields(cls)}
+        aliases = {"features": "features_path"}
+        for key, raw in env.items():
+            if not key.startswith(PREFIX):
+                continue
+            name = key[len(PREFIX) :].lower()
+            name = aliases.get(name, name)
+            if name not in names or raw == "":
+                continue
+            values[name] = _convert(key, raw, type(getattr(cls(), name)), name)
+        settings = cls(**values)
+        if settings.log_format not in ("console", "json"):
+            raise SettingsError(
+                f"{PREFIX}LOG_FORMAT must be console or json, not {settings.log_format!r}"
+            )
+        return settings
+
+    def with_endpoints(self, *, database_url: str, kafka_brokers: str) -> Settings:
+        """A copy pointing at concrete services (used once embedded ones are running)."""
+        return replace(self, database_url=database_url, kafka_brokers=kafka_brokers)
+
+
+def _convert(key: str, raw: str, kind: type, name: str) -> Any:
+    if name in ("database_url", "kafka_brokers"):
+        return raw
+    try:
+        if kind is bool:
+            return raw.lower() in ("1", "true", "yes", "on")
+        if kind is int:
+            return int(raw)
+        if kind is float:
+            return float(raw)
+        if issubclass(kind, Path):
+            return Path(raw)
+    except ValueError as exc:
+        raise SettingsError(f"{key}={raw!r} is not a valid {kind.__name__}") from exc
+    return raw

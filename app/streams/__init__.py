@@ -1,0 +1,1 @@
+"""Kafka side: producing events, and the Faust agents that fold and archive them."""

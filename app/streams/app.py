@@ -1,0 +1,86 @@
+"""The Faust app: the events topic and the agents that fold and archive it.
+
+Built by a factory, never at import time, so nothing binds an event loop early; the
+Litestar lifespan starts it on the server's loop (``faust_app_running``). Records are
+read as raw bytes and decoded by the agents' services, so a malformed record becomes a
+failed event instead of an exception inside Faust.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import faust
+
+from app.log import get_logger
+from app.settings import Settings
+
+from .folding import ProfileFolder
+from .lake import LakeArchiver
+
+log = get_logger(__name__)
+
+
+def faust_broker_url(brokers: str) -> str:
+    """Faust's broker URL for a ``host:port[,host:port]`` list."""
+    return ";".join(f"kafka://{b.strip()}" for b in brokers.split(",") if b.strip())
+
+
+def create_stream_app(
+    settings: Settings,
+    *,
+    brokers: str,
+    replication: int,
+    folder: ProfileFolder,
+    archiver: LakeArchiver,
+) -> faust.App:
+    """The Faust app with the fold and archive agents wired to their services."""
+    app = faust.App(
+        settings.consumer_group,
+        broker=faust_broker_url(brokers),
+        web_enabled=False,
+        autodiscover=False,
+        store="memory://",
+        topic_partitions=settings.topic_partitions,
+        topic_replication_factor=replication,
+        consumer_auto_offset_reset="earliest",
+        # Short group timeouts: a first join on the embedded broker waits for them.
+        broker_session_timeout=6.0,
+        broker_heartbeat_interval=1.0,
+        broker_rebalance_timeout=3.0,
+        broker_commit_interval=1.0,
+        stream_buffer_maxsize=max(4096, settings.fold_batch_max * 2),
+        producer_acks=-1,
+    )
+    topic = app.topic(
+        settings.events_topic,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=settings.topic_partitions,
+    )
+
+    @app.agent(topic, name="fold")
+    async def fold(stream: Any) -> None:
+        # take() acknowledges a batch only when we come back for the next one, i.e.
+        # after fold_batch has committed it.
+        async for batch in stream.take(
+            settings.fold_batch_max, within=settings.fold_batch_within_s
+        ):
+            await folder.fold_batch(batch)
+
+    @app.agent(topic, name="archive")
+    async def archive(stream: Any) -> None:
+        # Manual acks: an event is acknowledged once its Parquet file exists.
+        async for event in stream.noack().events():
+            archiver.add(event.value, event.ack)
+            if archiver.full:
+                await archiver.flush()
+
+    @app.timer(interval=0.5, name="lake-flush")  # type: ignore[untyped-decorator]
+    async def flush_lake() -> None:
+        if archiver.due:
+            await archiver.flush()
+
+    return app

@@ -1,0 +1,201 @@
+"""Folding micro-batches of topic records into profile snapshots, exactly once in effect.
+
+One PostgreSQL transaction per micro-batch: claim the event ids (those already applied
+come back as not new), lock the touched profiles, fold the new events through the pure
+domain fold, write the profiles and any failed events, commit. Only after the commit
+does the agent acknowledge the batch to Kafka, so a crash anywhere means redelivery,
+and redelivery is a no-op for every id already committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import msgspec
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from app.db.repositories import PlayerKey, ProfileRepository, ProfileWrite
+from app.domain.events import EventRecord, decode_record, from_micros
+from app.domain.features import FeatureSet
+from app.domain.fold import (
+    PoisonEvent,
+    ProfileState,
+    decode_state,
+    encode_state,
+    fold_event,
+    prune_windows,
+)
+from app.log import get_logger
+
+log = get_logger(__name__)
+
+Failure = tuple[str | None, str | None, str | None, str, bytes]
+"""(game, player_id, event_id, reason, raw record) of an event that could not be folded."""
+
+
+class RefusedByDatabase(Exception):
+    """PostgreSQL refused the data itself (not a transient failure): retrying cannot help."""
+
+
+def _refused(exc: DBAPIError) -> bool:
+    """True for SQLSTATE classes 22 (data exception) and 23 (integrity violation)."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        state = getattr(cause, "sqlstate", None) or getattr(cause, "pgcode", None)
+        if isinstance(state, str):
+            return state[:2] in ("22", "23")
+        cause = getattr(cause, "orig", None) or cause.__cause__
+    return False
+
+
+@dataclass(slots=True)
+class FoldStats:
+    """Counters since start (this process)."""
+
+    seen: int = 0
+    applied: int = 0
+    duplicates: int = 0
+    failed: int = 0
+    batches: int = 0
+
+
+class ProfileFolder:
+    """Applies topic records to profiles; never raises on bad data, retries on outages."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        features: FeatureSet,
+        repository: ProfileRepository | None = None,
+        *,
+        retry_max_s: float = 5.0,
+    ) -> None:
+        self.engine = engine
+        self.features = features
+        self.repository = repository or ProfileRepository()
+        self.retry_max_s = retry_max_s
+        self.stats = FoldStats()
+
+    async def fold_batch(self, payloads: Sequence[bytes]) -> None:
+        """Fold raw records; returns only once their effect is committed."""
+        records: list[tuple[EventRecord, bytes]] = []
+        undecodable: list[Failure] = []
+        for raw in payloads:
+            try:
+                records.append((decode_record(raw), raw))
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                undecodable.append((None, None, None, f"undecodable record: {exc}", raw))
+        try:
+            await self._with_retry(records, undecodable)
+        except RefusedByDatabase as exc:
+            # PostgreSQL refused something in the batch: find the culprit event by event.
+            log.warning("fold batch rejected by database; isolating events", error=str(exc))
+            await self._isolate(records, undecodable)
+        self.stats.seen += len(payloads)
+        self.stats.batches += 1
+
+    async def _with_retry(
+        self, records: Sequence[tuple[EventRecord, bytes]], failures: Sequence[Failure]
+    ) -> None:
+        delay = 0.1
+        while True:
+            try:
+                async with self.engine.begin() as conn:
+                    applied, duplicates, failed = await self._apply(conn, records, list(failures))
+                # Counted once committed: an attempt that failed and was retried is not.
+                self.stats.applied += applied
+                self.stats.duplicates += duplicates
+                self.stats.failed += failed
+                return
+            except (DBAPIError, OSError, TimeoutError) as exc:
+                if isinstance(exc, DBAPIError) and _refused(exc):
+                    raise RefusedByDatabase(str(getattr(exc, "orig", exc))) from exc
+                # PostgreSQL is down or a lock conflict aborted us: hold the batch and retry.
+                # Nothing is acknowledged to Kafka until this succeeds.
+                log.warning("fold batch failed; retrying", error=str(exc), retry_in_s=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.retry_max_s)
+
+    async def _isolate(
+        self, records: Sequence[tuple[EventRecord, bytes]], failures: Sequence[Failure]
+    ) -> None:
+        if failures:
+            await self._with_retry([], failures)
+        for record, raw in records:
+            try:
+                await self._with_retry([(record, raw)], [])
+            except RefusedByDatabase as exc:
+                reason = f"rejected by the database: {exc}"
+                await self._with_retry([], [(None, None, None, reason[:2000], raw)])
+
+    async def _apply(
+        self,
+        conn: AsyncConnection,
+        records: Sequence[tuple[EventRecord, bytes]],
+        failures: list[Failure],
+    ) -> tuple[int, int, int]:
+        repo = self.repository
+        claimed = await repo.claim_events(
+            conn, [(r.game, r.player_id, r.event_id) for r, _ in records]
+        )
+        fresh: list[tuple[EventRecord, bytes]] = []
+        for record, raw in records:
+            ident = (record.game, record.player_id, record.event_id)
+            if ident in claimed:
+                claimed.discard(ident)  # a repeat inside the batch is a duplicate too
+                fresh.append((record, raw))
+        duplicates = len(records) - len(fresh)
+
+        keys: list[PlayerKey] = sorted({(r.game, r.player_id) for r, _ in fresh})
+        stored = await repo.lock_states(conn, keys)
+        states: dict[PlayerKey, ProfileState] = {}
+        touched: set[PlayerKey] = set()
+        applied = 0
+        for record, raw in fresh:
+            key = (record.game, record.player_id)
+            state = states.get(key)
+            if state is None:
+                blob = stored.get(key)
+                state = states[key] = decode_state(blob) if blob is not None else ProfileState()
+            try:
+                fold_event(state, record, self.features)
+            except PoisonEvent as exc:
+                failures.append((record.game, record.player_id, record.event_id, str(exc), raw))
+                continue
+            except Exception as exc:  # a fold bug must not stop the stream or lose the event
+                log.exception("fold raised on an event", event_id=record.event_id)
+                reason = f"internal error folding this event: {exc!r}"
+                failures.append((record.game, record.player_id, record.event_id, reason, raw))
+                continue
+            touched.add(key)
+            applied += 1
+
+        now_us = int(time.time() * 1_000_000)
+        writes = []
+        for key in sorted(touched):
+            state = states[key]
+            prune_windows(state, self.features, now_us)
+            writes.append(
+                ProfileWrite(
+                    game=key[0],
+                    player_id=key[1],
+                    state=encode_state(state),
+                    events_applied=state.events_applied,
+                    last_event_at=_moment(state.last_event_us),
+                    last_received_at=_moment(state.last_received_us),
+                )
+            )
+        await repo.save_states(conn, writes)
+        await repo.add_failed(conn, failures)
+        if failures:
+            log.warning("events failed to fold", count=len(failures), first=failures[0][3])
+        return applied, duplicates, len(failures)
+
+
+def _moment(micros: int | None) -> datetime | None:
+    return None if micros is None else from_micros(micros)

@@ -1,0 +1,130 @@
+"""The archive: every event to Parquet, hive-partitioned by game and event date, zstd.
+
+Layout (CONTRACT.md): ``<lake>/events/game=GAME/date=YYYY-MM-DD/part-*.parquet`` with
+columns event_id, player_id, type, ts, props (JSON text), received_at. Files appear
+atomically (written under a dot-name, then renamed), so readers never see half a file.
+The archive agent acknowledges events to Kafka only after their file is in place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import msgspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from app.domain.events import EventRecord, decode_record
+from app.log import get_logger
+
+log = get_logger(__name__)
+
+TIMESTAMP = pa.timestamp("us", tz="UTC")
+EVENTS_SCHEMA = pa.schema(
+    [
+        ("event_id", pa.string()),
+        ("player_id", pa.string()),
+        ("type", pa.string()),
+        ("ts", TIMESTAMP),
+        ("props", pa.string()),
+        ("received_at", TIMESTAMP),
+    ]
+)
+_json = msgspec.json.Encoder()
+
+
+def event_date(ts_us: int) -> str:
+    """The UTC date partition of an event time."""
+    return time.strftime("%Y-%m-%d", time.gmtime(ts_us // 1_000_000))
+
+
+def write_events(lake_dir: Path, records: Iterable[EventRecord]) -> list[Path]:
+    """Write records as one new Parquet file per (game, date) partition; return the paths."""
+    groups: dict[tuple[str, str], list[EventRecord]] = defaultdict(list)
+    for record in records:
+        groups[(record.game, event_date(record.ts))].append(record)
+    written = []
+    for (game, date), rows in sorted(groups.items()):
+        table = pa.table(
+            [
+                pa.array([r.event_id for r in rows], pa.string()),
+                pa.array([r.player_id for r in rows], pa.string()),
+                pa.array([r.type for r in rows], pa.string()),
+                pa.array([r.ts for r in rows], TIMESTAMP),
+                pa.array(
+                    [None if r.props is None else _json.encode(r.props).decode() for r in rows],
+                    pa.string(),
+                ),
+                pa.array([r.received_at for r in rows], TIMESTAMP),
+            ],
+            schema=EVENTS_SCHEMA,
+        )
+        folder = lake_dir / "events" / f"game={game}" / f"date={date}"
+        folder.mkdir(parents=True, exist_ok=True)
+        name = f"part-{min(r.received_at for r in rows)}-{uuid.uuid4().hex[:12]}.parquet"
+        temporary = folder / f".{name}.tmp"
+        pq.write_table(table, temporary, compression="zstd")
+        os.replace(temporary, folder / name)
+        written.append(folder / name)
+    return written
+
+
+class LakeArchiver:
+    """Buffers records from the archive agent and writes them out by size or age."""
+
+    def __init__(self, lake_dir: Path, *, flush_s: float, flush_events: int) -> None:
+        self.lake_dir = lake_dir
+        self.flush_s = flush_s
+        self.flush_events = flush_events
+        self.seen = 0
+        self.archived = 0
+        self._pending: list[tuple[bytes, Callable[[], object]]] = []
+        self._oldest: float | None = None
+        self._lock = asyncio.Lock()
+
+    def add(self, raw: bytes, ack: Callable[[], object]) -> None:
+        """Hold one record until its file is written; ``ack`` is called after that."""
+        if not self._pending:
+            self._oldest = time.monotonic()
+        self._pending.append((raw, ack))
+        self.seen += 1
+
+    @property
+    def full(self) -> bool:
+        """Enough is buffered to write now."""
+        return len(self._pending) >= self.flush_events
+
+    @property
+    def due(self) -> bool:
+        """The oldest buffered record has waited long enough."""
+        return self._oldest is not None and time.monotonic() - self._oldest >= self.flush_s
+
+    async def flush(self) -> None:
+        """Write everything buffered, then acknowledge it; on failure keep it for later."""
+        async with self._lock:
+            batch, self._pending = self._pending, []
+            oldest, self._oldest = self._oldest, None
+            if not batch:
+                return
+            records = []
+            for raw, _ in batch:
+                # An undecodable record goes to failed events via the fold; nothing to archive.
+                with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError):
+                    records.append(decode_record(raw))
+            try:
+                await asyncio.to_thread(write_events, self.lake_dir, records)
+            except Exception:
+                log.exception("lake write failed; will retry", events=len(records))
+                self._pending = batch + self._pending
+                self._oldest = oldest
+                return
+            for _, ack in batch:
+                ack()
+            self.archived += len(batch)

@@ -1,0 +1,127 @@
+"""The fold's transaction against a real PostgreSQL: dedup, poison, redelivery."""
+
+from __future__ import annotations
+
+import random
+import time
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.db.tables import failed_events
+from app.domain.events import EventRecord, encode_record
+from app.domain.features import FeatureSet
+from app.profiles import ProfileService
+from app.streams.folding import ProfileFolder
+
+NOW_US = int(time.time() * 1_000_000)
+
+
+def record(event_id: str, player: str, kind: str, ts: int, **props: Any) -> EventRecord:
+    return EventRecord(
+        game="g",
+        event_id=event_id,
+        player_id=player,
+        type=kind,
+        ts=ts,
+        received_at=NOW_US,
+        props=props or None,
+    )
+
+
+async def test_shuffled_batches_with_duplicates_fold_to_the_reference(
+    engine: AsyncEngine, features: FeatureSet
+) -> None:
+    rng = random.Random(5)
+    events = []
+    expected: dict[str, dict[str, Any]] = {}
+    for p in range(40):
+        player = f"p{p}"
+        spend = 0
+        purchases = sessions = 0
+        last: tuple[int, str, int] | None = None
+        for i in range(rng.randint(1, 30)):
+            ts = NOW_US - rng.randint(0, 3 * 86_400_000_000)
+            eid = f"{player}-{i}"
+            kind = rng.choice(["purchase", "session_start", "level_complete"])
+            if kind == "purchase":
+                amount = rng.randint(1, 100)
+                events.append(record(eid, player, kind, ts, amount=amount))
+                spend += amount
+                purchases += 1
+            elif kind == "session_start":
+                events.append(record(eid, player, kind, ts))
+                sessions += 1
+            else:
+                level = rng.randint(1, 50)
+                events.append(record(eid, player, kind, ts, level=level))
+                if last is None or (ts, eid) > last[:2]:
+                    last = (ts, eid, level)
+        expected[player] = {
+            "purchases_7d": purchases,
+            "spend_total": spend,
+            "sessions_7d": sessions,
+            "last_level": last[2] if last else 0,
+        }
+    deliveries = events + rng.sample(events, len(events) // 2)
+    rng.shuffle(deliveries)
+    folder = ProfileFolder(engine, features)
+    for start in range(0, len(deliveries), 97):
+        await folder.fold_batch([encode_record(e) for e in deliveries[start : start + 97]])
+    # A whole redelivery (a crash before the offsets were committed) changes nothing.
+    await folder.fold_batch([encode_record(e) for e in events])
+
+    profiles = ProfileService(engine, features)
+    for player, want in expected.items():
+        profile = await profiles.get("g", player)
+        assert profile is not None
+        assert profile.features == want, player
+        assert profile.events_applied == sum(1 for e in events if e.player_id == player)
+    assert folder.stats.applied == len(events)
+    assert folder.stats.duplicates == len(deliveries) - len(events) + len(events)
+
+
+async def test_poison_and_garbage_go_to_failed_events_and_the_rest_folds(
+    engine: AsyncEngine, features: FeatureSet
+) -> None:
+    folder = ProfileFolder(engine, features)
+    good = record("ok-1", "victim", "purchase", NOW_US, amount=5)
+    poison = record("bad-1", "victim", "purchase", NOW_US, amount="five")
+    after = record("ok-2", "victim", "purchase", NOW_US, amount=7)
+    await folder.fold_batch(
+        [encode_record(good), encode_record(poison), b"{not json", encode_record(after)]
+    )
+
+    profile = await ProfileService(engine, features).get("g", "victim")
+    assert profile is not None
+    assert profile.features["spend_total"] == 12
+    assert profile.events_applied == 2
+    async with engine.connect() as conn:
+        rows = (await conn.execute(select(failed_events).order_by(failed_events.c.id))).all()
+    reasons = {row.event_id: row.reason for row in rows}
+    assert "spend_total" in reasons["bad-1"]
+    assert "number" in reasons["bad-1"]
+    assert any("undecodable" in r for r in reasons.values())
+    # The poison event is not retried on redelivery: it failed once, with its reason.
+    await folder.fold_batch([encode_record(poison)])
+    async with engine.connect() as conn:
+        assert len((await conn.execute(select(failed_events))).all()) == 2
+
+
+async def test_a_record_the_database_refuses_is_isolated(
+    engine: AsyncEngine, features: FeatureSet
+) -> None:
+    # Written by some other producer: PostgreSQL text cannot hold NUL.
+    folder = ProfileFolder(engine, features)
+    refused = record("nul-1", "bad\x00player", "session_start", NOW_US)
+    fine = record("fine-1", "fine", "session_start", NOW_US)
+    await folder.fold_batch([encode_record(refused), encode_record(fine)])
+    profile = await ProfileService(engine, features).get("g", "fine")
+    assert profile is not None
+    assert profile.features["sessions_7d"] == 1
+    async with engine.connect() as conn:
+        rows = (await conn.execute(select(failed_events))).all()
+    assert len(rows) == 1
+    assert "database" in rows[0].reason
+    assert rows[0].payload == encode_record(refused)

@@ -1,0 +1,148 @@
+"""Helpers for integration and end-to-end tests: real services, started and stopped here."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+
+from app.embedded.process import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+PLAYERPULSE = str(BIN / "playerpulse")
+
+EXTERNAL_BROKERS = os.environ.get("PLAYERPULSE_TEST_KAFKA_BROKERS") or None
+"""Set by `make test-kafka` (CI): run against this Apache Kafka instead of Tansu."""
+EXTERNAL_DATABASE = os.environ.get("PLAYERPULSE_TEST_DATABASE_URL") or None
+
+
+def wait_for(check: Callable[[], Any], timeout: float = 30.0, interval: float = 0.1) -> Any:
+    """Poll ``check`` until it returns something truthy; fail with its last result."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"condition not met after {timeout}s; last result: {last!r}")
+
+
+def unique(prefix: str) -> str:
+    """A name no other test uses (topics, groups, games)."""
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+class ServeProcess:
+    """A real `playerpulse serve` child, its environment, and a CLI sharing that environment."""
+
+    def __init__(self, workdir: Path, extra_env: dict[str, str] | None = None) -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PLAYERPULSE_")}
+        env.update(
+            {
+                "PLAYERPULSE_DATA_DIR": str(workdir / "var"),
+                "PLAYERPULSE_LOG_FORMAT": "json",
+                "PLAYERPULSE_LAKE_FLUSH_S": "1",
+                "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+            }
+        )
+        if EXTERNAL_BROKERS:
+            env["PLAYERPULSE_KAFKA_BROKERS"] = EXTERNAL_BROKERS
+            env["PLAYERPULSE_EVENTS_TOPIC"] = unique("events")
+            env["PLAYERPULSE_CONSUMER_GROUP"] = unique("playerpulse")
+        if EXTERNAL_DATABASE:
+            env["PLAYERPULSE_DATABASE_URL"] = EXTERNAL_DATABASE
+        env.update(extra_env or {})
+        self.env = env
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = workdir / f"serve-{self.port}.log"
+
+    def start(self, timeout: float = 60.0) -> ServeProcess:
+        """Start the server and wait until /health answers 200."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
+        self.proc = subprocess.Popen(
+            [PLAYERPULSE, "serve", "--port", str(self.port)],
+            cwd=self.workdir,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+
+        def healthy() -> bool:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"serve exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                return httpx.get(f"{self.url}/health", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_for(healthy, timeout, 0.1)
+        return self
+
+    def log(self) -> str:
+        """The server's output so far."""
+        return self.log_path.read_text(errors="replace")[-20000:]
+
+    def descendants(self) -> list[psutil.Process]:
+        """Every process below the server (embedded PostgreSQL, broker, ...)."""
+        assert self.proc is not None
+        try:
+            children: list[psutil.Process] = psutil.Process(self.proc.pid).children(recursive=True)
+            return children
+        except psutil.NoSuchProcess:
+            return []
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> int:
+        """Signal the server and wait for it; returns its exit code."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise AssertionError(f"serve did not stop in {timeout}s:\n{self.log()}") from None
+        return self.proc.returncode
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run `playerpulse ARGS` with the server's environment and working directory."""
+        result = subprocess.run(
+            [PLAYERPULSE, *args],
+            cwd=self.workdir,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"playerpulse {' '.join(args)} failed:\n{result.stderr}")
+        return result
+
+    def key(self, game: str, role: str) -> str:
+        """A new API key, made with the CLI as a user would."""
+        out = self.cli("keys", "create", "--game", game, "--role", role).stdout
+        lines = out.splitlines()
+        assert len(lines) == 1, f"expected the key alone on stdout, got {out!r}"
+        return lines[0]
+
+    def client(self, key: str | None = None) -> httpx.Client:
+        """An HTTP client for the server, authenticated with ``key`` if given."""
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=30)
