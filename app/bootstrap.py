@@ -17,7 +17,7 @@ from app.domain.features import FeatureSet, load_features
 from app.keys import KeyService
 from app.log import get_logger
 from app.models.registry import ModelRegistry
-from app.profiles import ProfileService
+from app.profiles import FailedEventService, ProfileService
 from app.settings import Settings
 from app.streams.app import create_stream_app
 from app.streams.folding import ProfileFolder
@@ -36,6 +36,7 @@ class Services:
     engine: AsyncEngine
     keys: KeyService
     profiles: ProfileService
+    failed_events: FailedEventService
     registry: ModelRegistry
     producer: EventProducer
     folder: ProfileFolder
@@ -110,6 +111,7 @@ async def open_services(settings: Settings) -> Services:
         engine=engine,
         keys=KeyService(engine, cache_s=settings.key_cache_s),
         profiles=ProfileService(engine, features),
+        failed_events=FailedEventService(engine),
         registry=ModelRegistry(engine, features, max_bytes=settings.model_max_bytes),
         producer=producer,
         folder=folder,

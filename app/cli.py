@@ -123,3 +123,96 @@ def analytics_query(sql: str, fmt: str) -> None:
     except LakeQueryError as exc:
         raise click.ClickException(str(exc)) from None
     render(result, fmt, sys.stdout)
+
+
+@main.command()
+def replay() -> None:
+    """Rebuild every profile from the lake (stop the service first)."""
+    from rich.progress import Progress
+
+    from app.db.engine import create_engine
+    from app.domain.features import FeatureFileError, load_features
+    from app.replay import ServiceRunning, replay_alone
+
+    settings = _settings("warning")
+    try:
+        features = load_features(settings.features_path)
+    except FeatureFileError as exc:
+        raise click.ClickException(str(exc)) from None
+
+    async def run(url: str) -> str:
+        engine = create_engine(url, pool_size=2)
+        try:
+            with Progress(transient=False) as bar:
+                task = bar.add_task("rebuilding profiles", total=None)
+
+                def advance(done: int, total: int) -> None:
+                    bar.update(task, completed=done, total=total)
+
+                stats = await replay_alone(
+                    engine,
+                    features,
+                    settings.lake_dir,
+                    retention_s=settings.applied_ids_retention_s,
+                    progress=advance,
+                )
+            return (
+                f"rebuilt {stats.players} profiles from {stats.events} events "
+                f"in {stats.seconds:.1f}s"
+            )
+        finally:
+            await engine.dispose()
+
+    with _database(settings) as url:
+        try:
+            click.echo(asyncio.run(run(url)))
+        except ServiceRunning as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+@main.command("failed-events")
+@click.option("--game", default=None, help="Only this game's (default: every game's).")
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 10_000))
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+def failed_events(game: str | None, limit: int, fmt: str) -> None:
+    """Events the fold could not apply, newest first, with the reason."""
+    import msgspec
+
+    from app.db.engine import create_engine
+    from app.profiles import FailedEventService
+
+    settings = _settings("warning")
+
+    async def fetch(url: str) -> list[dict[str, object]]:
+        engine = create_engine(url, pool_size=1)
+        try:
+            rows = await FailedEventService(engine).recent(game, limit=limit)
+        finally:
+            await engine.dispose()
+        return [
+            {
+                "id": r.id,
+                "game": r.game,
+                "player_id": r.player_id,
+                "event_id": r.event_id,
+                "reason": r.reason,
+                "failed_at": r.failed_at.isoformat(),
+                "record": r.payload.decode(errors="replace"),
+            }
+            for r in rows
+        ]
+
+    with _database(settings) as url:
+        rows = asyncio.run(fetch(url))
+    if fmt == "json":
+        click.echo(msgspec.json.encode(rows).decode())
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("id", "game", "player_id", "event_id", "failed_at", "reason")
+    for row in rows:
+        table.add_row(
+            *(str(row[c]) for c in ("id", "game", "player_id", "event_id", "failed_at", "reason"))
+        )
+    Console().print(table)

@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.db.repositories import ProfileRepository
+from app.db.repositories import FailedEvent, FailedEventRepository, ProfileRepository
 from app.domain.features import FeatureSet
 from app.domain.fold import decode_state, evaluate
 
@@ -51,3 +51,22 @@ class ProfileService:
             last_received_at=stored.last_received_at,
             updated_at=stored.updated_at,
         )
+
+
+class FailedEventService:
+    """The failed events store, for admins (their game) and operators (all games)."""
+
+    def __init__(
+        self, engine: AsyncEngine, repository: FailedEventRepository | None = None
+    ) -> None:
+        self.engine = engine
+        self.repository = repository or FailedEventRepository()
+
+    async def recent(
+        self, game: str | None, *, limit: int = 100, before_id: int | None = None
+    ) -> list[FailedEvent]:
+        """Newest first; ``game`` None means every game."""
+        async with self.engine.connect() as conn:
+            return await self.repository.recent(
+                conn, game=game, limit=limit, before_id=before_id, any_game=game is None
+            )

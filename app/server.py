@@ -18,6 +18,7 @@ import uvicorn
 
 from app.api.app import create_app
 from app.db.engine import migrate_async
+from app.domain.features import FeatureFileError, load_features
 from app.embedded import Runtime, embedded_runtime
 from app.log import get_logger
 from app.settings import Settings
@@ -103,6 +104,11 @@ def serve(settings: Settings, host: str, port: int) -> int:
     """Run until SIGINT/SIGTERM; return the process exit code."""
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)
+    try:
+        load_features(settings.features_path)  # refuse a bad file before starting anything
+    except FeatureFileError as exc:
+        log.error("cannot start: the features file has an error", error=str(exc))
+        return 2
     try:
         with embedded_runtime(settings) as runtime:
             concrete = settings.with_endpoints(

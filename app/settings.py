@@ -55,6 +55,8 @@ class Settings:
     """PLAYERPULSE_LAKE_FLUSH_S: longest an event waits in memory before its Parquet file."""
     lake_flush_events: int = 100_000
     """PLAYERPULSE_LAKE_FLUSH_EVENTS: events that trigger an early Parquet flush."""
+    applied_ids_retention_s: float = 7 * 86400
+    """PLAYERPULSE_APPLIED_IDS_RETENTION_S: how long an applied event id is remembered."""
     model_max_bytes: int = 100 * 1024 * 1024
     """PLAYERPULSE_MODEL_MAX_BYTES: largest ONNX upload."""
     key_cache_s: float = 30.0

@@ -14,7 +14,7 @@ from litestar.middleware.authentication import (
 
 from app.domain.access import Principal, Role
 
-PUBLIC_PATHS = ["^/health$", "^/schema"]
+PUBLIC_PATHS = ["^/health$", "^/metrics$", "^/schema"]
 
 
 class ApiKeyAuthentication(AbstractAuthenticationMiddleware):

@@ -8,11 +8,11 @@ from datetime import datetime
 from typing import Annotated, Any
 
 import msgspec
-from litestar import Request, get, post
+from litestar import Request, Response, get, post
 from litestar.datastructures import State, UploadFile
 from litestar.enums import RequestEncodingType
 from litestar.handlers import HTTPRouteHandler
-from litestar.params import Body
+from litestar.params import Body, Parameter
 from litestar.status_codes import (
     HTTP_201_CREATED,
     HTTP_202_ACCEPTED,
@@ -24,7 +24,9 @@ from litestar.status_codes import (
     HTTP_422_UNPROCESSABLE_ENTITY,
     HTTP_503_SERVICE_UNAVAILABLE,
 )
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from app import metrics
 from app.bootstrap import Services
 from app.domain.access import Principal, Role
 from app.domain.events import BatchError, Rejection, encode_record, parse_batch
@@ -72,6 +74,24 @@ class PredictionReply(msgspec.Struct):
     outputs: dict[str, Any]
 
 
+class FailedEventReply(msgspec.Struct):
+    """An event the fold could not apply, and why."""
+
+    id: int
+    event_id: str | None
+    player_id: str | None
+    reason: str
+    failed_at: datetime
+    record: Any
+
+
+class FailedEventsReply(msgspec.Struct):
+    """A page of failed events, newest first; pass ``next`` as ``before`` for the next."""
+
+    failed: list[FailedEventReply]
+    next: int | None
+
+
 class HealthReply(msgspec.Struct):
     """Ready to accept events."""
 
@@ -116,6 +136,8 @@ async def send_events(request: Request[Principal, Any, Any], services: Services)
             str(exc),
             headers={"Retry-After": "5"},
         ) from None
+    metrics.EVENTS_ACCEPTED.inc(len(records))
+    metrics.EVENTS_REJECTED.inc(len(rejections))
     return IngestReply(accepted=len(records), rejected=rejections)
 
 
@@ -181,10 +203,50 @@ async def predict_for_player(
     )
 
 
+async def list_failed_events(
+    request: Request[Principal, Any, Any],
+    services: Services,
+    limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
+    before: int | None = None,
+) -> FailedEventsReply:
+    """Events of this game the fold could not apply, with the reason, newest first."""
+    rows = await services.failed_events.recent(request.user.game, limit=limit, before_id=before)
+    return FailedEventsReply(
+        failed=[
+            FailedEventReply(
+                id=row.id,
+                event_id=row.event_id,
+                player_id=row.player_id,
+                reason=row.reason,
+                failed_at=row.failed_at,
+                record=_as_json(row.payload),
+            )
+            for row in rows
+        ],
+        next=rows[-1].id if len(rows) == limit else None,
+    )
+
+
+def _as_json(payload: bytes) -> Any:
+    """The failed record as JSON if it is JSON, else its text."""
+    try:
+        return msgspec.json.decode(payload)
+    except msgspec.DecodeError:
+        return payload.decode(errors="replace")
+
+
+async def metrics_page() -> Response[bytes]:
+    """Prometheus metrics of this process."""
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
 def build_routes(settings: Settings) -> list[HTTPRouteHandler]:
     """Route handlers, with limits taken from the settings."""
     return [
         get("/health", tags=["ops"], summary="Readiness")(health),
+        get("/metrics", tags=["ops"], summary="Prometheus metrics", include_in_schema=False)(
+            metrics_page
+        ),
         post(
             "/v1/events",
             guards=[requires(Role.INGEST)],
@@ -207,6 +269,12 @@ def build_routes(settings: Settings) -> list[HTTPRouteHandler]:
             tags=["models"],
             summary="Upload a model version",
         )(upload_model),
+        get(
+            "/v1/admin/failed-events",
+            guards=[requires(Role.ADMIN)],
+            tags=["events"],
+            summary="Events the fold could not apply",
+        )(list_failed_events),
         get(
             "/v1/players/{player_id:str}/predictions/{name:str}",
             guards=[requires(Role.READ)],

@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.domain.access import Principal, Role
 
-from .tables import api_keys, models, profiles
+from .tables import api_keys, failed_events, feature_defs, models, profiles
 
 PlayerKey = tuple[str, str]
 """(game, player_id)"""
@@ -181,6 +181,54 @@ class ProfileRepository:
             updated_at=row.updated_at,
         )
 
+    async def replace_players(
+        self,
+        conn: AsyncConnection,
+        rows: Sequence[ProfileWrite],
+        applied: Sequence[tuple[str, str, str, datetime]],
+    ) -> None:
+        """Replace these players' profiles and applied ids (game, player, id, applied_at)."""
+        keys = sorted({(r.game, r.player_id) for r in rows})
+        if not keys:
+            return
+        await conn.execute(
+            text(
+                "DELETE FROM applied_events a USING unnest(CAST(:games AS text[]), "
+                "CAST(:players AS text[])) AS k(game, player_id) "
+                "WHERE a.game = k.game AND a.player_id = k.player_id"
+            ),
+            {"games": [k[0] for k in keys], "players": [k[1] for k in keys]},
+        )
+        if applied:
+            await conn.execute(
+                text(
+                    "INSERT INTO applied_events (game, player_id, event_id, applied_at) "
+                    "SELECT * FROM unnest(CAST(:games AS text[]), CAST(:players AS text[]), "
+                    "CAST(:ids AS text[]), CAST(:at AS timestamptz[])) ON CONFLICT DO NOTHING"
+                ),
+                {
+                    "games": [a[0] for a in applied],
+                    "players": [a[1] for a in applied],
+                    "ids": [a[2] for a in applied],
+                    "at": [a[3] for a in applied],
+                },
+            )
+        await self.save_states(conn, rows)
+
+    async def has_profiles(self, conn: AsyncConnection) -> bool:
+        """True if any profile exists."""
+        return bool(await conn.scalar(text("SELECT EXISTS (SELECT 1 FROM profiles)")))
+
+    async def forget_applied(self, conn: AsyncConnection, older_than_s: float) -> int:
+        """Delete applied event ids older than ``older_than_s`` seconds; return the count."""
+        result = await conn.execute(
+            text(
+                "DELETE FROM applied_events WHERE applied_at < now() - make_interval(secs => :age)"
+            ),
+            {"age": older_than_s},
+        )
+        return int(result.rowcount or 0)
+
     async def add_failed(
         self,
         conn: AsyncConnection,
@@ -199,6 +247,74 @@ class ProfileRepository:
                 "payloads": [f[4] for f in failures],
             },
         )
+
+
+class FeatureDefRepository:
+    """Fingerprints of the features the stored profiles were built with."""
+
+    async def fingerprints(self, conn: AsyncConnection) -> dict[str, str]:
+        """Feature name -> fingerprint, as last recorded."""
+        rows = await conn.execute(select(feature_defs.c.name, feature_defs.c.fingerprint))
+        return {r.name: r.fingerprint for r in rows}
+
+    async def record(self, conn: AsyncConnection, fingerprints: dict[str, str]) -> None:
+        """Record the features profiles are now built with."""
+        await conn.execute(feature_defs.delete())
+        if fingerprints:
+            await conn.execute(
+                insert(feature_defs),
+                [{"name": n, "fingerprint": f} for n, f in sorted(fingerprints.items())],
+            )
+
+    async def lock(self, conn: AsyncConnection) -> None:
+        """Serialise feature checks and rebuilds across processes (transaction-scoped)."""
+        await conn.execute(text("SELECT pg_advisory_xact_lock(hashtext('playerpulse:features'))"))
+
+
+@dataclass(frozen=True, slots=True)
+class FailedEvent:
+    """An event the fold could not apply, and why."""
+
+    id: int
+    game: str | None
+    player_id: str | None
+    event_id: str | None
+    reason: str
+    payload: bytes
+    failed_at: datetime
+
+
+class FailedEventRepository:
+    """Reading the failed events store (the fold writes it, see ProfileRepository)."""
+
+    async def recent(
+        self,
+        conn: AsyncConnection,
+        *,
+        game: str | None,
+        limit: int,
+        before_id: int | None = None,
+        any_game: bool = False,
+    ) -> list[FailedEvent]:
+        """Newest first; ``game`` None with ``any_game`` lists every game's (operators)."""
+        query = select(failed_events).order_by(failed_events.c.id.desc()).limit(limit)
+        if not any_game:
+            query = query.where(failed_events.c.game == game)
+        if before_id is not None:
+            query = query.where(failed_events.c.id < before_id)
+        rows = (await conn.execute(query)).all()
+        return [
+            FailedEvent(
+                id=r.id,
+                game=r.game,
+                player_id=r.player_id,
+                event_id=r.event_id,
+                reason=r.reason,
+                payload=r.payload,
+                failed_at=r.failed_at,
+            )
+            for r in rows
+        ]
 
 
 @dataclass(frozen=True, slots=True)

@@ -89,3 +89,13 @@ models = Table(
     Column("size_bytes", BigInteger, nullable=False),
     Column("created_at", TZ, nullable=False, server_default=func.now()),
 )
+
+# The fingerprint of each feature the stored profiles were built with: when the features
+# file changes a feature (or adds one), profiles are rebuilt from the lake.
+feature_defs = Table(
+    "feature_defs",
+    metadata,
+    Column("name", Text, primary_key=True),
+    Column("fingerprint", Text, nullable=False),
+    Column("updated_at", TZ, nullable=False, server_default=func.now()),
+)

@@ -65,6 +65,11 @@ def from_micros(micros: int) -> datetime:
     return datetime.fromtimestamp(micros // 1_000_000, UTC).replace(microsecond=micros % 1_000_000)
 
 
+def maybe_from_micros(micros: int | None) -> datetime | None:
+    """:func:`from_micros`, passing None through."""
+    return None if micros is None else from_micros(micros)
+
+
 def record_from(game: str, event: IncomingEvent, received_at: int) -> EventRecord:
     """The record to produce for an accepted event."""
     return EventRecord(

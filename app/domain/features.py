@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 import tomllib
 from collections.abc import Mapping
@@ -56,6 +57,21 @@ class FeatureSpec:
     description: str = ""
 
     @property
+    def fingerprint(self) -> str:
+        """What the stored state of this feature depends on (not its default or text).
+
+        When it changes, existing profiles must be rebuilt for this feature.
+        """
+        parts = (
+            ",".join(sorted(self.events)),
+            self.agg.value,
+            ".".join(self.field or ()),
+            str(self.window_s),
+            str(self.bucket_s),
+        )
+        return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+    @property
     def empty_value(self) -> Any:
         """The value when no event matched: the default, else 0 or null by aggregate."""
         if self.default is not None:
@@ -78,6 +94,17 @@ class FeatureSet:
             for event_type in sorted(spec.events):
                 index.setdefault(event_type, []).append(spec)
         return cls(specs, {k: tuple(v) for k, v in index.items()})
+
+    @property
+    def fingerprints(self) -> dict[str, str]:
+        """Feature name -> fingerprint of its stored state."""
+        return {spec.name: spec.fingerprint for spec in self.specs}
+
+    @property
+    def longest_window_s(self) -> int | None:
+        """The longest window of any feature, if any feature has one."""
+        windows = [spec.window_s for spec in self.specs if spec.window_s is not None]
+        return max(windows) if windows else None
 
     @property
     def names(self) -> tuple[str, ...]:

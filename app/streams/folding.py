@@ -12,15 +12,15 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, field
 
 import msgspec
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from app import metrics
 from app.db.repositories import PlayerKey, ProfileRepository, ProfileWrite
-from app.domain.events import EventRecord, decode_record, from_micros
+from app.domain.events import EventRecord, decode_record, maybe_from_micros
 from app.domain.features import FeatureSet
 from app.domain.fold import (
     PoisonEvent,
@@ -61,7 +61,19 @@ class FoldStats:
     applied: int = 0
     duplicates: int = 0
     failed: int = 0
+    late: int = 0
     batches: int = 0
+
+
+@dataclass(slots=True)
+class _Outcome:
+    """What one committed micro-batch did."""
+
+    applied: int = 0
+    duplicates: int = 0
+    failed: int = 0
+    late: int = 0
+    received_at: list[int] = field(default_factory=list)
 
 
 class ProfileFolder:
@@ -104,13 +116,11 @@ class ProfileFolder:
     ) -> None:
         delay = 0.1
         while True:
+            started = time.monotonic()
             try:
                 async with self.engine.begin() as conn:
-                    applied, duplicates, failed = await self._apply(conn, records, list(failures))
-                # Counted once committed: an attempt that failed and was retried is not.
-                self.stats.applied += applied
-                self.stats.duplicates += duplicates
-                self.stats.failed += failed
+                    outcome = await self._apply(conn, records, list(failures))
+                self._count(outcome, time.monotonic() - started)
                 return
             except (DBAPIError, OSError, TimeoutError) as exc:
                 if isinstance(exc, DBAPIError) and _refused(exc):
@@ -120,6 +130,27 @@ class ProfileFolder:
                 log.warning("fold batch failed; retrying", error=str(exc), retry_in_s=delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.retry_max_s)
+
+    def _count(self, outcome: _Outcome, seconds: float) -> None:
+        """Counted once committed: an attempt that failed and was retried is not."""
+        self.stats.applied += outcome.applied
+        self.stats.duplicates += outcome.duplicates
+        self.stats.failed += outcome.failed
+        self.stats.late += outcome.late
+        metrics.EVENTS_FOLDED.inc(outcome.applied)
+        metrics.EVENTS_DUPLICATE.inc(outcome.duplicates)
+        metrics.EVENTS_FAILED.inc(outcome.failed)
+        metrics.LATE_EVENTS.inc(outcome.late)
+        metrics.FOLD_BATCH_SECONDS.observe(seconds)
+        committed_us = time.time_ns() // 1000
+        observe = metrics.FRESHNESS_SECONDS.observe
+        for received_us in outcome.received_at:
+            observe(max(0, committed_us - received_us) / 1_000_000)
+
+    async def forget_applied_ids(self, older_than_s: float) -> int:
+        """Drop applied event ids remembered longer than ``older_than_s``; return how many."""
+        async with self.engine.begin() as conn:
+            return await self.repository.forget_applied(conn, older_than_s)
 
     async def _isolate(
         self, records: Sequence[tuple[EventRecord, bytes]], failures: Sequence[Failure]
@@ -138,8 +169,9 @@ class ProfileFolder:
         conn: AsyncConnection,
         records: Sequence[tuple[EventRecord, bytes]],
         failures: list[Failure],
-    ) -> tuple[int, int, int]:
+    ) -> _Outcome:
         repo = self.repository
+        outcome = _Outcome()
         claimed = await repo.claim_events(
             conn, [(r.game, r.player_id, r.event_id) for r, _ in records]
         )
@@ -149,13 +181,15 @@ class ProfileFolder:
             if ident in claimed:
                 claimed.discard(ident)  # a repeat inside the batch is a duplicate too
                 fresh.append((record, raw))
-        duplicates = len(records) - len(fresh)
+        outcome.duplicates = len(records) - len(fresh)
+        now_us = time.time_ns() // 1000
+        longest = self.features.longest_window_s
+        late_before = None if longest is None else now_us - longest * 1_000_000
 
         keys: list[PlayerKey] = sorted({(r.game, r.player_id) for r, _ in fresh})
         stored = await repo.lock_states(conn, keys)
         states: dict[PlayerKey, ProfileState] = {}
         touched: set[PlayerKey] = set()
-        applied = 0
         for record, raw in fresh:
             key = (record.game, record.player_id)
             state = states.get(key)
@@ -173,9 +207,11 @@ class ProfileFolder:
                 failures.append((record.game, record.player_id, record.event_id, reason, raw))
                 continue
             touched.add(key)
-            applied += 1
+            outcome.applied += 1
+            outcome.received_at.append(record.received_at)
+            if late_before is not None and record.ts < late_before:
+                outcome.late += 1
 
-        now_us = int(time.time() * 1_000_000)
         writes = []
         for key in sorted(touched):
             state = states[key]
@@ -186,16 +222,13 @@ class ProfileFolder:
                     player_id=key[1],
                     state=encode_state(state),
                     events_applied=state.events_applied,
-                    last_event_at=_moment(state.last_event_us),
-                    last_received_at=_moment(state.last_received_us),
+                    last_event_at=maybe_from_micros(state.last_event_us),
+                    last_received_at=maybe_from_micros(state.last_received_us),
                 )
             )
         await repo.save_states(conn, writes)
         await repo.add_failed(conn, failures)
         if failures:
             log.warning("events failed to fold", count=len(failures), first=failures[0][3])
-        return applied, duplicates, len(failures)
-
-
-def _moment(micros: int | None) -> datetime | None:
-    return None if micros is None else from_micros(micros)
+        outcome.failed = len(failures)
+        return outcome

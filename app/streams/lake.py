@@ -21,6 +21,7 @@ import msgspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from app import metrics
 from app.domain.events import EventRecord, decode_record
 from app.log import get_logger
 
@@ -128,3 +129,4 @@ class LakeArchiver:
             for _, ack in batch:
                 ack()
             self.archived += len(batch)
+            metrics.EVENTS_ARCHIVED.inc(len(records))

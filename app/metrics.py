@@ -1,0 +1,34 @@
+"""Prometheus metrics of the process, served at ``GET /metrics``."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+EVENTS_ACCEPTED = Counter(
+    "playerpulse_events_accepted", "Events acknowledged by the broker and answered 202."
+)
+EVENTS_REJECTED = Counter("playerpulse_events_rejected", "Events refused at ingest, by field.")
+EVENTS_FOLDED = Counter("playerpulse_events_folded", "Events applied to a profile.")
+EVENTS_DUPLICATE = Counter(
+    "playerpulse_events_duplicate", "Deliveries of events already applied (no effect)."
+)
+EVENTS_FAILED = Counter(
+    "playerpulse_events_failed", "Events that could not be folded (kept in failed_events)."
+)
+LATE_EVENTS = Counter(
+    "playerpulse_late_events",
+    "Events older than the longest window when folded: they count only in unwindowed features.",
+)
+EVENTS_ARCHIVED = Counter("playerpulse_events_archived", "Events written to the Parquet lake.")
+FOLD_BATCH_SECONDS = Histogram(
+    "playerpulse_fold_batch_seconds",
+    "Time to fold and commit one micro-batch.",
+    buckets=_LATENCY_BUCKETS,
+)
+FRESHNESS_SECONDS = Histogram(
+    "playerpulse_event_freshness_seconds",
+    "From an event's arrival at ingest to its profile change being committed.",
+    buckets=_LATENCY_BUCKETS,
+)

@@ -1,0 +1,192 @@
+"""Rebuilding profiles from the lake: when features change, or on demand.
+
+For each player in the lake, the profile is replaced by the fold of the player's
+distinct archived events, and the player's applied event ids by the ids of those
+events. Run while no fold is consuming (at start, before the agents join, or with the
+service stopped): every event at or before the committed Kafka offsets is in the lake
+(the archive acknowledges only written events), and every later one is redelivered
+and, its id not being among those replayed, applied on top.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.analytics.lake import PlayerEvents, count_players, player_events
+from app.db.repositories import FeatureDefRepository, ProfileRepository, ProfileWrite
+from app.domain.events import from_micros, maybe_from_micros
+from app.domain.features import FeatureSet
+from app.domain.fold import PoisonEvent, ProfileState, encode_state, fold_event, prune_windows
+from app.log import get_logger
+
+log = get_logger(__name__)
+
+SERVING_LOCK = "playerpulse:serving"
+"""Held (shared) by every running `serve`; a standalone replay needs it exclusively."""
+
+
+@dataclass(slots=True)
+class ReplayStats:
+    """What a replay did."""
+
+    players: int = 0
+    events: int = 0
+    poison: int = 0
+    seconds: float = 0.0
+
+
+class ServiceRunning(RuntimeError):
+    """A `playerpulse serve` is folding against this database: a replay must wait."""
+
+
+async def rebuild_profiles(
+    engine: AsyncEngine,
+    features: FeatureSet,
+    lake_dir: Path,
+    *,
+    retention_s: float,
+    progress: Callable[[int, int], None] | None = None,
+    players_per_commit: int = 500,
+) -> ReplayStats:
+    """Replace every lake player's profile by the fold of its archived events."""
+    started = time.monotonic()
+    stats = ReplayStats()
+    total = await asyncio.to_thread(count_players, lake_dir)
+    repository = ProfileRepository()
+    keep_ids_after_us = (time.time() - retention_s) * 1_000_000
+    stream = player_events(lake_dir)
+    while True:
+        chunk = await asyncio.to_thread(_take, stream, players_per_commit)
+        if not chunk:
+            break
+        now_us = time.time_ns() // 1000
+        writes: list[ProfileWrite] = []
+        applied = []
+        for game, player, events in chunk:
+            state = ProfileState()
+            for event in events:
+                try:
+                    fold_event(state, event, features)
+                except PoisonEvent:
+                    stats.poison += 1  # recorded in failed_events when first folded
+                if event.received_at > keep_ids_after_us:
+                    applied.append((game, player, event.event_id, from_micros(event.received_at)))
+            prune_windows(state, features, now_us)
+            stats.events += len(events)
+            writes.append(
+                ProfileWrite(
+                    game=game,
+                    player_id=player,
+                    state=encode_state(state),
+                    events_applied=state.events_applied,
+                    last_event_at=maybe_from_micros(state.last_event_us),
+                    last_received_at=maybe_from_micros(state.last_received_us),
+                )
+            )
+        async with engine.begin() as conn:
+            await repository.replace_players(conn, writes, applied)
+        stats.players += len(chunk)
+        if progress is not None:
+            progress(stats.players, total)
+    stats.seconds = time.monotonic() - started
+    return stats
+
+
+async def sync_features(
+    engine: AsyncEngine, features: FeatureSet, lake_dir: Path, *, retention_s: float
+) -> ReplayStats | None:
+    """At start: if features were added or changed since profiles were built, rebuild.
+
+    Returns what the rebuild did, or None if none was needed.
+    """
+    repository = FeatureDefRepository()
+    current = features.fingerprints
+    async with engine.begin() as conn:
+        await repository.lock(conn)  # one process checks and rebuilds at a time
+        stored = await repository.fingerprints(conn)
+        changed = sorted(name for name, fp in current.items() if stored.get(name) != fp)
+        fresh = not stored and not await ProfileRepository().has_profiles(conn)
+        if not changed or fresh:
+            if stored != current:
+                await repository.record(conn, current)
+            return None
+        log.warning(
+            "features added or changed since profiles were built: rebuilding from the lake",
+            features=changed,
+        )
+        last_report = [0.0]
+
+        def report(done: int, total: int) -> None:
+            if time.monotonic() - last_report[0] > 5 or done == total:
+                last_report[0] = time.monotonic()
+                log.info("rebuilding profiles", players=done, of=total)
+
+        stats = await rebuild_profiles(
+            engine, features, lake_dir, retention_s=retention_s, progress=report
+        )
+        await repository.record(conn, current)
+    log.info(
+        "profiles rebuilt",
+        players=stats.players,
+        events=stats.events,
+        seconds=round(stats.seconds, 2),
+    )
+    return stats
+
+
+async def hold_serving_lock(engine: AsyncEngine) -> Callable[[], asyncio.Future[None]]:
+    """Take the shared serving lock on a connection of its own; return its releaser."""
+    conn = await engine.connect()
+    await conn.execute(text("SELECT pg_advisory_lock_shared(hashtext(:k))"), {"k": SERVING_LOCK})
+    await conn.commit()
+
+    def release() -> asyncio.Future[None]:
+        return asyncio.ensure_future(conn.close())
+
+    return release
+
+
+async def replay_alone(
+    engine: AsyncEngine,
+    features: FeatureSet,
+    lake_dir: Path,
+    *,
+    retention_s: float,
+    progress: Callable[[int, int], None] | None = None,
+) -> ReplayStats:
+    """`playerpulse replay`: rebuild every profile, refusing if a server is folding."""
+    async with engine.connect() as conn:
+        got = await conn.scalar(
+            text("SELECT pg_try_advisory_lock(hashtext(:k))"), {"k": SERVING_LOCK}
+        )
+        if not got:
+            raise ServiceRunning(
+                "a `playerpulse serve` is running against this database: stop every copy "
+                "first (a replay must not race the live fold), or restart them with the "
+                "new features file, which rebuilds on start"
+            )
+        try:
+            stats = await rebuild_profiles(
+                engine, features, lake_dir, retention_s=retention_s, progress=progress
+            )
+            async with engine.begin() as tx:
+                await FeatureDefRepository().record(tx, features.fingerprints)
+            return stats
+        finally:
+            await conn.execute(text("SELECT pg_advisory_unlock(hashtext(:k))"), {"k": SERVING_LOCK})
+
+
+def _take(stream: Iterator[PlayerEvents], count: int) -> list[PlayerEvents]:
+    chunk = []
+    for item in stream:
+        chunk.append(item)
+        if len(chunk) >= count:
+            break
+    return chunk
