@@ -47,9 +47,10 @@ class Settings:
     """PLAYERPULSE_MAX_BODY_BYTES: largest ingest body, compressed or not."""
     produce_timeout_s: float = 10.0
     """PLAYERPULSE_PRODUCE_TIMEOUT_S: longest wait for the broker to acknowledge a batch."""
-    fold_batch_max: int = 2000
-    """PLAYERPULSE_FOLD_BATCH_MAX: most events the fold commits in one transaction."""
-    fold_batch_within_s: float = 0.02
+    fold_batch_max: int = 500
+    """PLAYERPULSE_FOLD_BATCH_MAX: most topic messages (each one request's events for one
+    partition) the fold commits in one transaction."""
+    fold_batch_within_s: float = 0.01
     """PLAYERPULSE_FOLD_BATCH_WITHIN_S: longest the fold waits to fill a micro-batch."""
     lake_flush_s: float = 10.0
     """PLAYERPULSE_LAKE_FLUSH_S: longest an event waits in memory before its Parquet file."""

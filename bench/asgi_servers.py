@@ -18,9 +18,11 @@ co-hosted stream processor): its lag under load is reported, and ``/_probe`` tel
 process/thread/loop served the request and whether that is the lifespan's loop.
 
 For each server and route, wrk runs a 2 s warm-up and then the measured run (default 10 s,
-64 connections). Reported: requests/s, latency p50/p99 (wrk), server CPU (all processes
-of the server's session, all threads) as % of one core and as CPU-us per request, the
-ticker's lag, and then the ratios granian/uvicorn. Each server is stopped with SIGTERM
+64 connections). Reported: requests/s, latency p50/p99/p99.9 (wrk), server CPU (all
+processes of the server's session, all threads) as % of one core and as CPU-us per
+request, the ticker's lag p99, wrk's own CPU, "other cpu" (what the rest of the machine
+burnt meanwhile: on a shared 2-core box anything above ~10% makes that run noisy), then
+the medians over rounds and the ratios granian/uvicorn. Each server is stopped with SIGTERM
 while a 1.5 s request is in flight: reported is whether that request completed, whether
 the lifespan shutdown ran, the exit code and the time to exit.
 
@@ -36,7 +38,9 @@ Options: --granian-python PATH (default $GRANIAN_PYTHON or /tmp/granian-venv/bin
 --uvicorn-python PATH (default: this interpreter), --servers uvicorn,granian,granian-embed,
 --duration 10, --connections 64, --wrk-threads 1, --rounds 1 (servers interleaved per
 round; the summary takes the median), --pin (server on CPU 0, wrk on CPU 1, so that
-granian's Rust I/O thread shares the server's core instead of using the spare one).
+granian's Rust I/O thread shares the server's core instead of using the spare one),
+--wait-idle SECONDS (before each measured run wait up to that long for the machine to go
+idle), --json PATH (raw results). One round of three servers takes about 2.5 minutes.
 Servers bind 127.0.0.1 only and are always stopped (process group killed) on exit.
 
 Internal: ``python bench/asgi_servers.py --serve MODE --port N`` runs one server.
@@ -267,10 +271,11 @@ done = function(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(
     'WRKJSON {"requests":%.0f,"duration_us":%.0f,"p50_us":%.0f,"p90_us":%.0f,' ..
-    '"p99_us":%.0f,"max_us":%.0f,"mean_us":%.1f,"err_connect":%.0f,"err_read":%.0f,' ..
-    '"err_write":%.0f,"err_status":%.0f,"err_timeout":%.0f}\n',
+    '"p99_us":%.0f,"p999_us":%.0f,"max_us":%.0f,"mean_us":%.1f,"err_connect":%.0f,' ..
+    '"err_read":%.0f,"err_write":%.0f,"err_status":%.0f,"err_timeout":%.0f}\n',
     summary.requests, summary.duration, latency:percentile(50), latency:percentile(90),
-    latency:percentile(99), latency.max, latency.mean, e.connect, e.read, e.write,
+    latency:percentile(99), latency:percentile(99.9), latency.max, latency.mean,
+    e.connect, e.read, e.write,
     e.status, e.timeout))
 end
 """
@@ -496,7 +501,8 @@ class Driver:
         errors = sum(v for k, v in r.items() if k.startswith("err_"))
         print(
             f"  {mode:<14} {route:<16} {r['rps']:>9.0f} req/s  p50 {r['p50_us'] / 1e3:6.2f} ms"
-            f"  p99 {r['p99_us'] / 1e3:6.2f} ms  cpu {r['server_cpu_pct']:5.1f}%"
+            f"  p99 {r['p99_us'] / 1e3:6.2f} ms  p99.9 {r['p999_us'] / 1e3:6.2f} ms"
+            f"  cpu {r['server_cpu_pct']:5.1f}%"
             f"  {r['cpu_us_per_req']:6.1f} cpu-us/req  loop-lag p99 {r['lag_p99_ms']:5.2f} ms"
             f"  wrk cpu {r['wrk_cpu_pct']:3.0f}%  other cpu {r['other_cpu_pct']:3.0f}%"
             f"  errors {errors}",

@@ -29,7 +29,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from app import metrics
 from app.bootstrap import Services
 from app.domain.access import Principal, Role
-from app.domain.events import BatchError, Rejection, encode_record, parse_batch
+from app.domain.events import BatchError, Rejection, parse_batch
 from app.models.registry import UnknownModel
 from app.models.runtime import ModelRejected, PredictionFailed
 from app.settings import Settings
@@ -125,10 +125,7 @@ async def send_events(request: Request[Principal, Any, Any], services: Services)
     except BatchError as exc:
         raise ApiError(HTTP_400_BAD_REQUEST, str(exc)) from None
     try:
-        await services.producer.send(
-            services.settings.events_topic,
-            [(r.partition_key, encode_record(r)) for r in records],
-        )
+        await services.producer.send_events(services.settings.events_topic, records)
     except BrokerUnavailable as exc:
         raise ApiError(
             HTTP_503_SERVICE_UNAVAILABLE,

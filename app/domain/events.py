@@ -88,14 +88,31 @@ _record_encoder = msgspec.json.Encoder()
 _record_decoder = msgspec.json.Decoder(EventRecord)
 
 
+_records_decoder = msgspec.json.Decoder(list[EventRecord] | EventRecord)
+
+
 def encode_record(record: EventRecord) -> bytes:
-    """Wire form of a record (JSON, so any Kafka tool can read the topic)."""
+    """Wire form of one record (JSON, so any Kafka tool can read the topic)."""
     return _record_encoder.encode(record)
 
 
 def decode_record(payload: bytes) -> EventRecord:
-    """Parse a record from the topic; raises ``msgspec.DecodeError`` on anything else."""
+    """Parse one record; raises ``msgspec.DecodeError`` on anything else."""
     return _record_decoder.decode(payload)
+
+
+def encode_records(encoded: list[bytes]) -> bytes:
+    """One topic message holding several encoded records: a JSON array."""
+    return b"[" + b",".join(encoded) + b"]"
+
+
+def decode_records(payload: bytes) -> list[EventRecord]:
+    """The records of one topic message: a JSON array of records, or a single record.
+
+    Raises ``msgspec.DecodeError`` (or ``ValidationError``) if it is neither.
+    """
+    decoded = _records_decoder.decode(payload)
+    return decoded if isinstance(decoded, list) else [decoded]
 
 
 class BatchError(ValueError):

@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app import metrics
 from app.db.repositories import PlayerKey, ProfileRepository, ProfileWrite
-from app.domain.events import EventRecord, decode_record, maybe_from_micros
+from app.domain.events import EventRecord, decode_records, encode_record, maybe_from_micros
 from app.domain.features import FeatureSet
 from app.domain.fold import (
     PoisonEvent,
@@ -92,27 +92,30 @@ class ProfileFolder:
         self.repository = repository or ProfileRepository()
         self.retry_max_s = retry_max_s
         self.stats = FoldStats()
+        self.freshness_samples: list[float] | None = None
+        """Set to a list to also collect every event's freshness in seconds (benchmarks)."""
 
-    async def fold_batch(self, payloads: Sequence[bytes]) -> None:
-        """Fold raw records; returns only once their effect is committed."""
-        records: list[tuple[EventRecord, bytes]] = []
+    async def fold_batch(self, payloads: Sequence[bytes]) -> list[EventRecord]:
+        """Fold topic messages; returns, once their effect is committed, their records."""
+        records: list[EventRecord] = []
         undecodable: list[Failure] = []
         for raw in payloads:
             try:
-                records.append((decode_record(raw), raw))
+                records.extend(decode_records(raw))
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                undecodable.append((None, None, None, f"undecodable record: {exc}", raw))
+                undecodable.append((None, None, None, f"undecodable message: {exc}", raw))
         try:
             await self._with_retry(records, undecodable)
         except RefusedByDatabase as exc:
             # PostgreSQL refused something in the batch: find the culprit event by event.
             log.warning("fold batch rejected by database; isolating events", error=str(exc))
             await self._isolate(records, undecodable)
-        self.stats.seen += len(payloads)
+        self.stats.seen += len(records) + len(undecodable)
         self.stats.batches += 1
+        return records
 
     async def _with_retry(
-        self, records: Sequence[tuple[EventRecord, bytes]], failures: Sequence[Failure]
+        self, records: Sequence[EventRecord], failures: Sequence[Failure]
     ) -> None:
         delay = 0.1
         while True:
@@ -144,53 +147,56 @@ class ProfileFolder:
         metrics.FOLD_BATCH_SECONDS.observe(seconds)
         committed_us = time.time_ns() // 1000
         observe = metrics.FRESHNESS_SECONDS.observe
+        samples = self.freshness_samples
         for received_us in outcome.received_at:
-            observe(max(0, committed_us - received_us) / 1_000_000)
+            seconds = max(0, committed_us - received_us) / 1_000_000
+            observe(seconds)
+            if samples is not None:
+                samples.append(seconds)
 
     async def forget_applied_ids(self, older_than_s: float) -> int:
         """Drop applied event ids remembered longer than ``older_than_s``; return how many."""
         async with self.engine.begin() as conn:
             return await self.repository.forget_applied(conn, older_than_s)
 
-    async def _isolate(
-        self, records: Sequence[tuple[EventRecord, bytes]], failures: Sequence[Failure]
-    ) -> None:
+    async def _isolate(self, records: Sequence[EventRecord], failures: Sequence[Failure]) -> None:
         if failures:
             await self._with_retry([], failures)
-        for record, raw in records:
+        for record in records:
             try:
-                await self._with_retry([(record, raw)], [])
+                await self._with_retry([record], [])
             except RefusedByDatabase as exc:
                 reason = f"rejected by the database: {exc}"
+                raw = encode_record(record)
                 await self._with_retry([], [(None, None, None, reason[:2000], raw)])
 
     async def _apply(
         self,
         conn: AsyncConnection,
-        records: Sequence[tuple[EventRecord, bytes]],
+        records: Sequence[EventRecord],
         failures: list[Failure],
     ) -> _Outcome:
         repo = self.repository
         outcome = _Outcome()
         claimed = await repo.claim_events(
-            conn, [(r.game, r.player_id, r.event_id) for r, _ in records]
+            conn, [(r.game, r.player_id, r.event_id) for r in records]
         )
-        fresh: list[tuple[EventRecord, bytes]] = []
-        for record, raw in records:
+        fresh: list[EventRecord] = []
+        for record in records:
             ident = (record.game, record.player_id, record.event_id)
             if ident in claimed:
                 claimed.discard(ident)  # a repeat inside the batch is a duplicate too
-                fresh.append((record, raw))
+                fresh.append(record)
         outcome.duplicates = len(records) - len(fresh)
         now_us = time.time_ns() // 1000
         longest = self.features.longest_window_s
         late_before = None if longest is None else now_us - longest * 1_000_000
 
-        keys: list[PlayerKey] = sorted({(r.game, r.player_id) for r, _ in fresh})
+        keys: list[PlayerKey] = sorted({(r.game, r.player_id) for r in fresh})
         stored = await repo.lock_states(conn, keys)
         states: dict[PlayerKey, ProfileState] = {}
         touched: set[PlayerKey] = set()
-        for record, raw in fresh:
+        for record in fresh:
             key = (record.game, record.player_id)
             state = states.get(key)
             if state is None:
@@ -199,12 +205,22 @@ class ProfileFolder:
             try:
                 fold_event(state, record, self.features)
             except PoisonEvent as exc:
-                failures.append((record.game, record.player_id, record.event_id, str(exc), raw))
+                failures.append(
+                    (
+                        record.game,
+                        record.player_id,
+                        record.event_id,
+                        str(exc),
+                        encode_record(record),
+                    )
+                )
                 continue
             except Exception as exc:  # a fold bug must not stop the stream or lose the event
                 log.exception("fold raised on an event", event_id=record.event_id)
                 reason = f"internal error folding this event: {exc!r}"
-                failures.append((record.game, record.player_id, record.event_id, reason, raw))
+                failures.append(
+                    (record.game, record.player_id, record.event_id, reason, encode_record(record))
+                )
                 continue
             touched.add(key)
             outcome.applied += 1

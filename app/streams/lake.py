@@ -9,7 +9,6 @@ The archive agent acknowledges events to Kafka only after their file is in place
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import time
 import uuid
@@ -22,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from app import metrics
-from app.domain.events import EventRecord, decode_record
+from app.domain.events import EventRecord
 from app.log import get_logger
 
 log = get_logger(__name__)
@@ -86,21 +85,23 @@ class LakeArchiver:
         self.flush_events = flush_events
         self.seen = 0
         self.archived = 0
-        self._pending: list[tuple[bytes, Callable[[], object]]] = []
+        self._records: list[EventRecord] = []
+        self._acks: list[Callable[[], object]] = []
         self._oldest: float | None = None
         self._lock = asyncio.Lock()
 
-    def add(self, raw: bytes, ack: Callable[[], object]) -> None:
-        """Hold one record until its file is written; ``ack`` is called after that."""
-        if not self._pending:
+    def add_batch(self, records: list[EventRecord], acks: list[Callable[[], object]]) -> None:
+        """Hold records until their file is written; then call every ``ack``."""
+        if not self._records and not self._acks:
             self._oldest = time.monotonic()
-        self._pending.append((raw, ack))
-        self.seen += 1
+        self._records.extend(records)
+        self._acks.extend(acks)
+        self.seen += len(records)
 
     @property
     def full(self) -> bool:
         """Enough is buffered to write now."""
-        return len(self._pending) >= self.flush_events
+        return len(self._records) >= self.flush_events
 
     @property
     def due(self) -> bool:
@@ -110,23 +111,20 @@ class LakeArchiver:
     async def flush(self) -> None:
         """Write everything buffered, then acknowledge it; on failure keep it for later."""
         async with self._lock:
-            batch, self._pending = self._pending, []
+            records, self._records = self._records, []
+            acks, self._acks = self._acks, []
             oldest, self._oldest = self._oldest, None
-            if not batch:
+            if not records and not acks:
                 return
-            records = []
-            for raw, _ in batch:
-                # An undecodable record goes to failed events via the fold; nothing to archive.
-                with contextlib.suppress(msgspec.DecodeError, msgspec.ValidationError):
-                    records.append(decode_record(raw))
             try:
                 await asyncio.to_thread(write_events, self.lake_dir, records)
             except Exception:
                 log.exception("lake write failed; will retry", events=len(records))
-                self._pending = batch + self._pending
+                self._records = records + self._records
+                self._acks = acks + self._acks
                 self._oldest = oldest
                 return
-            for _, ack in batch:
+            for ack in acks:
                 ack()
-            self.archived += len(batch)
+            self.archived += len(records)
             metrics.EVENTS_ARCHIVED.inc(len(records))

@@ -1,9 +1,14 @@
 """Producing accepted events to Kafka, awaited per request batch.
 
-confluent-kafka (librdkafka) does the batching, compression and retries in C; a poll
-thread turns its delivery reports into one asyncio future per request batch, so a
-request awaits once, not once per event. (confluent-kafka's own ``aio.AIOProducer``
-adds a Python-side buffer flushed on a timer of at least 100 ms: too slow for ingest.)
+A request's events are grouped by the partition their (game, player) key hashes to
+(murmur2, as Kafka's own default partitioner), and each group becomes one message: a
+JSON array of records. So every event of a player still lands on one partition, folded
+by one consumer at a time, while the broker, librdkafka and above all Faust handle
+messages per group rather than per event (Faust's per-message cost is the fold's main
+cost). confluent-kafka (librdkafka) does the batching, compression and retries in C; a
+poll thread turns its delivery reports into one asyncio future per request, so a
+request awaits once. (confluent-kafka's own ``aio.AIOProducer`` adds a Python-side
+buffer flushed on a timer of at least 100 ms: too slow for ingest.)
 """
 
 from __future__ import annotations
@@ -13,16 +18,48 @@ import contextlib
 import logging
 import threading
 import time
+from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
 import confluent_kafka
+from aiokafka.partitioner import murmur2
 from confluent_kafka import admin as kafka_admin
 from confluent_kafka.cimpl import NewTopic
 
+from app.domain.events import EventRecord, encode_record, encode_records
 from app.log import get_logger
 
 log = get_logger(__name__)
+
+MAX_MESSAGE_BYTES = 512 * 1024
+"""Split a partition's group into messages of about this size (Kafka's default cap: 1 MB)."""
+
+
+def partition_for(key: bytes, partitions: int) -> int:
+    """The partition of a key, as Kafka's default (Java) partitioner computes it."""
+    return int((murmur2(key) & 0x7FFFFFFF) % partitions)
+
+
+def group_messages(
+    records: Sequence[EventRecord], partitions: int, max_bytes: int = MAX_MESSAGE_BYTES
+) -> list[tuple[int, bytes]]:
+    """(partition, message) pairs carrying ``records``, grouped by their key's partition."""
+    groups: dict[int, list[bytes]] = defaultdict(list)
+    for record in records:
+        groups[partition_for(record.partition_key, partitions)].append(encode_record(record))
+    messages = []
+    for partition, encoded in sorted(groups.items()):
+        chunk: list[bytes] = []
+        size = 0
+        for item in encoded:
+            if chunk and size + len(item) > max_bytes:
+                messages.append((partition, encode_records(chunk)))
+                chunk, size = [], 0
+            chunk.append(item)
+            size += len(item) + 1
+        messages.append((partition, encode_records(chunk)))
+    return messages
 
 
 class BrokerUnavailable(RuntimeError):
@@ -91,6 +128,7 @@ class EventProducer:
                 "logger": logging.getLogger("librdkafka.producer"),
             }
         )
+        self._partitions: dict[str, int] = {}
         self._stop = threading.Event()
         self._poller = threading.Thread(target=self._poll, name="kafka-delivery", daemon=True)
         self._poller.start()
@@ -99,11 +137,38 @@ class EventProducer:
         while not self._stop.is_set():
             self._producer.poll(0.05)
 
-    async def send(self, topic: str, messages: Sequence[tuple[bytes, bytes]]) -> None:
-        """Produce (key, value) pairs; return once the broker acknowledged every one.
+    async def send_events(self, topic: str, records: Sequence[EventRecord]) -> None:
+        """Produce records; return once the broker acknowledged every one.
 
         Raises :class:`BrokerUnavailable` if any was not acknowledged in time. Some of the
         batch may then be in Kafka anyway: a retry is safe, events are deduplicated by id.
+        """
+        if not records:
+            return
+        partitions = await self.partition_count(topic)
+        messages = group_messages(records, partitions)
+        await self.send(topic, [(partition, None, value) for partition, value in messages])
+        self.delivered += len(records)
+
+    async def partition_count(self, topic: str) -> int:
+        """Partitions of ``topic`` (asked once, then remembered)."""
+        count = self._partitions.get(topic)
+        if count is None:
+            metadata = await asyncio.to_thread(self._producer.list_topics, topic, 10)
+            found = metadata.topics.get(topic)
+            if found is None or found.error is not None or not found.partitions:
+                raise BrokerUnavailable(
+                    f"topic {topic!r} is not available: {found and found.error}"
+                )
+            count = self._partitions[topic] = len(found.partitions)
+        return count
+
+    async def send(
+        self, topic: str, messages: Sequence[tuple[int | None, bytes | None, bytes]]
+    ) -> None:
+        """Produce (partition, key, value) messages; return once all are acknowledged.
+
+        A partition of None lets the key choose. Raises :class:`BrokerUnavailable`.
         """
         if not messages:
             return
@@ -113,10 +178,13 @@ class EventProducer:
         callback = batch.on_delivery
         enqueued = 0
         try:
-            for key, value in messages:
+            for partition, key, value in messages:
                 while True:
                     try:
-                        produce(topic, value, key, on_delivery=callback)
+                        if partition is None:
+                            produce(topic, value, key, on_delivery=callback)
+                        else:
+                            produce(topic, value, key, partition, on_delivery=callback)
                         break
                     except BufferError:
                         # librdkafka's queue is full: the broker is slow or gone.
@@ -134,7 +202,6 @@ class EventProducer:
             await asyncio.wait_for(asyncio.shield(batch.future), self.timeout_s + 5)
         except TimeoutError:
             raise BrokerUnavailable("no acknowledgement from the broker in time") from None
-        self.delivered += len(messages)
 
     async def close(self, timeout: float = 10.0) -> None:
         """Deliver what is queued, then stop the poll thread."""

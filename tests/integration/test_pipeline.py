@@ -12,7 +12,7 @@ from faust.contrib.asgi import faust_app_running
 
 from app.analytics.query import run_query
 from app.bootstrap import open_services
-from app.domain.events import EventRecord, encode_record
+from app.domain.events import EventRecord
 from app.settings import Settings
 from tests.support import unique
 
@@ -64,9 +64,7 @@ async def test_events_reach_profiles_and_the_lake(
         async with faust_app_running(services.stream_app, stop_timeout=30):
             for start in range(0, len(sent), 250):
                 chunk = sent[start : start + 250]
-                await services.producer.send(
-                    settings.events_topic, [(r.partition_key, encode_record(r)) for r in chunk]
-                )
+                await services.producer.send_events(settings.events_topic, chunk)
             assert services.producer.delivered == len(sent)
 
             async def all_folded() -> bool:
