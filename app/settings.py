@@ -54,7 +54,7 @@ class Settings:
     """PLAYERPULSE_FOLD_BATCH_WITHIN_S: longest the fold waits to fill a micro-batch."""
     lake_flush_s: float = 10.0
     """PLAYERPULSE_LAKE_FLUSH_S: longest an event waits in memory before its Parquet file."""
-    lake_flush_events: int = 100_000
+    lake_flush_events: int = 20_000
     """PLAYERPULSE_LAKE_FLUSH_EVENTS: events that trigger an early Parquet flush."""
     applied_ids_retention_s: float = 7 * 86400
     """PLAYERPULSE_APPLIED_IDS_RETENTION_S: how long an applied event id is remembered."""

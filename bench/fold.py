@@ -210,7 +210,7 @@ def main() -> None:
             kafka_brokers=brokers,
             events_topic=f"bench-{time.time_ns()}",
             consumer_group=f"bench-{time.time_ns()}",
-            lake_flush_s=5,
+            lake_flush_s=10,
             fold_batch_within_s=args.within,
         )
         asyncio.run(bench(settings, args))

@@ -74,9 +74,11 @@ _CLAIM = text(
 
 _LOCK = text(
     """
-    SELECT p.game, p.player_id, p.state
+    SELECT p.game, p.player_id, p.version,
+           CASE WHEN p.version = k.known THEN NULL ELSE p.state END
     FROM profiles p
-    JOIN unnest(CAST(:games AS text[]), CAST(:players AS text[])) AS k(game, player_id)
+    JOIN unnest(CAST(:games AS text[]), CAST(:players AS text[]), CAST(:known AS bigint[]))
+      AS k(game, player_id, known)
       ON p.game = k.game AND p.player_id = k.player_id
     ORDER BY p.game, p.player_id
     FOR UPDATE OF p
@@ -86,8 +88,8 @@ _LOCK = text(
 _UPSERT = text(
     """
     INSERT INTO profiles (game, player_id, state, events_applied, last_event_at,
-                          last_received_at, updated_at)
-    SELECT g, p, s, n, le, lr, clock_timestamp()
+                          last_received_at, updated_at, version)
+    SELECT g, p, s, n, le, lr, clock_timestamp(), 1
     FROM unnest(CAST(:games AS text[]), CAST(:players AS text[]), CAST(:states AS bytea[]),
                 CAST(:counts AS bigint[]), CAST(:last_events AS timestamptz[]),
                 CAST(:last_received AS timestamptz[])) AS u(g, p, s, n, le, lr)
@@ -96,7 +98,8 @@ _UPSERT = text(
         events_applied = excluded.events_applied,
         last_event_at = excluded.last_event_at,
         last_received_at = excluded.last_received_at,
-        updated_at = excluded.updated_at
+        updated_at = excluded.updated_at,
+        version = profiles.version + 1
     """
 )
 
@@ -131,15 +134,28 @@ class ProfileRepository:
         return {(r[0], r[1], r[2]) for r in result}
 
     async def lock_states(
-        self, conn: AsyncConnection, keys: Sequence[PlayerKey]
-    ) -> dict[PlayerKey, bytes]:
-        """Current states of these players, locked until the transaction ends."""
+        self,
+        conn: AsyncConnection,
+        keys: Sequence[PlayerKey],
+        known: dict[PlayerKey, int] | None = None,
+    ) -> dict[PlayerKey, tuple[int, bytes | None]]:
+        """(version, state) of these players, locked until the transaction ends.
+
+        Players absent are new. The state is None where ``known`` already has the
+        current version (the caller holds that state): no bytes travel for it.
+        """
         if not keys:
             return {}
+        known = known or {}
         result = await conn.execute(
-            _LOCK, {"games": [k[0] for k in keys], "players": [k[1] for k in keys]}
+            _LOCK,
+            {
+                "games": [k[0] for k in keys],
+                "players": [k[1] for k in keys],
+                "known": [known.get(k, -1) for k in keys],
+            },
         )
-        return {(r[0], r[1]): r[2] for r in result}
+        return {(r[0], r[1]): (r[2], r[3]) for r in result}
 
     async def save_states(self, conn: AsyncConnection, rows: Sequence[ProfileWrite]) -> None:
         """Insert or replace these profiles, stamping them with the commit-time clock."""

@@ -50,6 +50,8 @@ profiles = Table(
     Column("last_event_at", TZ),
     Column("last_received_at", TZ),
     Column("updated_at", TZ, nullable=False),
+    # Bumped on every write, so a process holding a state in memory can tell it is current.
+    Column("version", BigInteger, nullable=False, server_default="0"),
 )
 
 # The ids of the events each profile has absorbed: the fold inserts them in the same

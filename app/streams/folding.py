@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -74,6 +75,8 @@ class _Outcome:
     failed: int = 0
     late: int = 0
     received_at: list[int] = field(default_factory=list)
+    states: dict[PlayerKey, tuple[int, ProfileState]] = field(default_factory=dict)
+    """Written states and their new versions: cached once the transaction commits."""
 
 
 class ProfileFolder:
@@ -86,12 +89,18 @@ class ProfileFolder:
         repository: ProfileRepository | None = None,
         *,
         retry_max_s: float = 5.0,
+        cache_size: int = 100_000,
     ) -> None:
         self.engine = engine
         self.features = features
         self.repository = repository or ProfileRepository()
         self.retry_max_s = retry_max_s
         self.stats = FoldStats()
+        # Partition-owned state cache: the states this process wrote last, by version.
+        # PostgreSQL stays the truth: each batch sends the versions it holds and gets
+        # back only the states that changed elsewhere (after a rebalance, a replay).
+        self.cache_size = cache_size
+        self._cache: OrderedDict[PlayerKey, tuple[int, ProfileState]] = OrderedDict()
         self.freshness_samples: list[float] | None = None
         """Set to a list to also collect every event's freshness in seconds (benchmarks)."""
 
@@ -123,6 +132,7 @@ class ProfileFolder:
             try:
                 async with self.engine.begin() as conn:
                     outcome = await self._apply(conn, records, list(failures))
+                self._remember(outcome.states)
                 self._count(outcome, time.monotonic() - started)
                 return
             except (DBAPIError, OSError, TimeoutError) as exc:
@@ -133,6 +143,14 @@ class ProfileFolder:
                 log.warning("fold batch failed; retrying", error=str(exc), retry_in_s=delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.retry_max_s)
+
+    def _remember(self, states: dict[PlayerKey, tuple[int, ProfileState]]) -> None:
+        cache = self._cache
+        for key, entry in states.items():
+            cache[key] = entry
+            cache.move_to_end(key)
+        while len(cache) > self.cache_size:
+            cache.popitem(last=False)
 
     def _count(self, outcome: _Outcome, seconds: float) -> None:
         """Counted once committed: an attempt that failed and was retried is not."""
@@ -193,15 +211,26 @@ class ProfileFolder:
         late_before = None if longest is None else now_us - longest * 1_000_000
 
         keys: list[PlayerKey] = sorted({(r.game, r.player_id) for r in fresh})
-        stored = await repo.lock_states(conn, keys)
+        cache = self._cache
+        # Taken out of the cache: folded in place, they go back only if this commits.
+        held = {key: cache.pop(key) for key in keys if key in cache}
+        stored = await repo.lock_states(conn, keys, {k: v for k, (v, _) in held.items()})
         states: dict[PlayerKey, ProfileState] = {}
+        versions: dict[PlayerKey, int] = {}
         touched: set[PlayerKey] = set()
         for record in fresh:
             key = (record.game, record.player_id)
             state = states.get(key)
             if state is None:
-                blob = stored.get(key)
-                state = states[key] = decode_state(blob) if blob is not None else ProfileState()
+                version, blob = stored.get(key, (0, None))
+                if key not in stored:
+                    state = ProfileState()
+                elif blob is None:
+                    state = held[key][1]  # our copy is current
+                else:
+                    state = decode_state(blob)
+                states[key] = state
+                versions[key] = version
             try:
                 fold_event(state, record, self.features)
             except PoisonEvent as exc:
@@ -232,6 +261,7 @@ class ProfileFolder:
         for key in sorted(touched):
             state = states[key]
             prune_windows(state, self.features, now_us)
+            outcome.states[key] = (versions[key] + 1, state)
             writes.append(
                 ProfileWrite(
                     game=key[0],

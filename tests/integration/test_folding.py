@@ -125,3 +125,19 @@ async def test_a_record_the_database_refuses_is_isolated(
     assert len(rows) == 1
     assert "database" in rows[0].reason
     assert rows[0].payload == encode_record(refused)
+
+
+async def test_a_state_cached_by_one_process_is_refreshed_after_another_wrote(
+    engine: AsyncEngine, features: FeatureSet
+) -> None:
+    # Two processes folding the same player in turn, as around a rebalance: each keeps
+    # the states it wrote in memory, and must notice when the other wrote since.
+    first, second = ProfileFolder(engine, features), ProfileFolder(engine, features)
+    await first.fold_batch([encode_record(record("a", "shared", "purchase", NOW_US, amount=1))])
+    await second.fold_batch([encode_record(record("b", "shared", "purchase", NOW_US, amount=2))])
+    await first.fold_batch([encode_record(record("c", "shared", "purchase", NOW_US, amount=4))])
+    await second.fold_batch([encode_record(record("d", "shared", "purchase", NOW_US, amount=8))])
+    profile = await ProfileService(engine, features).get("g", "shared")
+    assert profile is not None
+    assert profile.features["spend_total"] == 15
+    assert profile.events_applied == 4
