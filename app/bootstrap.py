@@ -6,6 +6,7 @@ HTTP handlers, stream agents, the CLI and tests all get their services from here
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from dataclasses import dataclass, field
 
@@ -13,7 +14,12 @@ import faust
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.db.engine import create_engine
+from app.db.notify import ChangeListener
+from app.db.reads import FastReads
+from app.db.repositories import MODEL_CHANNEL
+from app.domain.events import EventRecord
 from app.domain.features import FeatureSet, load_features
+from app.domain.predictions import PredictionRecord
 from app.keys import KeyService
 from app.log import get_logger
 from app.models.registry import ModelRegistry
@@ -21,7 +27,8 @@ from app.profiles import FailedEventService, ProfileService
 from app.settings import Settings
 from app.streams.app import create_stream_app
 from app.streams.folding import ProfileFolder
-from app.streams.lake import LakeArchiver
+from app.streams.lake import LakeArchiver, write_events, write_predictions
+from app.streams.prediction_log import PredictionLog
 from app.streams.producer import EventProducer, ensure_topic
 
 log = get_logger(__name__)
@@ -40,9 +47,18 @@ class Services:
     registry: ModelRegistry
     producer: EventProducer
     folder: ProfileFolder
-    archiver: LakeArchiver
+    archiver: LakeArchiver[EventRecord]
+    prediction_log: PredictionLog
+    prediction_archiver: LakeArchiver[PredictionRecord]
+    model_changes: ChangeListener
+    reads: FastReads
     stream_app: faust.App
     started_at: float = field(default_factory=time.monotonic)
+
+    async def start(self) -> None:
+        """Start what runs beside the stream app: model change notices, prediction logs."""
+        await self.model_changes.start()
+        self.prediction_log.start()
 
     async def drain(self, timeout: float) -> bool:
         """Wait until this process has folded and archived all it produced, then flush.
@@ -59,6 +75,12 @@ class Services:
                 break
             await asyncio.sleep(0.05)
         await self.archiver.flush()
+        await self.prediction_log.close()
+        with contextlib.suppress(TimeoutError):  # best effort: predictions are logs
+            async with asyncio.timeout(min(timeout, 5)):
+                while self.prediction_archiver.seen < self.prediction_log.logged:
+                    await asyncio.sleep(0.05)
+        await self.prediction_archiver.flush()
         if not caught_up:
             log.error(
                 "shutting down before the agents caught up",
@@ -70,6 +92,8 @@ class Services:
 
     async def close(self) -> None:
         """Release clients and pools (the stream app is stopped by its own lifespan)."""
+        await self.model_changes.stop()
+        await self.reads.close()
         await self.producer.close()
         await self.engine.dispose()
 
@@ -88,33 +112,52 @@ async def open_services(settings: Settings) -> Services:
         raise RuntimeError("no Kafka brokers: start the embedded broker first")
     features = load_features(settings.features_path)
     engine = open_engine(settings)
-    replication = await asyncio.to_thread(
-        ensure_topic,
-        brokers,
-        settings.events_topic,
-        settings.topic_partitions,
-        settings.topic_replication,
-    )
+    reads = await FastReads.open(settings.database_url or "")
+    replication = 0
+    for topic in (settings.events_topic, settings.predictions_topic):
+        replication = await asyncio.to_thread(
+            ensure_topic, brokers, topic, settings.topic_partitions, settings.topic_replication
+        )
     producer = EventProducer(brokers, timeout_s=settings.produce_timeout_s)
     folder = ProfileFolder(engine, features)
     archiver = LakeArchiver(
         settings.lake_dir,
         flush_s=settings.lake_flush_s,
         flush_events=settings.lake_flush_events,
+        writer=write_events,
+    )
+    prediction_archiver = LakeArchiver(
+        settings.lake_dir,
+        flush_s=settings.lake_flush_s,
+        flush_events=settings.lake_flush_events,
+        writer=write_predictions,
+    )
+    prediction_log = PredictionLog(producer, settings.predictions_topic)
+    registry = ModelRegistry(
+        engine, features, max_bytes=settings.model_max_bytes, log_prediction=prediction_log
     )
     stream_app = create_stream_app(
-        settings, brokers=brokers, replication=replication, folder=folder, archiver=archiver
+        settings,
+        brokers=brokers,
+        replication=replication,
+        folder=folder,
+        archiver=archiver,
+        prediction_archiver=prediction_archiver,
     )
     return Services(
         settings=settings,
         features=features,
         engine=engine,
-        keys=KeyService(engine, cache_s=settings.key_cache_s),
-        profiles=ProfileService(engine, features),
+        keys=KeyService(engine, cache_s=settings.key_cache_s, reads=reads),
+        profiles=ProfileService(engine, features, reads=reads),
         failed_events=FailedEventService(engine),
-        registry=ModelRegistry(engine, features, max_bytes=settings.model_max_bytes),
+        registry=registry,
         producer=producer,
         folder=folder,
         archiver=archiver,
+        prediction_log=prediction_log,
+        prediction_archiver=prediction_archiver,
+        model_changes=ChangeListener(settings.database_url or "", MODEL_CHANNEL, registry.forget),
+        reads=reads,
         stream_app=stream_app,
     )

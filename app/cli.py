@@ -6,6 +6,7 @@ import asyncio
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import click
 
@@ -216,3 +217,122 @@ def failed_events(game: str | None, limit: int, fmt: str) -> None:
             *(str(row[c]) for c in ("id", "game", "player_id", "event_id", "failed_at", "reason"))
         )
     Console().print(table)
+
+
+@main.group()
+def models() -> None:
+    """Model versions and rollouts (running servers follow within a second)."""
+
+
+def _with_registry(action: Any) -> Any:
+    """Run ``action(registry)`` against the configured database."""
+    from app.db.engine import create_engine
+    from app.domain.features import FeatureFileError, load_features
+    from app.models.registry import ModelRegistry
+
+    settings = _settings("warning")
+    try:
+        features = load_features(settings.features_path)
+    except FeatureFileError as exc:
+        raise click.ClickException(str(exc)) from None
+
+    async def run(url: str) -> Any:
+        engine = create_engine(url, pool_size=1)
+        try:
+            registry = ModelRegistry(engine, features, max_bytes=settings.model_max_bytes)
+            return await action(registry)
+        finally:
+            await engine.dispose()
+
+    from app.domain.rollout import RolloutError
+    from app.models.registry import UnknownModel
+
+    with _database(settings) as url:
+        try:
+            return asyncio.run(run(url))
+        except UnknownModel as exc:
+            raise click.ClickException(f"model {exc} has no version in this game") from None
+        except RolloutError as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+def _show_rollout(rollout: Any) -> None:
+    split = ", ".join(f"v{v}: {p}%" for v, p in sorted(rollout.split.items()))
+    shadow = f"; shadow v{rollout.shadow}" if rollout.shadow is not None else ""
+    click.echo(f"serving {split}{shadow}")
+
+
+@models.command("list")
+@click.option("--game", required=True)
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+def models_list(game: str, fmt: str) -> None:
+    """Every model of a game: versions, manifests, upload times, rollout."""
+    import msgspec
+
+    infos = _with_registry(lambda registry: registry.describe(game))
+    if fmt == "json":
+        click.echo(msgspec.json.encode(infos, enc_hook=str).decode())
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("model", "version", "uploaded", "bytes", "serving", "inputs")
+    for info in infos:
+        rollout = info.rollout
+        for v in info.versions:
+            share = rollout.split.get(v.version, 0) if rollout else 0
+            role = (
+                f"{share}%"
+                if share
+                else ("shadow" if rollout and rollout.shadow == v.version else "")
+            )
+            table.add_row(
+                info.name,
+                str(v.version),
+                v.created_at.isoformat(timespec="seconds"),
+                str(v.size_bytes),
+                role,
+                str(v.manifest.get("inputs")),
+            )
+    Console().print(table)
+
+
+@models.command("activate")
+@click.option("--game", required=True)
+@click.argument("name")
+@click.argument("version", type=int)
+def models_activate(game: str, name: str, version: int) -> None:
+    """Serve VERSION of NAME to every player."""
+    _show_rollout(_with_registry(lambda registry: registry.activate(game, name, version)))
+
+
+@models.command("rollback")
+@click.option("--game", required=True)
+@click.argument("name")
+def models_rollback(game: str, name: str) -> None:
+    """Return NAME to its previous rollout."""
+    _show_rollout(_with_registry(lambda registry: registry.rollback(game, name)))
+
+
+@models.command("rollout")
+@click.option("--game", required=True)
+@click.argument("name")
+@click.option("--split", "split_text", required=True, help="VERSION=PERCENT,... e.g. 1=90,2=10")
+@click.option("--shadow", type=int, default=None, help="A version to run and log, never answer.")
+def models_rollout(game: str, name: str, split_text: str, shadow: int | None) -> None:
+    """Split NAME's players between versions (sticky per player), with an optional shadow."""
+    from app.domain.rollout import Rollout, RolloutError
+
+    try:
+        split = {int(v): int(p) for v, p in (part.split("=", 1) for part in split_text.split(","))}
+        rollout = Rollout(split, shadow)
+    except (ValueError, RolloutError) as exc:
+        raise click.BadParameter(str(exc), param_hint="--split") from None
+    _show_rollout(_with_registry(lambda registry: registry.set_rollout(game, name, rollout)))
+
+
+from app.analytics.commands import lake, report, training_set  # noqa: E402
+
+main.add_command(lake)
+analytics.add_command(report)
+analytics.add_command(training_set)

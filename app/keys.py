@@ -7,6 +7,7 @@ import time
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.db.reads import FastReads
 from app.db.repositories import ApiKeyRepository
 from app.domain.access import Principal, Role, hash_key, new_key
 from app.domain.events import GAME_PATTERN
@@ -18,11 +19,17 @@ class KeyService:
     """Issues keys and authenticates them, with a short in-process cache."""
 
     def __init__(
-        self, engine: AsyncEngine, *, cache_s: float, repository: ApiKeyRepository | None = None
+        self,
+        engine: AsyncEngine,
+        *,
+        cache_s: float,
+        repository: ApiKeyRepository | None = None,
+        reads: FastReads | None = None,
     ) -> None:
         self.engine = engine
         self.cache_s = cache_s
         self.repository = repository or ApiKeyRepository()
+        self.reads = reads
         self._cache: dict[str, tuple[Principal, float]] = {}
 
     async def create(self, game: str, role: Role) -> str:
@@ -44,8 +51,11 @@ class KeyService:
         now = time.monotonic()
         if cached is not None and cached[1] > now:
             return cached[0]
-        async with self.engine.connect() as conn:
-            principal = await self.repository.find(conn, digest)
+        if self.reads is not None:
+            principal = await self.reads.principal(digest)
+        else:
+            async with self.engine.connect() as conn:
+                principal = await self.repository.find(conn, digest)
         if principal is not None:
             if len(self._cache) > 10_000:
                 self._cache.clear()

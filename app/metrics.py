@@ -32,3 +32,8 @@ FRESHNESS_SECONDS = Histogram(
     "From an event's arrival at ingest to its profile change being committed.",
     buckets=_LATENCY_BUCKETS,
 )
+PREDICTION_SECONDS = Histogram(
+    "playerpulse_prediction_seconds",
+    "Server time of a prediction request: profile read and model run.",
+    buckets=(0.0002, 0.0005, 0.001, 0.0015, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1),
+)

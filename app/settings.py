@@ -37,6 +37,8 @@ class Settings:
     """PLAYERPULSE_LOG_LEVEL: debug, info, warning or error."""
     events_topic: str = "events"
     """PLAYERPULSE_EVENTS_TOPIC: the Kafka topic events are written to."""
+    predictions_topic: str = "predictions"
+    """PLAYERPULSE_PREDICTIONS_TOPIC: the Kafka topic predictions are logged to."""
     topic_partitions: int = 8
     """PLAYERPULSE_TOPIC_PARTITIONS: partitions of the events topic when it is created."""
     topic_replication: int = 0

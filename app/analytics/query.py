@@ -23,24 +23,48 @@ class QueryResult:
     rows: list[tuple[Any, ...]]
 
 
-def connect(lake_dir: Path) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB with the lake's views: ``events`` (each event_id of a game once)."""
-    conn = duckdb.connect(":memory:")
-    conn.execute("SET TimeZone = 'UTC'")
-    files = lake_dir / "events"
-    if any(files.glob("game=*/date=*/*.parquet")):
-        pattern = str(files / "game=*" / "date=*" / "*.parquet").replace("'", "''")
-        source = (
-            f"SELECT event_id, player_id, type, ts, props, received_at, game "
+_EVENT_COLUMNS = {
+    "event_id": "VARCHAR",
+    "player_id": "VARCHAR",
+    "type": "VARCHAR",
+    "ts": "TIMESTAMPTZ",
+    "props": "VARCHAR",
+    "received_at": "TIMESTAMPTZ",
+}
+_PREDICTION_COLUMNS = {
+    "model": "VARCHAR",
+    "version": "INTEGER",
+    "player_id": "VARCHAR",
+    "shadow": "BOOLEAN",
+    "ts": "TIMESTAMPTZ",
+    "latency_us": "BIGINT",
+    "outputs": "VARCHAR",
+    "features": "VARCHAR",
+}
+
+
+def _source(folder: Path, columns: dict[str, str]) -> str:
+    """A SELECT over a lake table's Parquet files, plus ``game``; no rows if it has none."""
+    if any(folder.glob("game=*/date=*/*.parquet")):
+        pattern = str(folder / "game=*" / "date=*" / "*.parquet").replace("'", "''")
+        return (
+            f"SELECT {', '.join(columns)}, game "
             f"FROM read_parquet('{pattern}', hive_partitioning = true, "
             f"hive_types = {{'game': VARCHAR, 'date': DATE}}, union_by_name = true)"
         )
-    else:  # an empty lake still answers queries, with no rows
-        source = (
-            "SELECT NULL::VARCHAR AS event_id, NULL::VARCHAR AS player_id, "
-            "NULL::VARCHAR AS type, NULL::TIMESTAMPTZ AS ts, NULL::VARCHAR AS props, "
-            "NULL::TIMESTAMPTZ AS received_at, NULL::VARCHAR AS game LIMIT 0"
-        )
+    typed = ", ".join(f"NULL::{kind} AS {name}" for name, kind in columns.items())
+    return f"SELECT {typed}, NULL::VARCHAR AS game LIMIT 0"
+
+
+def connect(lake_dir: Path) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB with the lake's views.
+
+    ``events``: every event, each event_id of a game once (the first received).
+    ``predictions``: every logged prediction (served and shadow), with ``game``.
+    """
+    conn = duckdb.connect(":memory:")
+    conn.execute("SET TimeZone = 'UTC'")
+    events = _source(lake_dir / "events", _EVENT_COLUMNS)
     # An event archived twice (at-least-once delivery) shows once: the first received.
     conn.execute(
         f"""
@@ -48,9 +72,12 @@ def connect(lake_dir: Path) -> duckdb.DuckDBPyConnection:
         SELECT * EXCLUDE (copy) FROM (
             SELECT *, row_number() OVER (
                 PARTITION BY game, event_id ORDER BY received_at, player_id) AS copy
-            FROM ({source})
+            FROM ({events})
         ) WHERE copy = 1
         """
+    )
+    conn.execute(
+        f"CREATE VIEW predictions AS {_source(lake_dir / 'predictions', _PREDICTION_COLUMNS)}"
     )
     return conn
 

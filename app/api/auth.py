@@ -40,7 +40,8 @@ class ApiKeyAuthentication(AbstractAuthenticationMiddleware):
 def requires(role: Role) -> Any:
     """A guard letting through keys of ``role``, and admin keys."""
 
-    def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    # Async on purpose: Litestar runs a sync guard in a worker thread, per request.
+    async def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
         principal: Principal = connection.user
         if not principal.may(role):
             raise PermissionDeniedException(

@@ -9,19 +9,15 @@ from typing import Annotated, Any
 
 import msgspec
 from litestar import Request, Response, get, post
-from litestar.datastructures import State, UploadFile
-from litestar.enums import RequestEncodingType
+from litestar.datastructures import State
 from litestar.handlers import HTTPRouteHandler
-from litestar.params import Body, Parameter
+from litestar.params import Parameter
 from litestar.status_codes import (
-    HTTP_201_CREATED,
     HTTP_202_ACCEPTED,
     HTTP_400_BAD_REQUEST,
     HTTP_404_NOT_FOUND,
-    HTTP_409_CONFLICT,
     HTTP_413_REQUEST_ENTITY_TOO_LARGE,
     HTTP_415_UNSUPPORTED_MEDIA_TYPE,
-    HTTP_422_UNPROCESSABLE_ENTITY,
     HTTP_503_SERVICE_UNAVAILABLE,
 )
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -30,13 +26,12 @@ from app import metrics
 from app.bootstrap import Services
 from app.domain.access import Principal, Role
 from app.domain.events import BatchError, Rejection, parse_batch
-from app.models.registry import UnknownModel
-from app.models.runtime import ModelRejected, PredictionFailed
 from app.settings import Settings
 from app.streams.producer import BrokerUnavailable
 
 from .auth import requires
 from .errors import ApiError
+from .model_routes import model_routes
 
 # -- response bodies -------------------------------------------------------------------
 
@@ -57,21 +52,6 @@ class ProfileReply(msgspec.Struct):
     last_event_at: datetime | None
     last_received_at: datetime | None
     updated_at: datetime
-
-
-class ModelVersionReply(msgspec.Struct):
-    """The version an upload created."""
-
-    name: str
-    version: int
-
-
-class PredictionReply(msgspec.Struct):
-    """A model's outputs for one player, and which version answered."""
-
-    model: str
-    version: int
-    outputs: dict[str, Any]
 
 
 class FailedEventReply(msgspec.Struct):
@@ -155,51 +135,6 @@ async def get_profile(
     )
 
 
-async def upload_model(
-    name: str,
-    request: Request[Principal, Any, Any],
-    services: Services,
-    data: Annotated[dict[str, Any], Body(media_type=RequestEncodingType.MULTI_PART)],
-) -> ModelVersionReply:
-    """Upload a new version of model ``name``: an ONNX file part and a JSON manifest part."""
-    model = data.get("model")
-    manifest = data.get("manifest")
-    if model is None:
-        raise ApiError(HTTP_422_UNPROCESSABLE_ENTITY, "model: missing file part 'model'")
-    if manifest is None:
-        raise ApiError(HTTP_422_UNPROCESSABLE_ENTITY, "manifest: missing part 'manifest'")
-    onnx = await model.read() if isinstance(model, UploadFile) else str(model).encode()
-    manifest_raw = await manifest.read() if isinstance(manifest, UploadFile) else manifest
-    try:
-        version = await services.registry.upload(request.user.game, name, onnx, manifest_raw)
-    except ModelRejected as exc:
-        raise ApiError(HTTP_422_UNPROCESSABLE_ENTITY, str(exc)) from None
-    return ModelVersionReply(name=name, version=version)
-
-
-async def predict_for_player(
-    player_id: str, name: str, request: Request[Principal, Any, Any], services: Services
-) -> PredictionReply:
-    """Run the serving version of ``name`` on the player's current features."""
-    game = request.user.game
-    profile = await services.profiles.get(game, player_id)
-    if profile is None:
-        raise ApiError(HTTP_404_NOT_FOUND, f"player {player_id!r} has no events in this game")
-    try:
-        prediction = await services.registry.predict(game, name, profile.features)
-    except UnknownModel:
-        raise ApiError(HTTP_404_NOT_FOUND, f"model {name!r} has no version in this game") from None
-    except ModelRejected as exc:
-        raise ApiError(
-            HTTP_409_CONFLICT, f"model {name!r} no longer fits the features file: {exc}"
-        ) from None
-    except PredictionFailed as exc:
-        raise ApiError(HTTP_422_UNPROCESSABLE_ENTITY, f"model {name!r}: {exc}") from None
-    return PredictionReply(
-        model=prediction.model, version=prediction.version, outputs=prediction.outputs
-    )
-
-
 async def list_failed_events(
     request: Request[Principal, Any, Any],
     services: Services,
@@ -258,26 +193,13 @@ def build_routes(settings: Settings) -> list[HTTPRouteHandler]:
             tags=["profiles"],
             summary="Read a player's profile",
         )(get_profile),
-        post(
-            "/v1/admin/models/{name:str}",
-            guards=[requires(Role.ADMIN)],
-            status_code=HTTP_201_CREATED,
-            request_max_body_size=settings.model_max_bytes + 1024 * 1024,
-            tags=["models"],
-            summary="Upload a model version",
-        )(upload_model),
         get(
             "/v1/admin/failed-events",
             guards=[requires(Role.ADMIN)],
             tags=["events"],
             summary="Events the fold could not apply",
         )(list_failed_events),
-        get(
-            "/v1/players/{player_id:str}/predictions/{name:str}",
-            guards=[requires(Role.READ)],
-            tags=["predictions"],
-            summary="Predict for a player",
-        )(predict_for_player),
+        *model_routes(settings),
     ]
 
 

@@ -27,7 +27,7 @@ def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
         async_url(url),
         pool_size=pool_size,
         max_overflow=pool_size,
-        pool_pre_ping=True,
+        pool_pre_ping=False,
         connect_args={"server_settings": {"application_name": "playerpulse"}},
     )
 

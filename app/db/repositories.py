@@ -15,8 +15,9 @@ from sqlalchemy import func, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.domain.access import Principal, Role
+from app.domain.rollout import Rollout
 
-from .tables import api_keys, failed_events, feature_defs, models, profiles
+from .tables import api_keys, failed_events, feature_defs, model_rollouts, models, profiles
 
 PlayerKey = tuple[str, str]
 """(game, player_id)"""
@@ -346,8 +347,107 @@ class StoredModel:
     onnx: bytes | None = None
 
 
+MODEL_CHANNEL = "playerpulse_models"
+"""NOTIFY channel: the payload is "game/name" of a model whose versions or rollout changed."""
+
+
+@dataclass(frozen=True, slots=True)
+class ModelVersionInfo:
+    """A stored version, without its bytes."""
+
+    name: str
+    version: int
+    manifest: dict[str, Any]
+    sha256: str
+    size_bytes: int
+    created_at: datetime
+
+
 class ModelRepository:
-    """ONNX model versions, numbered from 1 per game and name."""
+    """ONNX model versions, numbered from 1 per game and name, and their rollouts."""
+
+    async def lock(self, conn: AsyncConnection, game: str, name: str) -> None:
+        """Serialise changes to one model (transaction-scoped)."""
+        await conn.execute(
+            text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": f"model:{game}:{name}"}
+        )
+
+    async def versions(
+        self, conn: AsyncConnection, game: str, name: str | None = None
+    ) -> list[ModelVersionInfo]:
+        """Every stored version of the game's models (or of one), by name and version."""
+        query = (
+            select(
+                models.c.name,
+                models.c.version,
+                models.c.manifest,
+                models.c.sha256,
+                models.c.size_bytes,
+                models.c.created_at,
+            )
+            .where(models.c.game == game)
+            .order_by(models.c.name, models.c.version)
+        )
+        if name is not None:
+            query = query.where(models.c.name == name)
+        rows = (await conn.execute(query)).all()
+        return [
+            ModelVersionInfo(r.name, r.version, r.manifest, r.sha256, r.size_bytes, r.created_at)
+            for r in rows
+        ]
+
+    async def rollout(self, conn: AsyncConnection, game: str, name: str) -> Rollout | None:
+        """The current rollout of a model, or None if it has none."""
+        row = (
+            await conn.execute(
+                select(model_rollouts.c.split, model_rollouts.c.shadow)
+                .where(model_rollouts.c.game == game, model_rollouts.c.name == name)
+                .order_by(model_rollouts.c.id.desc())
+                .limit(1)
+            )
+        ).first()
+        if row is None:
+            return None
+        return Rollout({int(v): int(p) for v, p in row.split.items()}, row.shadow)
+
+    async def set_rollout(
+        self, conn: AsyncConnection, game: str, name: str, rollout: Rollout
+    ) -> None:
+        """Make ``rollout`` current (kept in the history) and tell every process."""
+        await conn.execute(
+            insert(model_rollouts).values(
+                game=game,
+                name=name,
+                split={str(v): p for v, p in sorted(rollout.split.items())},
+                shadow=rollout.shadow,
+            )
+        )
+        await self.notify(conn, game, name)
+
+    async def drop_current_rollout(
+        self, conn: AsyncConnection, game: str, name: str
+    ) -> Rollout | None:
+        """Return to the rollout before the current one; None if there is none before."""
+        ids = (
+            await conn.scalars(
+                select(model_rollouts.c.id)
+                .where(model_rollouts.c.game == game, model_rollouts.c.name == name)
+                .order_by(model_rollouts.c.id.desc())
+                .limit(2)
+            )
+        ).all()
+        if len(ids) < 2:
+            return None
+        await conn.execute(model_rollouts.delete().where(model_rollouts.c.id == ids[0]))
+        await self.notify(conn, game, name)
+        return await self.rollout(conn, game, name)
+
+    async def notify(self, conn: AsyncConnection, game: str, name: str) -> None:
+        """Tell every serving process (delivered when the transaction commits)."""
+        await conn.execute(
+            text("SELECT pg_notify(:channel, :payload)"),
+            {"channel": MODEL_CHANNEL, "payload": f"{game}/{name}"},
+        )
 
     async def add(
         self,
@@ -363,9 +463,7 @@ class ModelRepository:
 
         A transaction-scoped advisory lock per (game, name) serialises concurrent uploads.
         """
-        await conn.execute(
-            text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": f"model:{game}:{name}"}
-        )
+        await self.lock(conn, game, name)
         current = await conn.scalar(
             select(func.coalesce(func.max(models.c.version), 0)).where(
                 models.c.game == game, models.c.name == name
@@ -384,13 +482,6 @@ class ModelRepository:
             )
         )
         return version
-
-    async def serving_version(self, conn: AsyncConnection, game: str, name: str) -> int | None:
-        """The version that serves ``name``: the newest one."""
-        value = await conn.scalar(
-            select(func.max(models.c.version)).where(models.c.game == game, models.c.name == name)
-        )
-        return None if value is None else int(value)
 
     async def load(
         self, conn: AsyncConnection, game: str, name: str, version: int

@@ -101,3 +101,17 @@ feature_defs = Table(
     Column("fingerprint", Text, nullable=False),
     Column("updated_at", TZ, nullable=False, server_default=func.now()),
 )
+
+# Every change of which versions serve a model, newest last: the newest row is the
+# current rollout, the one before it is what a rollback returns to.
+model_rollouts = Table(
+    "model_rollouts",
+    metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("game", Text, nullable=False),
+    Column("name", Text, nullable=False),
+    Column("split", JSONB, nullable=False),
+    Column("shadow", Integer),
+    Column("created_at", TZ, nullable=False, server_default=func.now()),
+    Index(None, "game", "name", "id"),
+)

@@ -103,6 +103,7 @@ class EmbeddedPostgres:
                 user=self._uid,
                 group=self._gid,
             )
+            self._prepare_user()  # again: a parent's mode may have changed since (pytest does)
             self.child.start()
             try:
                 self.child.wait_until(self._ready, timeout, "ready")

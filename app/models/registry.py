@@ -1,8 +1,9 @@
-"""The model registry: validate and store ONNX uploads, serve the newest version.
+"""The model registry: validate and store ONNX uploads, roll versions out, serve them.
 
 Model bytes live in PostgreSQL, so every serving process (on any machine) can load any
-version. Each process keeps loaded sessions in memory, keyed by version, and asks
-PostgreSQL which version serves (the newest) on each prediction.
+version. Each process keeps loaded sessions (immutable, by version) and each model's
+current rollout in memory; a change committed anywhere is announced with PostgreSQL
+NOTIFY, and every process forgets its copy of that rollout within moments.
 """
 
 from __future__ import annotations
@@ -10,15 +11,18 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.db.repositories import ModelRepository
+from app.db.repositories import ModelRepository, ModelVersionInfo
 from app.domain.features import FeatureSet
+from app.domain.predictions import PredictionRecord
+from app.domain.rollout import Rollout, RolloutError
 from app.log import get_logger
 
 from .runtime import LoadedModel, Manifest, ModelRejected, parse_manifest
@@ -41,8 +45,17 @@ class Prediction:
     outputs: dict[str, Any]
 
 
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """A model's versions and its current rollout."""
+
+    name: str
+    versions: list[ModelVersionInfo]
+    rollout: Rollout | None
+
+
 class ModelRegistry:
-    """Upload, store, load and run ONNX models, per game."""
+    """Upload, store, roll out, load and run ONNX models, per game."""
 
     def __init__(
         self,
@@ -51,50 +64,194 @@ class ModelRegistry:
         *,
         max_bytes: int,
         repository: ModelRepository | None = None,
+        log_prediction: Callable[[PredictionRecord], None] | None = None,
     ) -> None:
         self.engine = engine
         self.features = features
         self.max_bytes = max_bytes
         self.repository = repository or ModelRepository()
+        self.log_prediction = log_prediction
         self._loaded: dict[tuple[str, str, int], LoadedModel] = {}
+        self._rollouts: dict[tuple[str, str], Rollout | None] = {}
 
-    async def upload(self, game: str, name: str, onnx: bytes, manifest_raw: bytes | str) -> int:
+    # -- changes ------------------------------------------------------------------------
+
+    async def upload(
+        self,
+        game: str,
+        name: str,
+        raw: bytes,
+        manifest_raw: bytes | str,
+        *,
+        activate: bool = True,
+    ) -> int:
         """Validate and store a new version of ``name``; return its number.
 
-        Raises :class:`ModelRejected` with the reason; nothing is stored then, and the
-        serving version is untouched.
+        With ``activate`` (and always for a model's first version) the new version then
+        serves every player; the shadow, if any, stays. Raises :class:`ModelRejected`
+        with the reason: nothing is stored then, and what serves is untouched.
         """
         if not MODEL_NAME.match(name):
             raise ModelRejected(
                 "name: 1 to 64 letters, digits, '_', '.' or '-', starting with a letter or digit"
             )
-        if not onnx:
+        if not raw:
             raise ModelRejected("model: the file part is empty")
-        if len(onnx) > self.max_bytes:
-            raise ModelRejected(f"model: {len(onnx)} bytes, more than the {self.max_bytes} allowed")
+        if len(raw) > self.max_bytes:
+            raise ModelRejected(f"model: {len(raw)} bytes, more than the {self.max_bytes} allowed")
         manifest = parse_manifest(manifest_raw)
-        loaded = await asyncio.to_thread(LoadedModel, onnx, manifest, self.features)
+        loaded = await asyncio.to_thread(LoadedModel, raw, manifest, self.features)
         async with self.engine.begin() as conn:
             version = await self.repository.add(
                 conn,
                 game=game,
                 name=name,
-                onnx=onnx,
+                onnx=raw,
                 manifest=msgspec.to_builtins(manifest),
-                sha256=hashlib.sha256(onnx).hexdigest(),
+                sha256=hashlib.sha256(raw).hexdigest(),
             )
+            current = await self.repository.rollout(conn, game, name)
+            if activate or current is None:
+                shadow = current.shadow if current is not None else None
+                rollout = Rollout.only(version, shadow if shadow != version else None)
+                await self.repository.set_rollout(conn, game, name, rollout)
+            else:
+                await self.repository.notify(conn, game, name)
         self._loaded[(game, name, version)] = loaded
-        log.info("model uploaded", game=game, model=name, version=version, bytes=len(onnx))
+        self.forget(f"{game}/{name}")
+        log.info("model uploaded", game=game, model=name, version=version, bytes=len(raw))
         return version
 
-    async def predict(self, game: str, name: str, values: Mapping[str, Any]) -> Prediction:
-        """Run the serving version of ``name`` on one player's feature values."""
+    async def set_rollout(self, game: str, name: str, rollout: Rollout) -> Rollout:
+        """Serve ``rollout`` (versions must exist); raises UnknownModel or RolloutError."""
+        async with self.engine.begin() as conn:
+            await self.repository.lock(conn, game, name)
+            stored = {v.version for v in await self.repository.versions(conn, game, name)}
+            if not stored:
+                raise UnknownModel(name)
+            missing = sorted(rollout.versions - stored)
+            if missing:
+                raise RolloutError(
+                    f"model {name!r} has no version(s) {missing}; it has {sorted(stored)}"
+                )
+            await self.repository.set_rollout(conn, game, name, rollout)
+        self.forget(f"{game}/{name}")
+        log.info("model rollout", game=game, model=name, split=rollout.split, shadow=rollout.shadow)
+        return rollout
+
+    async def activate(self, game: str, name: str, version: int) -> Rollout:
+        """Serve ``version`` to every player (a shadow stays, unless it is that version)."""
+        current = await self.rollout(game, name)
+        shadow = current.shadow if current is not None else None
+        return await self.set_rollout(
+            game, name, Rollout.only(version, shadow if shadow != version else None)
+        )
+
+    async def rollback(self, game: str, name: str) -> Rollout:
+        """Return to the rollout before the current one; raises RolloutError if none."""
+        async with self.engine.begin() as conn:
+            await self.repository.lock(conn, game, name)
+            if await self.repository.rollout(conn, game, name) is None:
+                raise UnknownModel(name)
+            previous = await self.repository.drop_current_rollout(conn, game, name)
+        if previous is None:
+            raise RolloutError(f"model {name!r} has no earlier rollout to go back to")
+        self.forget(f"{game}/{name}")
+        log.info("model rolled back", game=game, model=name, split=previous.split)
+        return previous
+
+    def forget(self, changed: str | None) -> None:
+        """Drop a cached rollout ("game/name"), or all of them (None)."""
+        if changed is None:
+            self._rollouts.clear()
+            return
+        game, _, name = changed.partition("/")
+        self._rollouts.pop((game, name), None)
+
+    # -- reading ------------------------------------------------------------------------
+
+    async def rollout(self, game: str, name: str) -> Rollout | None:
+        """The current rollout (cached until a change is announced)."""
+        key = (game, name)
+        if key in self._rollouts:
+            return self._rollouts[key]
         async with self.engine.connect() as conn:
-            version = await self.repository.serving_version(conn, game, name)
-        if version is None:
+            rollout = await self.repository.rollout(conn, game, name)
+        self._rollouts[key] = rollout
+        return rollout
+
+    async def describe(self, game: str, name: str | None = None) -> list[ModelInfo]:
+        """The game's models (or one), with versions and current rollouts."""
+        async with self.engine.connect() as conn:
+            versions = await self.repository.versions(conn, game, name)
+            names = sorted({v.name for v in versions})
+            rollouts = {n: await self.repository.rollout(conn, game, n) for n in names}
+        return [ModelInfo(n, [v for v in versions if v.name == n], rollouts[n]) for n in names]
+
+    # -- predicting ---------------------------------------------------------------------
+
+    async def predict(
+        self, game: str, name: str, values: Mapping[str, Any], player_id: str | None = None
+    ) -> Prediction:
+        """Run the version the rollout picks for ``player_id`` (and the shadow, if any)."""
+        rollout = await self.rollout(game, name)
+        if rollout is None:
             raise UnknownModel(name)
+        version = rollout.choose(f"{game}/{name}", player_id)
         model = await self._load(game, name, version)
-        return Prediction(model=name, version=version, outputs=model.run(values))
+        started = time.perf_counter_ns()
+        outputs = model.run(values)
+        latency_us = (time.perf_counter_ns() - started) // 1000
+        if self.log_prediction is not None:
+            self._log(game, name, version, player_id, values, outputs, latency_us, False)
+        if rollout.shadow is not None and rollout.shadow != version:
+            await self._shadow(game, name, rollout.shadow, player_id, values)
+        return Prediction(model=name, version=version, outputs=outputs)
+
+    async def _shadow(
+        self, game: str, name: str, version: int, player_id: str | None, values: Mapping[str, Any]
+    ) -> None:
+        # A shadow never answers and must never break the answer: failures are logged.
+        try:
+            model = await self._load(game, name, version)
+            started = time.perf_counter_ns()
+            outputs = model.run(values)
+        except Exception as exc:
+            log.warning(
+                "shadow model failed", game=game, model=name, version=version, error=str(exc)
+            )
+            return
+        latency_us = (time.perf_counter_ns() - started) // 1000
+        if self.log_prediction is not None:
+            self._log(game, name, version, player_id, values, outputs, latency_us, True)
+
+    def _log(
+        self,
+        game: str,
+        name: str,
+        version: int,
+        player_id: str | None,
+        values: Mapping[str, Any],
+        outputs: dict[str, Any],
+        latency_us: int,
+        shadow: bool,
+    ) -> None:
+        assert self.log_prediction is not None
+        model = self._loaded[(game, name, version)]
+        used = {f: values.get(f) for b in model.bindings for f in b.features}
+        self.log_prediction(
+            PredictionRecord(
+                game=game,
+                model=name,
+                version=version,
+                ts=time.time_ns() // 1000,
+                latency_us=latency_us,
+                outputs=outputs,
+                features=used,
+                shadow=shadow,
+                player_id=player_id,
+            )
+        )
 
     async def _load(self, game: str, name: str, version: int) -> LoadedModel:
         key = (game, name, version)
@@ -106,9 +263,19 @@ class ModelRegistry:
         if stored is None or stored.onnx is None:
             raise UnknownModel(name)
         manifest = msgspec.convert(stored.manifest, type=Manifest)
-        model = await asyncio.to_thread(LoadedModel, stored.onnx, manifest, self.features)
+        model = await asyncio.to_thread(
+            LoadedModel, stored.onnx, manifest, self.features, checked=True
+        )
         self._loaded[key] = model
         return model
 
 
-__all__ = ["ModelRegistry", "ModelRejected", "Prediction", "UnknownModel"]
+__all__ = [
+    "ModelInfo",
+    "ModelRegistry",
+    "ModelRejected",
+    "Prediction",
+    "PredictionRecord",
+    "RolloutError",
+    "UnknownModel",
+]

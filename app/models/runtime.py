@@ -16,7 +16,9 @@ from typing import Any
 
 import msgspec
 import numpy as np
+import onnx
 import onnxruntime as ort
+from onnx import external_data_helper
 
 from app.domain.features import FeatureSet
 
@@ -46,6 +48,41 @@ _DTYPES: dict[str, Any] = {
     "tensor(string)": np.object_,
 }
 _FLOATING = (np.float16, np.float32, np.float64)
+STANDARD_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml"})
+"""Operator domains a model may use: standard ONNX and ONNX-ML, nothing custom."""
+
+
+def check_onnx(raw: bytes) -> None:
+    """Refuse what onnxruntime would load but we will not serve; raises ModelRejected.
+
+    Not ONNX, failing the ONNX checker, tensors in external data files (they would be
+    read from the server's disk), or operators outside the standard domains.
+    """
+    try:
+        model = onnx.load_model_from_string(raw)
+    except Exception as exc:
+        raise ModelRejected(f"model: not an ONNX model ({_clean(exc)})") from None
+    if not model.graph.node and not model.graph.input:
+        raise ModelRejected("model: not an ONNX model (no graph)")
+    external = [
+        t.name for t in external_data_helper._get_all_tensors(model) if t.data_location == 1
+    ]
+    if external:
+        raise ModelRejected(
+            f"model: tensors {external[:5]} are stored in external data files; "
+            "embed them in the model (onnx.save_model(..., save_as_external_data=False))"
+        )
+    domains = {o.domain for o in model.opset_import} | {n.domain for n in model.graph.node}
+    custom = sorted(domains - STANDARD_DOMAINS)
+    if custom:
+        raise ModelRejected(
+            f"model: uses operators of the domain(s) {custom}; only the standard ONNX "
+            "domains (ai.onnx, ai.onnx.ml) are served"
+        )
+    try:
+        onnx.checker.check_model(model)
+    except Exception as exc:
+        raise ModelRejected(f"model: fails the ONNX checker: {_clean(exc)}") from None
 
 
 def parse_manifest(raw: bytes | str) -> Manifest:
@@ -73,14 +110,18 @@ class InputBinding:
 class LoadedModel:
     """An ONNX session bound to a manifest, ready to run for one player at a time."""
 
-    def __init__(self, onnx: bytes, manifest: Manifest, features: FeatureSet) -> None:
+    def __init__(
+        self, raw: bytes, manifest: Manifest, features: FeatureSet, *, checked: bool = False
+    ) -> None:
+        if not checked:
+            check_onnx(raw)
         options = ort.SessionOptions()
         # One player per call: threads would only add hand-off latency on a small machine.
         options.intra_op_num_threads = 1
         options.inter_op_num_threads = 1
         try:
             self.session = ort.InferenceSession(
-                onnx, sess_options=options, providers=["CPUExecutionProvider"]
+                raw, sess_options=options, providers=["CPUExecutionProvider"]
             )
         except Exception as exc:
             raise ModelRejected(f"model: onnxruntime cannot load it: {_clean(exc)}") from None

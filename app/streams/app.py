@@ -11,7 +11,10 @@ from __future__ import annotations
 from typing import Any
 
 import faust
+import msgspec
 
+from app.domain.events import EventRecord
+from app.domain.predictions import PredictionRecord, decode_predictions
 from app.log import get_logger
 from app.settings import Settings
 
@@ -33,7 +36,8 @@ def create_stream_app(
     brokers: str,
     replication: int,
     folder: ProfileFolder,
-    archiver: LakeArchiver,
+    archiver: LakeArchiver[EventRecord],
+    prediction_archiver: LakeArchiver[PredictionRecord],
 ) -> faust.App:
     """The Faust app with the fold and archive agents wired to their services."""
     app = StreamApp(
@@ -77,10 +81,34 @@ def create_stream_app(
             if archiver.full:
                 await archiver.flush()
 
+    predictions = app.topic(
+        settings.predictions_topic,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=settings.topic_partitions,
+    )
+
+    @app.agent(predictions, name="predictions")
+    async def archive_predictions(stream: Any) -> None:
+        # Logs: acknowledged once in the lake, like events; undecodable ones are skipped.
+        async for events in stream.noack_take(200, within=0.5):
+            records = []
+            for event in events:
+                try:
+                    records.extend(decode_predictions(event.value))
+                except (msgspec.DecodeError, msgspec.ValidationError):
+                    log.error("undecodable prediction log skipped", size=len(event.value))
+            prediction_archiver.add_batch(records, [event.ack for event in events])
+            if prediction_archiver.full:
+                await prediction_archiver.flush()
+
     @app.timer(interval=0.5, name="lake-flush")  # type: ignore[untyped-decorator]
     async def flush_lake() -> None:
-        if archiver.due:
-            await archiver.flush()
+        for buffer in (archiver, prediction_archiver):
+            if buffer.due:
+                await buffer.flush()
 
     @app.timer(interval=600.0, name="forget-applied-ids")  # type: ignore[untyped-decorator]
     async def forget_applied_ids() -> None:

@@ -15,6 +15,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Generic, TypeVar
 
 import msgspec
 import pyarrow as pa
@@ -22,7 +23,10 @@ import pyarrow.parquet as pq
 
 from app import metrics
 from app.domain.events import EventRecord
+from app.domain.predictions import PredictionRecord
 from app.log import get_logger
+
+R = TypeVar("R")
 
 log = get_logger(__name__)
 
@@ -35,6 +39,18 @@ EVENTS_SCHEMA = pa.schema(
         ("ts", TIMESTAMP),
         ("props", pa.string()),
         ("received_at", TIMESTAMP),
+    ]
+)
+PREDICTIONS_SCHEMA = pa.schema(
+    [
+        ("model", pa.string()),
+        ("version", pa.int32()),
+        ("player_id", pa.string()),
+        ("shadow", pa.bool_()),
+        ("ts", TIMESTAMP),
+        ("latency_us", pa.int64()),
+        ("outputs", pa.string()),
+        ("features", pa.string()),
     ]
 )
 _json = msgspec.json.Encoder()
@@ -50,9 +66,8 @@ def write_events(lake_dir: Path, records: Iterable[EventRecord]) -> list[Path]:
     groups: dict[tuple[str, str], list[EventRecord]] = defaultdict(list)
     for record in records:
         groups[(record.game, event_date(record.ts))].append(record)
-    written = []
-    for (game, date), rows in sorted(groups.items()):
-        table = pa.table(
+    tables = {
+        key: pa.table(
             [
                 pa.array([r.event_id for r in rows], pa.string()),
                 pa.array([r.player_id for r in rows], pa.string()),
@@ -66,9 +81,41 @@ def write_events(lake_dir: Path, records: Iterable[EventRecord]) -> list[Path]:
             ],
             schema=EVENTS_SCHEMA,
         )
-        folder = lake_dir / "events" / f"game={game}" / f"date={date}"
+        for key, rows in groups.items()
+    }
+    return _write_partitions(lake_dir / "events", tables)
+
+
+def write_predictions(lake_dir: Path, records: Iterable[PredictionRecord]) -> list[Path]:
+    """Write logged predictions under ``predictions/game=/date=/``; return the paths."""
+    groups: dict[tuple[str, str], list[PredictionRecord]] = defaultdict(list)
+    for record in records:
+        groups[(record.game, event_date(record.ts))].append(record)
+    tables = {
+        key: pa.table(
+            [
+                pa.array([r.model for r in rows], pa.string()),
+                pa.array([r.version for r in rows], pa.int32()),
+                pa.array([r.player_id for r in rows], pa.string()),
+                pa.array([r.shadow for r in rows], pa.bool_()),
+                pa.array([r.ts for r in rows], TIMESTAMP),
+                pa.array([r.latency_us for r in rows], pa.int64()),
+                pa.array([_json.encode(r.outputs).decode() for r in rows], pa.string()),
+                pa.array([_json.encode(r.features).decode() for r in rows], pa.string()),
+            ],
+            schema=PREDICTIONS_SCHEMA,
+        )
+        for key, rows in groups.items()
+    }
+    return _write_partitions(lake_dir / "predictions", tables)
+
+
+def _write_partitions(root: Path, tables: dict[tuple[str, str], pa.Table]) -> list[Path]:
+    written = []
+    for (game, date), table in sorted(tables.items()):
+        folder = root / f"game={game}" / f"date={date}"
         folder.mkdir(parents=True, exist_ok=True)
-        name = f"part-{min(r.received_at for r in rows)}-{uuid.uuid4().hex[:12]}.parquet"
+        name = f"part-{time.time_ns() // 1000}-{uuid.uuid4().hex[:12]}.parquet"
         temporary = folder / f".{name}.tmp"
         pq.write_table(table, temporary, compression="zstd")
         os.replace(temporary, folder / name)
@@ -76,21 +123,29 @@ def write_events(lake_dir: Path, records: Iterable[EventRecord]) -> list[Path]:
     return written
 
 
-class LakeArchiver:
-    """Buffers records from the archive agent and writes them out by size or age."""
+class LakeArchiver(Generic[R]):
+    """Buffers records from an agent and writes them out by size or age."""
 
-    def __init__(self, lake_dir: Path, *, flush_s: float, flush_events: int) -> None:
+    def __init__(
+        self,
+        lake_dir: Path,
+        *,
+        flush_s: float,
+        flush_events: int,
+        writer: Callable[[Path, list[R]], list[Path]],
+    ) -> None:
         self.lake_dir = lake_dir
+        self.writer = writer
         self.flush_s = flush_s
         self.flush_events = flush_events
         self.seen = 0
         self.archived = 0
-        self._records: list[EventRecord] = []
+        self._records: list[R] = []
         self._acks: list[Callable[[], object]] = []
         self._oldest: float | None = None
         self._lock = asyncio.Lock()
 
-    def add_batch(self, records: list[EventRecord], acks: list[Callable[[], object]]) -> None:
+    def add_batch(self, records: list[R], acks: list[Callable[[], object]]) -> None:
         """Hold records until their file is written; then call every ``ack``."""
         if not self._records and not self._acks:
             self._oldest = time.monotonic()
@@ -117,7 +172,7 @@ class LakeArchiver:
             if not records and not acks:
                 return
             try:
-                await asyncio.to_thread(write_events, self.lake_dir, records)
+                await asyncio.to_thread(self.writer, self.lake_dir, records)
             except Exception:
                 log.exception("lake write failed; will retry", events=len(records))
                 self._records = records + self._records
@@ -127,4 +182,5 @@ class LakeArchiver:
             for ack in acks:
                 ack()
             self.archived += len(records)
-            metrics.EVENTS_ARCHIVED.inc(len(records))
+            if self.writer is write_events:
+                metrics.EVENTS_ARCHIVED.inc(len(records))

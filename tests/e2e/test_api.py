@@ -237,7 +237,7 @@ def test_bad_model_uploads_are_422_and_the_serving_version_stays(
             response = admin.post("/v1/admin/models/stay", files=files)
             assert response.status_code == 422, (name, response.text)
             reasons[name] = response.json()["error"]
-        assert "onnxruntime" in reasons["not onnx"]
+        assert "not an ONNX model" in reasons["not onnx"]
         assert "'nope'" in reasons["unknown feature"]
         assert "takes 3" in reasons["wrong width"]
         assert "JSON" in reasons["bad json"]

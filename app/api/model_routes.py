@@ -1,0 +1,374 @@
+"""Model routes: uploads and rollouts (admin), predictions (read)."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Request, Response, get, post, put
+from litestar.datastructures import UploadFile
+from litestar.enums import RequestEncodingType
+from litestar.handlers import HTTPRouteHandler
+from litestar.params import Body
+from litestar.status_codes import (
+    HTTP_200_OK,
+    HTTP_201_CREATED,
+    HTTP_404_NOT_FOUND,
+    HTTP_409_CONFLICT,
+    HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+    HTTP_422_UNPROCESSABLE_ENTITY,
+)
+
+from app import metrics
+from app.bootstrap import Services
+from app.domain.access import Principal, Role
+from app.domain.rollout import Rollout, RolloutError
+from app.models.registry import ModelInfo, Prediction, UnknownModel
+from app.models.runtime import ModelRejected, PredictionFailed
+from app.settings import Settings
+
+from .auth import requires
+from .errors import ApiError
+
+# -- bodies ----------------------------------------------------------------------------
+
+
+class ModelVersionReply(msgspec.Struct):
+    """The version an upload created."""
+
+    name: str
+    version: int
+
+
+class PredictionReply(msgspec.Struct):
+    """A model's outputs for one player, and which version answered."""
+
+    model: str
+    version: int
+    outputs: dict[str, Any]
+    player_id: str | None = None
+
+
+class BatchPredictionReply(msgspec.Struct):
+    """One answer per instance, in order."""
+
+    predictions: list[PredictionReply]
+
+
+class Instance(msgspec.Struct, forbid_unknown_fields=True):
+    """Features to predict on; ``player_id`` only chooses the version of a split."""
+
+    features: dict[str, Any]
+    player_id: str | None = None
+
+
+class PredictRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """Explicit features (``features``), several instances, or players by id."""
+
+    features: dict[str, Any] | None = None
+    player_id: str | None = None
+    instances: list[Instance] | None = None
+    players: list[str] | None = None
+
+
+class RolloutBody(msgspec.Struct, forbid_unknown_fields=True):
+    """Versions by share of players (percent, summing to 100), and an optional shadow."""
+
+    split: dict[int, int]
+    shadow: int | None = None
+
+
+class ActivateBody(msgspec.Struct, forbid_unknown_fields=True):
+    """The version to serve to every player."""
+
+    version: int
+
+
+class VersionInfo(msgspec.Struct):
+    """A stored version."""
+
+    version: int
+    manifest: dict[str, Any]
+    sha256: str
+    size_bytes: int
+    created_at: datetime
+
+
+class RolloutReply(msgspec.Struct):
+    """Which versions serve, and the shadow."""
+
+    split: dict[int, int]
+    shadow: int | None
+
+
+class ModelReply(msgspec.Struct):
+    """A model: its versions and its rollout."""
+
+    name: str
+    versions: list[VersionInfo]
+    rollout: RolloutReply | None
+
+
+class ModelsReply(msgspec.Struct):
+    """The game's models."""
+
+    models: list[ModelReply]
+
+
+def _model_reply(info: ModelInfo) -> ModelReply:
+    return ModelReply(
+        name=info.name,
+        versions=[
+            VersionInfo(v.version, v.manifest, v.sha256, v.size_bytes, v.created_at)
+            for v in info.versions
+        ],
+        rollout=_rollout_reply(info.rollout) if info.rollout is not None else None,
+    )
+
+
+def _rollout_reply(rollout: Rollout) -> RolloutReply:
+    return RolloutReply(split=dict(sorted(rollout.split.items())), shadow=rollout.shadow)
+
+
+def _reply(prediction: Prediction, player_id: str | None = None) -> PredictionReply:
+    return PredictionReply(
+        model=prediction.model,
+        version=prediction.version,
+        outputs=prediction.outputs,
+        player_id=player_id,
+    )
+
+
+# -- handlers --------------------------------------------------------------------------
+
+
+async def upload_model(
+    name: str,
+    request: Request[Principal, Any, Any],
+    services: Services,
+    data: Annotated[dict[str, Any], Body(media_type=RequestEncodingType.MULTI_PART)],
+    activate: bool = True,
+) -> ModelVersionReply:
+    """Upload a new version of ``name``: a file part ``model`` (ONNX) and ``manifest``.
+
+    The new version serves every player unless ``activate=false`` (the first always does).
+    """
+    model = data.get("model")
+    manifest = data.get("manifest")
+    if model is None:
+        raise ApiError(HTTP_422_UNPROCESSABLE_ENTITY, "model: missing file part 'model'")
+    if manifest is None:
+        raise ApiError(HTTP_422_UNPROCESSABLE_ENTITY, "manifest: missing part 'manifest'")
+    raw = await model.read() if isinstance(model, UploadFile) else str(model).encode()
+    manifest_raw = await manifest.read() if isinstance(manifest, UploadFile) else manifest
+    try:
+        version = await services.registry.upload(
+            request.user.game, name, raw, manifest_raw, activate=activate
+        )
+    except ModelRejected as exc:
+        raise ApiError(HTTP_422_UNPROCESSABLE_ENTITY, str(exc)) from None
+    return ModelVersionReply(name=name, version=version)
+
+
+async def predict_for_player(
+    player_id: str, name: str, request: Request[Principal, Any, Any], services: Services
+) -> Response[PredictionReply]:
+    """Run the version serving this player on the player's current features.
+
+    ``Server-Timing`` says how long the server took (profile read and model run).
+    """
+    started = time.perf_counter()
+    game = request.user.game
+    profile = await services.profiles.get(game, player_id)
+    if profile is None:
+        raise ApiError(HTTP_404_NOT_FOUND, f"player {player_id!r} has no events in this game")
+    read = time.perf_counter()
+    prediction = await _predict(services, game, name, profile.features, player_id)
+    return _timed(_reply(prediction), started, read)
+
+
+async def predict(
+    name: str, data: PredictRequest, request: Request[Principal, Any, Any], services: Services
+) -> Response[PredictionReply] | BatchPredictionReply:
+    """Predict on explicit features (to test a model), on several, or for several players.
+
+    ``{"features": {...}}`` answers one prediction; ``{"instances": [{"features": ...},
+    ...]}`` or ``{"players": ["p1", ...]}`` answer ``{"predictions": [...]}`` in order.
+    Features absent from an instance are null (the manifest's defaults then apply).
+    """
+    forms = [x is not None for x in (data.features, data.instances, data.players)]
+    if sum(forms) != 1:
+        raise ApiError(
+            HTTP_422_UNPROCESSABLE_ENTITY,
+            "body: give exactly one of 'features', 'instances' or 'players'",
+        )
+    game = request.user.game
+    if data.features is not None:
+        started = time.perf_counter()
+        prediction = await _predict(services, game, name, data.features, data.player_id)
+        return _timed(_reply(prediction), started)
+    if data.instances is not None:
+        answers = [
+            _reply(await _predict(services, game, name, i.features, i.player_id), i.player_id)
+            for i in data.instances
+        ]
+        return BatchPredictionReply(answers)
+    answers = []
+    for player_id in data.players or []:
+        profile = await services.profiles.get(game, player_id)
+        if profile is None:
+            raise ApiError(HTTP_404_NOT_FOUND, f"player {player_id!r} has no events in this game")
+        answers.append(
+            _reply(await _predict(services, game, name, profile.features, player_id), player_id)
+        )
+    return BatchPredictionReply(answers)
+
+
+def _timed(
+    reply: PredictionReply, started: float, read: float | None = None
+) -> Response[PredictionReply]:
+    """The reply, with how long the server took in ``Server-Timing`` (ms).
+
+    ``profile``: reading and evaluating the profile; ``model``: choosing the version and
+    running it; ``app``: all of the handler.
+    """
+    done = time.perf_counter()
+    metrics.PREDICTION_SECONDS.observe(done - started)
+    parts = [f"app;dur={(done - started) * 1000:.3f}"]
+    if read is not None:
+        parts += [
+            f"profile;dur={(read - started) * 1000:.3f}",
+            f"model;dur={(done - read) * 1000:.3f}",
+        ]
+    return Response(reply, headers={"Server-Timing": ", ".join(parts)})
+
+
+async def _predict(
+    services: Services, game: str, name: str, features: dict[str, Any], player_id: str | None
+) -> Prediction:
+    try:
+        return await services.registry.predict(game, name, features, player_id)
+    except UnknownModel:
+        raise ApiError(HTTP_404_NOT_FOUND, f"model {name!r} has no version in this game") from None
+    except ModelRejected as exc:
+        raise ApiError(
+            HTTP_409_CONFLICT, f"model {name!r} no longer fits the features file: {exc}"
+        ) from None
+    except PredictionFailed as exc:
+        raise ApiError(HTTP_422_UNPROCESSABLE_ENTITY, f"model {name!r}: {exc}") from None
+
+
+async def list_models(request: Request[Principal, Any, Any], services: Services) -> ModelsReply:
+    """The game's models, with every version, its manifest and upload time, and rollouts."""
+    infos = await services.registry.describe(request.user.game)
+    return ModelsReply([_model_reply(i) for i in infos])
+
+
+async def get_model(
+    name: str, request: Request[Principal, Any, Any], services: Services
+) -> ModelReply:
+    """One model, with every version and its rollout."""
+    infos = await services.registry.describe(request.user.game, name)
+    if not infos:
+        raise ApiError(HTTP_404_NOT_FOUND, f"model {name!r} has no version in this game")
+    return _model_reply(infos[0])
+
+
+async def activate_version(
+    name: str, data: ActivateBody, request: Request[Principal, Any, Any], services: Services
+) -> RolloutReply:
+    """Serve one version to every player."""
+    return await _change(services.registry.activate(request.user.game, name, data.version), name)
+
+
+async def rollback(
+    name: str, request: Request[Principal, Any, Any], services: Services
+) -> RolloutReply:
+    """Return to the rollout before the current one."""
+    return await _change(services.registry.rollback(request.user.game, name), name)
+
+
+async def set_rollout(
+    name: str, data: RolloutBody, request: Request[Principal, Any, Any], services: Services
+) -> RolloutReply:
+    """Split players between versions (sticky per player) and set or clear a shadow."""
+    try:
+        rollout = Rollout(dict(data.split), data.shadow)
+    except RolloutError as exc:
+        raise ApiError(HTTP_422_UNPROCESSABLE_ENTITY, str(exc)) from None
+    return await _change(services.registry.set_rollout(request.user.game, name, rollout), name)
+
+
+async def _change(change: Any, name: str) -> RolloutReply:
+    try:
+        rollout: Rollout = await change
+    except UnknownModel:
+        raise ApiError(HTTP_404_NOT_FOUND, f"model {name!r} has no version in this game") from None
+    except RolloutError as exc:
+        raise ApiError(HTTP_409_CONFLICT, str(exc)) from None
+    return _rollout_reply(rollout)
+
+
+def _refuse_large_uploads(limit: int) -> Any:
+    """Refuse an upload by its Content-Length, before reading any of it."""
+
+    async def before(request: Request[Any, Any, Any]) -> None:
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            raise ApiError(
+                HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+                f"model: the upload is {int(length)} bytes; models may be at most "
+                f"{limit - 1024 * 1024} bytes (PLAYERPULSE_MODEL_MAX_BYTES)",
+            )
+
+    return before
+
+
+def model_routes(settings: Settings) -> list[HTTPRouteHandler]:
+    """Route handlers for models."""
+    upload_limit = settings.model_max_bytes + 1024 * 1024  # room for the manifest part
+    admin: dict[str, Any] = {"guards": [requires(Role.ADMIN)], "tags": ["models"]}
+    return [
+        post(
+            "/v1/admin/models/{name:str}",
+            status_code=HTTP_201_CREATED,
+            request_max_body_size=upload_limit,
+            before_request=_refuse_large_uploads(upload_limit),
+            summary="Upload a model version",
+            **admin,
+        )(upload_model),
+        get("/v1/admin/models", summary="List models, versions and rollouts", **admin)(list_models),
+        get("/v1/admin/models/{name:str}", summary="One model", **admin)(get_model),
+        post(
+            "/v1/admin/models/{name:str}/activate",
+            status_code=HTTP_200_OK,
+            summary="Serve one version",
+            **admin,
+        )(activate_version),
+        post(
+            "/v1/admin/models/{name:str}/rollback",
+            status_code=HTTP_200_OK,
+            summary="Back to the previous rollout",
+            **admin,
+        )(rollback),
+        put(
+            "/v1/admin/models/{name:str}/rollout",
+            summary="Split traffic and set a shadow",
+            **admin,
+        )(set_rollout),
+        get(
+            "/v1/players/{player_id:str}/predictions/{name:str}",
+            guards=[requires(Role.READ)],
+            tags=["predictions"],
+            summary="Predict for a player",
+        )(predict_for_player),
+        post(
+            "/v1/models/{name:str}/predict",
+            guards=[requires(Role.READ)],
+            status_code=HTTP_200_OK,
+            tags=["predictions"],
+            summary="Predict on explicit features, or for several players",
+        )(predict),
+    ]

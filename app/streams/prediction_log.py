@@ -1,0 +1,70 @@
+"""Logging predictions to Kafka off the request path, a batch per message."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from app.domain.predictions import PredictionRecord, encode_predictions
+from app.log import get_logger
+
+from .producer import BrokerUnavailable, EventProducer
+
+log = get_logger(__name__)
+
+
+class PredictionLog:
+    """Collects prediction records and produces them every ``interval_s`` as one message.
+
+    A prediction's answer never waits for its log: at most ``interval_s`` of logs are
+    in memory, and logs the broker refuses are counted and dropped (logged as errors).
+    """
+
+    def __init__(
+        self,
+        producer: EventProducer,
+        topic: str,
+        *,
+        interval_s: float = 0.2,
+        max_batch: int = 2000,
+    ) -> None:
+        self.producer = producer
+        self.topic = topic
+        self.interval_s = interval_s
+        self.max_batch = max_batch
+        self.logged = 0
+        self.dropped = 0
+        self._pending: list[PredictionRecord] = []
+        self._task: asyncio.Task[None] | None = None
+
+    def __call__(self, record: PredictionRecord) -> None:
+        self._pending.append(record)
+
+    def start(self) -> None:
+        """Flush periodically from now on."""
+        self._task = asyncio.create_task(self._run(), name="prediction-log")
+
+    async def close(self) -> None:
+        """Stop the periodic flush and flush what is left."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.flush()
+
+    async def flush(self) -> None:
+        """Produce what is pending and wait for the broker."""
+        while self._pending:
+            batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch :]
+            key = batch[0].game.encode()
+            try:
+                await self.producer.send(self.topic, [(None, key, encode_predictions(batch))])
+                self.logged += len(batch)
+            except BrokerUnavailable as exc:
+                self.dropped += len(batch)
+                log.error("prediction logs dropped", count=len(batch), error=str(exc))
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval_s)
+            await self.flush()
