@@ -8,11 +8,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import faust
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.analytics.compaction import compaction_tick
+from app.analytics.location import LakeLocation
 from app.db.engine import create_engine
 from app.db.notify import ChangeListener
 from app.db.reads import FastReads
@@ -24,6 +27,7 @@ from app.keys import KeyService
 from app.log import get_logger
 from app.models.registry import ModelRegistry
 from app.profiles import FailedEventService, ProfileService
+from app.replay import hold_serving_lock, sync_features
 from app.settings import Settings
 from app.streams.app import create_stream_app
 from app.streams.folding import ProfileFolder
@@ -54,9 +58,23 @@ class Services:
     reads: FastReads
     stream_app: faust.App
     started_at: float = field(default_factory=time.monotonic)
+    _release_serving_lock: Callable[[], Awaitable[None]] | None = None
 
     async def start(self) -> None:
-        """Start what runs beside the stream app: model change notices, prediction logs."""
+        """Get ready to serve, before the stream app starts.
+
+        Rebuild profiles if the features changed (before any fold runs), mark this process
+        as serving (a standalone replay waits for it), and start what runs beside the stream
+        app: model change notices and prediction logs.
+        """
+        settings = self.settings
+        await sync_features(
+            self.engine,
+            self.features,
+            LakeLocation.of(settings),
+            retention_s=settings.applied_ids_retention_s,
+        )
+        self._release_serving_lock = await hold_serving_lock(self.engine)
         await self.model_changes.start()
         self.prediction_log.start()
 
@@ -92,6 +110,8 @@ class Services:
 
     async def close(self) -> None:
         """Release clients and pools (the stream app is stopped by its own lifespan)."""
+        if self._release_serving_lock is not None:
+            await self._release_serving_lock()
         await self.model_changes.stop()
         await self.reads.close()
         await self.producer.close()
@@ -144,6 +164,15 @@ async def open_services(settings: Settings) -> Services:
         archiver=archiver,
         prediction_archiver=prediction_archiver,
     )
+    if settings.lake_compact_interval_s > 0:
+
+        @stream_app.timer(  # type: ignore[untyped-decorator]
+            interval=settings.lake_compact_interval_s, on_leader=True, name="lake-compact"
+        )
+        async def compact_lake() -> None:
+            # One copy (the group leader) compacts; it never raises (errors are logged).
+            await compaction_tick(settings)
+
     return Services(
         settings=settings,
         features=features,

@@ -116,11 +116,12 @@ def analytics() -> None:
 )
 def analytics_query(sql: str, fmt: str) -> None:
     """Run SQL over the lake; the view `events` holds every event once."""
+    from app.analytics.location import LakeLocation
     from app.analytics.query import LakeQueryError, render, run_query
 
     settings = _settings("warning")
     try:
-        result = run_query(settings.lake_dir, sql)
+        result = run_query(LakeLocation.of(settings), sql)
     except LakeQueryError as exc:
         raise click.ClickException(str(exc)) from None
     render(result, fmt, sys.stdout)
@@ -131,6 +132,7 @@ def replay() -> None:
     """Rebuild every profile from the lake (stop the service first)."""
     from rich.progress import Progress
 
+    from app.analytics.location import LakeLocation
     from app.db.engine import create_engine
     from app.domain.features import FeatureFileError, load_features
     from app.replay import ServiceRunning, replay_alone
@@ -153,7 +155,7 @@ def replay() -> None:
                 stats = await replay_alone(
                     engine,
                     features,
-                    settings.lake_dir,
+                    LakeLocation.of(settings),
                     retention_s=settings.applied_ids_retention_s,
                     progress=advance,
                 )

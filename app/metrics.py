@@ -37,3 +37,7 @@ PREDICTION_SECONDS = Histogram(
     "Server time of a prediction request: profile read and model run.",
     buckets=(0.0002, 0.0005, 0.001, 0.0015, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1),
 )
+EVENTS_THROTTLED = Counter(
+    "playerpulse_events_throttled",
+    "Events refused with 429/503 and Retry-After (rate limit, or too many in flight).",
+)

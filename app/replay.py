@@ -20,6 +20,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.analytics.lake import PlayerEvents, count_players, player_events
+from app.analytics.location import LakeLocation
 from app.db.repositories import FeatureDefRepository, ProfileRepository, ProfileWrite
 from app.domain.events import from_micros, maybe_from_micros
 from app.domain.features import FeatureSet
@@ -49,7 +50,7 @@ class ServiceRunning(RuntimeError):
 async def rebuild_profiles(
     engine: AsyncEngine,
     features: FeatureSet,
-    lake_dir: Path,
+    lake_dir: Path | LakeLocation,
     *,
     retention_s: float,
     progress: Callable[[int, int], None] | None = None,
@@ -100,7 +101,11 @@ async def rebuild_profiles(
 
 
 async def sync_features(
-    engine: AsyncEngine, features: FeatureSet, lake_dir: Path, *, retention_s: float
+    engine: AsyncEngine,
+    features: FeatureSet,
+    lake_dir: Path | LakeLocation,
+    *,
+    retention_s: float,
 ) -> ReplayStats | None:
     """At start: if features were added or changed since profiles were built, rebuild.
 
@@ -156,7 +161,7 @@ async def hold_serving_lock(engine: AsyncEngine) -> Callable[[], asyncio.Future[
 async def replay_alone(
     engine: AsyncEngine,
     features: FeatureSet,
-    lake_dir: Path,
+    lake_dir: Path | LakeLocation,
     *,
     retention_s: float,
     progress: Callable[[int, int], None] | None = None,

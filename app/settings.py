@@ -60,6 +60,20 @@ class Settings:
     """PLAYERPULSE_LAKE_FLUSH_EVENTS: events that trigger an early Parquet flush."""
     applied_ids_retention_s: float = 7 * 86400
     """PLAYERPULSE_APPLIED_IDS_RETENTION_S: how long an applied event id is remembered."""
+    lake_url: str | None = None
+    """PLAYERPULSE_LAKE_URL: the hot lake root, a directory or s3://...; unset: DATA_DIR/lake."""
+    lake_cold_url: str | None = None
+    """PLAYERPULSE_LAKE_COLD_URL: where old partitions move (directory or s3://); unset: never."""
+    lake_cold_after_days: int = 30
+    """PLAYERPULSE_LAKE_COLD_AFTER_DAYS: partitions older than this many days move cold."""
+    lake_compact_interval_s: float = 600.0
+    """PLAYERPULSE_LAKE_COMPACT_INTERVAL_S: how often `serve` compacts the lake; 0: never."""
+    lake_compact_target_rows: int = 1_000_000
+    """PLAYERPULSE_LAKE_COMPACT_TARGET_ROWS: most rows per compacted file."""
+    revenue_event: str = "purchase"
+    """PLAYERPULSE_REVENUE_EVENT: the event type the arpdau report sums."""
+    revenue_field: str = "amount"
+    """PLAYERPULSE_REVENUE_FIELD: the props field (dotted) holding the amount."""
     model_max_bytes: int = 100 * 1024 * 1024
     """PLAYERPULSE_MODEL_MAX_BYTES: largest ONNX upload."""
     key_cache_s: float = 30.0
@@ -67,7 +81,9 @@ class Settings:
 
     @property
     def lake_dir(self) -> Path:
-        """Root of the Parquet lake."""
+        """The hot root of the Parquet lake, where the archive writes."""
+        if self.lake_url:
+            return Path(self.lake_url.removeprefix("file://"))
         return self.data_dir / "lake"
 
     @property
@@ -97,6 +113,11 @@ class Settings:
                 continue
             values[name] = _convert(key, raw, type(getattr(cls(), name)), name)
         settings = cls(**values)
+        if settings.lake_url and "://" in settings.lake_url.removeprefix("file://"):
+            raise SettingsError(
+                f"{PREFIX}LAKE_URL={settings.lake_url!r}: the archive writes to local disk; "
+                f"point {PREFIX}LAKE_COLD_URL at object storage instead"
+            )
         if settings.log_format not in ("console", "json"):
             raise SettingsError(
                 f"{PREFIX}LOG_FORMAT must be console or json, not {settings.log_format!r}"
@@ -109,7 +130,7 @@ class Settings:
 
 
 def _convert(key: str, raw: str, kind: type, name: str) -> Any:
-    if name in ("database_url", "kafka_brokers"):
+    if name in ("database_url", "kafka_brokers", "lake_url", "lake_cold_url"):
         return raw
     try:
         if kind is bool:

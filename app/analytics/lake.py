@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-import duckdb
 import msgspec
 
 from app.domain.events import EventRecord
+
+from .location import LakeLocation, connect_lake
 
 PlayerEvents = tuple[str, str, list[EventRecord]]
 """(game, player_id, that player's distinct events)"""
@@ -16,50 +17,26 @@ PlayerEvents = tuple[str, str, list[EventRecord]]
 _json = msgspec.json.Decoder()
 
 
-def _files(lake_dir: Path) -> str | None:
-    folder = lake_dir / "events"
-    if not any(folder.glob("game=*/date=*/*.parquet")):
-        return None
-    return str(folder / "game=*" / "date=*" / "*.parquet").replace("'", "''")
+def _location(lake: Path | LakeLocation) -> LakeLocation:
+    return lake if isinstance(lake, LakeLocation) else LakeLocation(str(lake))
 
 
-def _distinct_events(pattern: str) -> str:
-    # Distinct per (game, player, event_id), as the fold counts them: the first received.
-    return f"""
-        SELECT game, player_id, event_id, type, epoch_us(ts) AS ts, props,
-               epoch_us(received_at) AS received_at
-        FROM (
-            SELECT *, row_number() OVER (
-                PARTITION BY game, player_id, event_id ORDER BY received_at) AS copy
-            FROM read_parquet('{pattern}', hive_partitioning = true,
-                              hive_types = {{'game': VARCHAR, 'date': DATE}},
-                              union_by_name = true)
-        ) WHERE copy = 1
-    """
-
-
-def count_players(lake_dir: Path) -> int:
-    """How many distinct (game, player) the lake holds."""
-    pattern = _files(lake_dir)
-    if pattern is None:
-        return 0
-    with duckdb.connect(":memory:") as conn:
+def count_players(lake: Path | LakeLocation) -> int:
+    """How many distinct (game, player) the lake holds, hot and cold."""
+    with connect_lake(_location(lake)) as conn:
         row = conn.execute(
-            f"SELECT count(*) FROM (SELECT DISTINCT game, player_id FROM read_parquet("
-            f"'{pattern}', hive_partitioning = true, hive_types = {{'game': VARCHAR}}))"
+            "SELECT count(*) FROM (SELECT DISTINCT game, player_id FROM lake_rows)"
         ).fetchone()
     return int(row[0]) if row else 0
 
 
-def player_events(lake_dir: Path, batch_rows: int = 50_000) -> Iterator[PlayerEvents]:
-    """Every player's distinct events, one player at a time, streamed from DuckDB."""
-    pattern = _files(lake_dir)
-    if pattern is None:
-        return
-    with duckdb.connect(":memory:") as conn:
+def player_events(lake: Path | LakeLocation, batch_rows: int = 50_000) -> Iterator[PlayerEvents]:
+    """Every player's distinct events (as the fold counts them), one player at a time."""
+    with connect_lake(_location(lake)) as conn:
         conn.execute("SET preserve_insertion_order = true")
         reader = conn.execute(
-            _distinct_events(pattern) + " ORDER BY game, player_id"
+            "SELECT game, player_id, event_id, type, epoch_us(ts) AS ts, props, "
+            "epoch_us(received_at) AS received_at FROM distinct_events ORDER BY game, player_id"
         ).to_arrow_reader(batch_rows)
         if reader is None:
             return

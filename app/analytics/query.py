@@ -10,6 +10,8 @@ from typing import Any, TextIO
 import duckdb
 import msgspec
 
+from .location import LakeLocation, connect_lake, is_url
+
 
 class LakeQueryError(RuntimeError):
     """The SQL failed; the message is DuckDB's."""
@@ -23,14 +25,6 @@ class QueryResult:
     rows: list[tuple[Any, ...]]
 
 
-_EVENT_COLUMNS = {
-    "event_id": "VARCHAR",
-    "player_id": "VARCHAR",
-    "type": "VARCHAR",
-    "ts": "TIMESTAMPTZ",
-    "props": "VARCHAR",
-    "received_at": "TIMESTAMPTZ",
-}
 _PREDICTION_COLUMNS = {
     "model": "VARCHAR",
     "version": "INTEGER",
@@ -43,48 +37,38 @@ _PREDICTION_COLUMNS = {
 }
 
 
-def _source(folder: Path, columns: dict[str, str]) -> str:
-    """A SELECT over a lake table's Parquet files, plus ``game``; no rows if it has none."""
+def _predictions_source(folder: Path) -> str:
+    """A SELECT over the logged predictions, plus ``game``; no rows if there are none."""
     if any(folder.glob("game=*/date=*/*.parquet")):
         pattern = str(folder / "game=*" / "date=*" / "*.parquet").replace("'", "''")
         return (
-            f"SELECT {', '.join(columns)}, game "
+            f"SELECT {', '.join(_PREDICTION_COLUMNS)}, game "
             f"FROM read_parquet('{pattern}', hive_partitioning = true, "
             f"hive_types = {{'game': VARCHAR, 'date': DATE}}, union_by_name = true)"
         )
-    typed = ", ".join(f"NULL::{kind} AS {name}" for name, kind in columns.items())
+    typed = ", ".join(f"NULL::{kind} AS {name}" for name, kind in _PREDICTION_COLUMNS.items())
     return f"SELECT {typed}, NULL::VARCHAR AS game LIMIT 0"
 
 
-def connect(lake_dir: Path) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB with the lake's views.
+def connect(lake: Path | LakeLocation) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB with the lake's views, over its hot and cold roots.
 
-    ``events``: every event, each event_id of a game once (the first received).
+    ``events``: every event, each event_id of a game once (the first received); also
+    ``lake_rows`` and ``distinct_events`` (see :func:`connect_lake`).
     ``predictions``: every logged prediction (served and shadow), with ``game``.
     """
-    conn = duckdb.connect(":memory:")
-    conn.execute("SET TimeZone = 'UTC'")
-    events = _source(lake_dir / "events", _EVENT_COLUMNS)
-    # An event archived twice (at-least-once delivery) shows once: the first received.
-    conn.execute(
-        f"""
-        CREATE VIEW events AS
-        SELECT * EXCLUDE (copy) FROM (
-            SELECT *, row_number() OVER (
-                PARTITION BY game, event_id ORDER BY received_at, player_id) AS copy
-            FROM ({events})
-        ) WHERE copy = 1
-        """
-    )
-    conn.execute(
-        f"CREATE VIEW predictions AS {_source(lake_dir / 'predictions', _PREDICTION_COLUMNS)}"
-    )
+    location = lake if isinstance(lake, LakeLocation) else LakeLocation(str(lake))
+    conn = connect_lake(location)
+    hot = Path(location.hot.removeprefix("file://"))
+    if not is_url(location.hot):
+        source = _predictions_source(hot / "predictions")
+        conn.execute(f"CREATE VIEW predictions AS {source}")
     return conn
 
 
-def run_query(lake_dir: Path, sql: str) -> QueryResult:
+def run_query(lake: Path | LakeLocation, sql: str) -> QueryResult:
     """Run ``sql`` against the lake's views."""
-    conn = connect(lake_dir)
+    conn = connect(lake)
     try:
         cursor = conn.execute(sql)
         if cursor.description is None:

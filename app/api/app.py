@@ -19,7 +19,6 @@ from litestar.openapi.spec import Components, SecurityScheme
 from app import __version__
 from app.bootstrap import Services, open_services
 from app.log import get_logger
-from app.replay import hold_serving_lock, sync_features
 from app.settings import Settings
 
 from .auth import PUBLIC_PATHS, ApiKeyAuthentication
@@ -48,16 +47,8 @@ def create_app(settings: Settings, on_fatal: Callable[[str], None] | None = None
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         services = await open_services(settings)
         app.state.services = services
-        release_serving_lock = None
         try:
             # Before the agents join: a changed features file rebuilds profiles first.
-            await sync_features(
-                services.engine,
-                services.features,
-                settings.lake_dir,
-                retention_s=settings.applied_ids_retention_s,
-            )
-            release_serving_lock = await hold_serving_lock(services.engine)
             await services.start()
             # Everything alive now lives as long as the process: keep it out of the
             # collector's scans, which otherwise show as pauses in request latency.
@@ -71,8 +62,6 @@ def create_app(settings: Settings, on_fatal: Callable[[str], None] | None = None
                 # HTTP has stopped taking requests: let the agents finish what was accepted.
                 await services.drain(timeout=30 if settings.embedded_broker else 5)
         finally:
-            if release_serving_lock is not None:
-                await release_serving_lock()
             await services.close()
 
     return Litestar(

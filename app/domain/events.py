@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -37,7 +38,9 @@ class EventBatch(msgspec.Struct):
 class EventRecord(msgspec.Struct, omit_defaults=True):
     """An accepted event as written to the ``events`` topic and read by every agent.
 
-    ``ts`` and ``received_at`` are microseconds since the Unix epoch, UTC.
+    ``ts`` and ``received_at`` are microseconds since the Unix epoch, UTC. When the
+    device clock was corrected (the request said when it was sent), ``ts`` is the
+    corrected time and ``device_ts`` the time the device wrote.
     """
 
     game: str
@@ -47,6 +50,7 @@ class EventRecord(msgspec.Struct, omit_defaults=True):
     ts: int
     received_at: int
     props: dict[str, Any] | None = None
+    device_ts: int | None = None
 
     @property
     def partition_key(self) -> bytes:
@@ -70,16 +74,18 @@ def maybe_from_micros(micros: int | None) -> datetime | None:
     return None if micros is None else from_micros(micros)
 
 
-def record_from(game: str, event: IncomingEvent, received_at: int) -> EventRecord:
-    """The record to produce for an accepted event."""
+def record_from(game: str, event: IncomingEvent, received_at: int, skew_us: int = 0) -> EventRecord:
+    """The record to produce for an accepted event, its time corrected by ``skew_us``."""
+    device_ts = to_micros(event.ts)
     return EventRecord(
         game=game,
         event_id=event.event_id,
         player_id=event.player_id,
         type=event.type,
-        ts=to_micros(event.ts),
+        ts=device_ts + skew_us,
         received_at=received_at,
         props=event.props,
+        device_ts=device_ts if skew_us else None,
     )
 
 
@@ -119,6 +125,27 @@ class BatchError(ValueError):
     """The body as a whole is unusable (not JSON, no ``events`` list): nothing is accepted."""
 
 
+class BatchTooLarge(BatchError):
+    """The batch holds more events than allowed: nothing is accepted."""
+
+
+@dataclass(frozen=True, slots=True)
+class IngestLimits:
+    """What one request may carry (Segment's limits by default)."""
+
+    max_event_bytes: int = 32 * 1024
+    max_batch_events: int = 2000
+
+
+def clock_skew_us(sent_at: datetime | None, received_at: int) -> int:
+    """How far the device clock is behind ours, from when the device says it sent the batch.
+
+    Zero without a ``sent_at``. Adding it to each event's device time puts the event on
+    our clock, as Segment does.
+    """
+    return 0 if sent_at is None else received_at - to_micros(sent_at)
+
+
 class Rejection(msgspec.Struct):
     """Why one event of a batch was not accepted."""
 
@@ -131,11 +158,17 @@ _event_decoder = msgspec.json.Decoder(IncomingEvent)
 
 
 def parse_batch(
-    body: bytes, game: str, received_at: int
+    body: bytes,
+    game: str,
+    received_at: int,
+    *,
+    limits: IngestLimits = IngestLimits(),
+    sent_at: datetime | None = None,
 ) -> tuple[list[EventRecord], list[Rejection]]:
     """Validate each event of a batch on its own: the valid ones become records.
 
-    Raises :class:`BatchError` if the body is not a JSON object with an ``events`` list.
+    Raises :class:`BatchError` if the body is not a JSON object with an ``events`` list,
+    :class:`BatchTooLarge` if it holds more events than ``limits`` allow.
     """
     try:
         batch = _batch_decoder.decode(body)
@@ -143,15 +176,29 @@ def parse_batch(
         raise BatchError(f"body: {exc}") from None
     except msgspec.DecodeError as exc:
         raise BatchError(f"body is not valid JSON: {exc}") from None
+    if len(batch.events) > limits.max_batch_events:
+        raise BatchTooLarge(
+            f"events: {len(batch.events)} events; at most {limits.max_batch_events} per batch"
+        )
+    skew = clock_skew_us(sent_at, received_at)
     records: list[EventRecord] = []
     rejections: list[Rejection] = []
     for index, raw in enumerate(batch.events):
+        if len(raw) > limits.max_event_bytes:
+            rejections.append(
+                Rejection(
+                    index,
+                    f"event of {len(raw)} bytes; at most {limits.max_event_bytes} "
+                    f"- at `$.events[{index}]`",
+                )
+            )
+            continue
         try:
             event = _event_decoder.decode(raw)
         except msgspec.ValidationError as exc:
             rejections.append(Rejection(index, _event_path(str(exc), index)))
             continue
-        records.append(record_from(game, event, received_at))
+        records.append(record_from(game, event, received_at, skew))
     return records, rejections
 
 

@@ -39,6 +39,9 @@ EVENTS_SCHEMA = pa.schema(
         ("ts", TIMESTAMP),
         ("props", pa.string()),
         ("received_at", TIMESTAMP),
+        # The device's own time, when the request let us correct its clock (ts is then
+        # the corrected time); null otherwise. An extension of the contract's columns.
+        ("device_ts", TIMESTAMP),
     ]
 )
 PREDICTIONS_SCHEMA = pa.schema(
@@ -78,6 +81,7 @@ def write_events(lake_dir: Path, records: Iterable[EventRecord]) -> list[Path]:
                     pa.string(),
                 ),
                 pa.array([r.received_at for r in rows], TIMESTAMP),
+                pa.array([r.device_ts for r in rows], TIMESTAMP),
             ],
             schema=EVENTS_SCHEMA,
         )

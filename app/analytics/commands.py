@@ -1,0 +1,250 @@
+"""Command line of the offline path: ``lake compact``, ``analytics report``, ``training-set``.
+
+Registered in ``app/cli.py``; heavy imports stay inside the commands (start-up time).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import click
+
+_FORMATS = click.Choice(["table", "csv", "json"])
+_DAY = click.DateTime(formats=["%Y-%m-%d"])
+
+
+def _settings() -> Any:
+    from app.log import configure_logging
+    from app.settings import Settings, SettingsError
+
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        raise click.ClickException(str(exc)) from None
+    configure_logging(settings.log_format, "warning")
+    return settings
+
+
+@contextmanager
+def _progress(description: str) -> Iterator[Any]:
+    """A progress bar on stderr; yields ``advance(done, total)``."""
+    from rich.console import Console
+    from rich.progress import Progress
+
+    with Progress(console=Console(stderr=True), transient=False) as bar:
+        task = bar.add_task(description, total=None)
+
+        def advance(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield advance
+
+
+@contextmanager
+def _lake_errors() -> Iterator[None]:
+    import duckdb
+
+    from app.analytics.location import LakeLocationError
+
+    try:
+        yield
+    except (LakeLocationError, duckdb.Error, OSError) as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@click.group()
+def lake() -> None:
+    """The Parquet lake: compaction and tiering."""
+
+
+@lake.command("compact")
+@click.option(
+    "--target-rows",
+    type=click.IntRange(2),
+    default=None,
+    help="Rows per compacted file [setting lake_compact_target_rows, 1000000].",
+)
+@click.option(
+    "--cold-after-days",
+    type=click.IntRange(0),
+    default=None,
+    help="Move partitions older than this to the cold root [setting lake_cold_after_days].",
+)
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
+def compact(target_rows: int | None, cold_after_days: int | None, fmt: str) -> None:
+    """Merge small files per partition (one copy of each event, zstd) and tier old ones."""
+    import dataclasses
+
+    import msgspec
+
+    from app.analytics.compaction import compact_from_settings
+
+    settings = _settings()
+    overrides: dict[str, Any] = {}
+    if target_rows is not None:
+        overrides["target_rows"] = target_rows
+    if cold_after_days is not None:
+        overrides["cold_after_days"] = cold_after_days
+    with _lake_errors(), _progress("compacting partitions") as advance:
+        stats = compact_from_settings(settings, progress=advance, **overrides)
+    if fmt == "json":
+        click.echo(msgspec.json.encode(dataclasses.asdict(stats)).decode())
+    else:
+        click.echo(stats.describe())
+    if stats.skipped:
+        sys.exit(75)  # EX_TEMPFAIL: try again later
+
+
+@click.command("report")
+@click.argument("name", type=click.Choice(["dau", "mau", "retention", "funnel", "arpdau"]))
+@click.option("--game", required=True, help="The game to report on.")
+@click.option("--from", "start", type=_DAY, default=None, help="First day (UTC), YYYY-MM-DD.")
+@click.option("--to", "end", type=_DAY, default=None, help="Last day (UTC), YYYY-MM-DD.")
+@click.option("--steps", default=None, help="funnel: event types in order, comma-separated.")
+@click.option(
+    "--event",
+    "purchase_event",
+    default=None,
+    help="arpdau: the purchase event type [setting revenue_event, 'purchase'].",
+)
+@click.option(
+    "--field",
+    "revenue_field",
+    default=None,
+    help="arpdau: props field of the amount [setting revenue_field, 'amount'].",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=_FORMATS,
+    default="table",
+    show_default=True,
+    help="json prints one JSON array of row objects.",
+)
+@click.option(
+    "--plot",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also draw the report to this PNG file (needs matplotlib).",
+)
+def report(
+    name: str,
+    game: str,
+    start: datetime | None,
+    end: datetime | None,
+    steps: str | None,
+    purchase_event: str | None,
+    revenue_field: str | None,
+    fmt: str,
+    plot: Path | None,
+) -> None:
+    """Reports: dau, mau (30 days), retention (day 1/7/30 by first-seen cohort), funnel, arpdau."""
+    from app.analytics.location import LakeLocation, connect_lake
+    from app.analytics.query import render
+    from app.analytics.reports import ReportError, ReportRequest, run_report
+    from app.analytics.reports import plot as draw
+
+    settings = _settings()
+    request = ReportRequest(
+        name=name,
+        game=game,
+        start=start.date() if start else None,
+        end=end.date() if end else None,
+        steps=tuple(s.strip() for s in steps.split(",") if s.strip()) if steps else (),
+        purchase_event=str(purchase_event or getattr(settings, "revenue_event", "purchase")),
+        revenue_field=str(revenue_field or getattr(settings, "revenue_field", "amount")),
+    )
+    try:
+        with _lake_errors():
+            conn = connect_lake(LakeLocation.of(settings))
+            try:
+                result = run_report(conn, request)
+            finally:
+                conn.close()
+        if plot is not None:
+            draw(result, name, plot)
+    except ReportError as exc:
+        raise click.ClickException(str(exc)) from None
+    render(result, fmt, sys.stdout)
+
+
+@click.command("training-set")
+@click.option("--game", required=True, help="The game whose events feed the features.")
+@click.option(
+    "--labels",
+    "labels_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    required=True,
+    help="CSV or Parquet with player_id, ts (RFC 3339; UTC if no offset) and label columns.",
+)
+@click.option(
+    "--out",
+    "out_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="CSV or Parquet (by extension): the label rows plus one column per feature.",
+)
+@click.option(
+    "--features",
+    "features_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Features file [PLAYERPULSE_FEATURES].",
+)
+@click.option(
+    "--exclude-late-arrivals",
+    is_flag=True,
+    help="Also leave out events received after the label's ts (as served then).",
+)
+@click.option("--show-sql", is_flag=True, help="Print the generated SQL and exit.")
+def training_set(
+    game: str,
+    labels_path: Path,
+    out_path: Path,
+    features_path: Path | None,
+    exclude_late_arrivals: bool,
+    show_sql: bool,
+) -> None:
+    """Point-in-time training set: every feature of each label row as of its ts.
+
+    No event dated after ts counts; events dated before ts count even if they arrived
+    later (unless --exclude-late-arrivals).
+    """
+    from app.analytics.location import LakeLocation
+    from app.analytics.training import TrainingSetError, build_training_set, training_sql
+    from app.domain.features import FeatureFileError, load_features
+
+    settings = _settings()
+    try:
+        features = load_features(features_path or settings.features_path)
+    except FeatureFileError as exc:
+        raise click.ClickException(str(exc)) from None
+    if show_sql:
+        sql = training_sql(features, exclude_late_arrivals=exclude_late_arrivals)
+        click.echo(f"-- distinct events, per-feature columns\n{sql.events.strip()};\n")
+        click.echo(f"-- features per label row\n{sql.features.strip()};")
+        return
+    try:
+        with _lake_errors(), _progress("computing features") as advance:
+            stats = build_training_set(
+                LakeLocation.of(settings),
+                features,
+                game,
+                labels_path,
+                out_path,
+                exclude_late_arrivals=exclude_late_arrivals,
+                progress=advance,
+            )
+    except TrainingSetError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(
+        f"wrote {stats.labels} rows ({stats.players} players, {stats.events} events, "
+        f"{stats.poison} refused as the fold refuses them) to {out_path} "
+        f"in {stats.seconds:.1f}s",
+        err=True,
+    )

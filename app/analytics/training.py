@@ -1,0 +1,450 @@
+"""Point-in-time training sets: each label row, plus every feature as of the label's time.
+
+A label row has ``player_id``, ``ts`` and any label columns. Its features are computed
+by DuckDB SQL generated from the features file (:func:`training_sql`), and equal what
+the live fold gives for the same events:
+
+- Events are the lake's distinct events of the game: each ``(player_id, event_id)`` once,
+  the first received, as the fold applies them. A *poison* event (one the fold refuses:
+  a non-number, a bool, or a number beyond +-2**53 for ints or +-1e300 for floats where
+  a sum/avg/min/max needs a number; an int beyond 64 bits anywhere in a count/first/last
+  value) counts for no feature at all, as in the fold.
+- **No event with an event time after ``ts`` counts**, whatever its bucket: the row is
+  the profile the live fold would show when evaluated at time ``ts`` over the events
+  whose event time is at or before ``ts``. For a windowed feature that is every such
+  event in the window's buckets ending with the bucket of ``ts`` (the live bucket rule,
+  ``fold._bucket_range``: buckets ``b`` with ``bucket(ts) - window/bucket < b <=
+  bucket(ts)``); the live profile additionally counts events of that last bucket dated
+  after ``ts`` (device clocks ahead), which a training row never does.
+- **Late arrivals count by event time.** An event received after ``ts`` whose event time
+  is at or before ``ts`` counts, as it does in the profile once it arrives (and in a
+  profile rebuilt from the lake): the row is what the profile says about the moment
+  ``ts`` with everything known now. With ``exclude_late_arrivals`` such events are left
+  out too: the row is then the profile as it could have been served at ``ts``
+  (``received_at <= ts``), late events missing as they were then.
+
+Consequences for comparing with the live API, which evaluates profiles at request time:
+for a label at a player's newest event time, unwindowed features equal the API's
+exactly; a windowed feature equals it while no event of that player has slid out of the
+window between the label's bucket and the bucket of the request (the live window keeps
+sliding after the newest event; the label's does not). A label at "now" equals the API
+for every feature, unless an event is dated in the future. A resend of an event after
+the fold forgot its id (``PLAYERPULSE_APPLIED_IDS_RETENTION_S``) counts twice in the live
+profile and once here (and once in a rebuilt profile).
+
+Exactness: sums use ``math.fsum`` (a DuckDB Python UDF over the list of values:
+DuckDB's own double sum is not correctly rounded), so a sum or mean is bit-for-bit the
+fold's; ``distinct_count`` keys objects and lists by their canonical JSON (sorted keys,
+another small UDF), scalars by their JSON text (so ``"1"``, ``1`` and ``1.0`` differ).
+Everything else is plain SQL over ``json_extract``.
+
+Output columns are typed from the values: an integer feature is BIGINT, a numeric one
+DOUBLE (JSON has one number type: ``44`` and ``44.0`` are the same value), strings
+VARCHAR, booleans BOOLEAN; a feature whose values mix types is JSON text.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import msgspec
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from app.domain.features import NUMERIC, Agg, FeatureSet, FeatureSpec
+
+from .location import LakeLocation, connect_lake
+from .reports import json_path
+
+MAX_EXACT_INT = 2**53
+MAX_FLOAT = 1e300
+INT64 = (-(2**63), 2**63 - 1)
+RESERVED = "__pp_"
+_canonical = msgspec.json.Encoder(order="sorted")
+
+
+class TrainingSetError(ValueError):
+    """The labels or options cannot be used; the message names the problem."""
+
+
+@dataclass(slots=True)
+class TrainingStats:
+    """What a training-set run did."""
+
+    labels: int = 0
+    players: int = 0
+    events: int = 0
+    """Distinct events of the labels' players considered (before the as-of cut)."""
+    poison: int = 0
+    """Of those, events the fold refuses, which count for no feature."""
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class TrainingSQL:
+    """The SQL generated from a features file."""
+
+    events: str
+    """Builds table ``ev``: the players' distinct events with per-feature columns."""
+    features: str
+    """Aggregates features per label row of table ``labels`` (rows $lo..$hi) over ``ev``."""
+    widths: tuple[int, ...]
+    """Bucket widths of the windowed features."""
+
+
+def _lit(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _types(events: frozenset[str]) -> str:
+    return ", ".join(_lit(t) for t in sorted(events))
+
+
+def _empty(spec: FeatureSpec) -> str:
+    value = spec.empty_value
+    return "NULL" if value is None else _lit(msgspec.json.encode(value).decode())
+
+
+def training_sql(features: FeatureSet, *, exclude_late_arrivals: bool = False) -> TrainingSQL:
+    """The DuckDB SQL that computes ``features`` point-in-time, one piece per feature."""
+    paths = sorted({spec.field for spec in features.specs if spec.field is not None})
+    path_index = {path: i for i, path in enumerate(paths)}
+    widths = tuple(sorted({s.bucket_s for s in features.specs if s.bucket_s is not None}))
+    all_types = sorted({t for spec in features.specs for t in spec.events})
+
+    # Per field path: the JSON value, its type, and what the fold's checks need.
+    per_path = []
+    for j in path_index.values():
+        f = f"f{j}"
+        per_path.append(
+            f"""
+            {f}, json_type({f}) AS jt{j}, {f}::VARCHAR AS txt{j},
+            coalesce(json_type({f}) <> 'NULL', false) AS present{j},
+            (json_type({f}) IN ('BIGINT', 'UBIGINT')
+             OR (json_type({f}) = 'DOUBLE' AND regexp_full_match({f}::VARCHAR, '-?[0-9]+')))
+                AS isint{j},
+            CASE WHEN json_type({f}) IN ('BIGINT', 'UBIGINT', 'DOUBLE')
+                 THEN TRY_CAST({f}::VARCHAR AS DOUBLE) END AS num{j}"""
+        )
+    extract = ",\n".join(
+        f"json_extract(props, {_lit(json_path(path))}) AS f{i}" for path, i in path_index.items()
+    )
+
+    poison_terms = []
+    for spec in features.specs:
+        if spec.field is None or spec.agg is Agg.DISTINCT_COUNT:
+            continue  # the fold never refuses these
+        i = path_index[spec.field]
+        if spec.agg in NUMERIC:
+            ok = (
+                f"((jt{i} IN ('BIGINT', 'UBIGINT') "
+                f"AND abs(TRY_CAST(txt{i} AS HUGEINT)) <= {MAX_EXACT_INT}) "
+                f"OR (jt{i} = 'DOUBLE' AND NOT isint{i} AND abs(num{i}) <= {MAX_FLOAT:g}))"
+            )
+        else:  # count with a field, first, last: no int beyond 64 bits anywhere inside
+            ok = (
+                f"(CASE jt{i} WHEN 'UBIGINT' THEN TRY_CAST(txt{i} AS BIGINT) IS NOT NULL "
+                f"WHEN 'DOUBLE' THEN NOT isint{i} "
+                f"WHEN 'OBJECT' THEN pp_storable(txt{i}) WHEN 'ARRAY' THEN pp_storable(txt{i}) "
+                "ELSE true END)"
+            )
+        poison_terms.append(
+            f"(type IN ({_types(spec.events)}) AND present{i} AND NOT coalesce({ok}, false))"
+        )
+    poison = " OR ".join(poison_terms) or "false"
+
+    columns = []
+    for k, spec in enumerate(features.specs):
+        matched = f"type IN ({_types(spec.events)})"
+        if spec.field is None:
+            columns.append(f"({matched}) AS c{k}")
+            continue
+        i = path_index[spec.field]
+        columns.append(f"({matched} AND present{i}) AS c{k}")
+        if spec.agg is Agg.DISTINCT_COUNT:
+            columns.append(
+                f"CASE WHEN jt{i} IN ('OBJECT', 'ARRAY') THEN pp_canonical(txt{i}) "
+                f"ELSE txt{i} END AS key{k}"
+            )
+    buckets = [f"{_floor_div('ts_us', w * 1_000_000)} AS b{w}" for w in widths]
+    select_paths = ",".join(per_path)
+    events_sql = f"""
+        CREATE OR REPLACE TEMP TABLE ev AS
+        WITH copies AS (
+            SELECT player_id, event_id, type, ts, received_at, props,
+                row_number() OVER (
+                    PARTITION BY player_id, event_id ORDER BY received_at, ts, type, props
+                ) AS copy
+            FROM lake_rows
+            WHERE game = $game AND player_id IN (SELECT player_id FROM labels)
+        ),
+        firsts AS (
+            SELECT player_id, event_id, type, epoch_us(ts) AS ts_us,
+                epoch_us(received_at) AS received_us
+                {"," if extract else ""}{extract}
+            FROM copies
+            WHERE copy = 1 AND type IN ({", ".join(_lit(t) for t in all_types)})
+                AND epoch_us(ts) <= (SELECT max(ts_us) FROM labels)
+        ),
+        typed AS (
+            SELECT player_id, event_id, type, ts_us, received_us
+            {"," if select_paths else ""}{select_paths}
+            FROM firsts
+        )
+        SELECT *, ({poison}) AS poison, {", ".join([*columns, *buckets])}
+        FROM typed
+    """
+
+    aggregates = []
+    for k, spec in enumerate(features.specs):
+        cond = f"e.c{k} AND NOT e.poison"
+        if spec.bucket_s is not None and spec.window_s is not None:
+            w = spec.bucket_s
+            cond += f" AND e.b{w} > l.b{w} - {spec.window_s // w}"
+        n = f"count(*) FILTER (WHERE {cond})"
+        empty = _empty(spec)
+        i = path_index[spec.field] if spec.field is not None else -1
+        agg = spec.agg
+        if agg is Agg.COUNT:
+            value = f"{n}::VARCHAR"
+        elif agg is Agg.DISTINCT_COUNT:
+            value = f"(count(DISTINCT e.key{k}) FILTER (WHERE {cond}))::VARCHAR"
+        elif agg is Agg.SUM:
+            total = f"pp_fsum(list(e.num{i}) FILTER (WHERE {cond}))"
+            value = (
+                f"CASE WHEN bool_and(e.isint{i}) FILTER (WHERE {cond}) "
+                f"THEN CAST(CAST({total} AS HUGEINT) AS VARCHAR) "
+                f"ELSE to_json({total})::VARCHAR END"
+            )
+        elif agg is Agg.AVG:
+            value = f"to_json(pp_fsum(list(e.num{i}) FILTER (WHERE {cond})) / {n})::VARCHAR"
+        elif agg is Agg.MIN:
+            # Ints within 2**53 are exact doubles; on a tie the fold prefers the int.
+            value = f"first(e.txt{i} ORDER BY e.num{i} ASC, e.isint{i} DESC) FILTER (WHERE {cond})"
+        elif agg is Agg.MAX:
+            value = f"first(e.txt{i} ORDER BY e.num{i} DESC, e.isint{i} DESC) FILTER (WHERE {cond})"
+        elif agg is Agg.FIRST:
+            value = f"first(e.txt{i} ORDER BY e.ts_us ASC, e.event_id ASC) FILTER (WHERE {cond})"
+        else:  # LAST
+            value = f"first(e.txt{i} ORDER BY e.ts_us DESC, e.event_id DESC) FILTER (WHERE {cond})"
+        aggregates.append(f"CASE WHEN {n} = 0 THEN {empty} ELSE {value} END AS {_ident(spec.name)}")
+    late = " AND e.received_us <= l.ts_us" if exclude_late_arrivals else ""
+    listed = ",\n            ".join(aggregates)
+    features_sql = f"""
+        SELECT l.{RESERVED}row AS {RESERVED}row,
+            {listed}
+        FROM labels l
+        LEFT JOIN ev e ON e.player_id = l.player_id AND e.ts_us <= l.ts_us{late}
+        WHERE l.{RESERVED}row BETWEEN $lo AND $hi
+        GROUP BY l.{RESERVED}row
+    """
+    return TrainingSQL(events_sql, features_sql, widths)
+
+
+def _floor_div(column: str, divisor: int) -> str:
+    # DuckDB's // truncates toward zero; the fold's bucket index is a floor (times before
+    # 1970 are negative).
+    return f"({column} // {divisor} - CASE WHEN {column} % {divisor} < 0 THEN 1 ELSE 0 END)"
+
+
+def _fsum(values: list[float] | None) -> float | None:
+    return None if values is None else math.fsum(values)
+
+
+def _canonical_json(text: str) -> str:
+    return _canonical.encode(msgspec.json.decode(text)).decode()
+
+
+def _storable(text: str) -> bool:
+    def fits(value: Any) -> bool:
+        if isinstance(value, bool):
+            return True
+        if isinstance(value, int):
+            return INT64[0] <= value <= INT64[1]
+        if isinstance(value, dict):
+            return all(fits(v) for v in value.values())
+        if isinstance(value, list):
+            return all(fits(v) for v in value)
+        return True
+
+    return fits(json.loads(text))
+
+
+def register_udfs(conn: duckdb.DuckDBPyConnection) -> None:
+    """The Python UDFs the generated SQL uses where DuckDB cannot be exact."""
+    conn.create_function("pp_fsum", _fsum, ["DOUBLE[]"], "DOUBLE", side_effects=False)
+    conn.create_function("pp_canonical", _canonical_json, ["VARCHAR"], "VARCHAR")
+    conn.create_function("pp_storable", _storable, ["VARCHAR"], "BOOLEAN")
+
+
+def read_labels(path: Path) -> pa.Table:
+    """Labels from CSV or Parquet (by extension); ``player_id`` and ``ts`` are required."""
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".csv":
+            table = pacsv.read_csv(
+                path,
+                convert_options=pacsv.ConvertOptions(
+                    column_types={"player_id": pa.string(), "ts": pa.string()}
+                ),
+            )
+        elif suffix in (".parquet", ".pq"):
+            table = pq.read_table(path)
+        else:
+            raise TrainingSetError(f"labels {path}: use a .csv or .parquet file")
+    except (OSError, pa.ArrowInvalid) as exc:
+        raise TrainingSetError(f"labels {path}: {exc}") from None
+    missing = [c for c in ("player_id", "ts") if c not in table.column_names]
+    if missing:
+        raise TrainingSetError(f"labels {path}: no column {', '.join(missing)}")
+    return table
+
+
+def build_training_set(
+    location: LakeLocation,
+    features: FeatureSet,
+    game: str,
+    labels_path: Path,
+    out_path: Path,
+    *,
+    exclude_late_arrivals: bool = False,
+    chunk_rows: int = 20_000,
+    progress: Callable[[int, int], None] | None = None,
+    threads: int | None = None,
+) -> TrainingStats:
+    """Write ``out_path`` (CSV or Parquet, by extension): each label row plus its features."""
+    started = time.monotonic()
+    out_suffix = out_path.suffix.lower()
+    if out_suffix not in (".csv", ".parquet", ".pq"):
+        raise TrainingSetError(f"output {out_path}: use a .csv or .parquet file")
+    labels = read_labels(labels_path)
+    clash = sorted(
+        set(labels.column_names) & set(features.names)
+        | {c for c in labels.column_names if c.startswith(RESERVED)}
+    )
+    if clash:
+        raise TrainingSetError(
+            f"labels {labels_path}: column(s) {', '.join(clash)} clash with feature names "
+            f"(or the reserved prefix {RESERVED})"
+        )
+    labels = labels.append_column(f"{RESERVED}row", pa.array(range(labels.num_rows), pa.int64()))
+    sql = training_sql(features, exclude_late_arrivals=exclude_late_arrivals)
+    stats = TrainingStats(labels=labels.num_rows)
+    spill = tempfile.mkdtemp(prefix="playerpulse-training-")
+    conn = connect_lake(location, threads=threads)
+    try:
+        conn.execute(f"SET temp_directory = {_lit(spill)}")
+        register_udfs(conn)
+        conn.register("labels_in", labels)
+        _load_labels(conn, sql.widths)
+        row = conn.execute("SELECT count(DISTINCT player_id) FROM labels").fetchone()
+        stats.players = int(row[0]) if row else 0
+        conn.execute(sql.events, {"game": game})
+        row = conn.execute("SELECT count(*), count(*) FILTER (WHERE poison) FROM ev").fetchone()
+        stats.events, stats.poison = (int(row[0]), int(row[1])) if row else (0, 0)
+
+        columns = ", ".join(f"{_ident(name)} VARCHAR" for name in features.names)
+        conn.execute(f"CREATE TEMP TABLE feats ({RESERVED}row BIGINT, {columns})")
+        total = labels.num_rows
+        if progress is not None:
+            progress(0, total)
+        for lo in range(0, total, chunk_rows):
+            hi = min(total, lo + chunk_rows) - 1
+            conn.execute(f"INSERT INTO feats {sql.features}", {"lo": lo, "hi": hi})
+            if progress is not None:
+                progress(hi + 1, total)
+        casts = _output_casts(conn, features)
+        options = (
+            "FORMAT csv, HEADER true"
+            if out_suffix == ".csv"
+            else "FORMAT parquet, COMPRESSION zstd"
+        )
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        conn.execute(
+            f"""
+            COPY (
+                SELECT labels_in.* EXCLUDE ({RESERVED}row), {", ".join(casts)}
+                FROM labels_in JOIN feats USING ({RESERVED}row)
+                ORDER BY {RESERVED}row
+            ) TO {_lit(str(out_path))} ({options})
+            """
+        )
+    finally:
+        conn.close()
+        shutil.rmtree(spill, ignore_errors=True)
+    stats.seconds = time.monotonic() - started
+    return stats
+
+
+def _load_labels(conn: duckdb.DuckDBPyConnection, widths: tuple[int, ...]) -> None:
+    buckets = "".join(f", {_floor_div('ts_us', w * 1_000_000)} AS b{w}" for w in widths)
+    conn.execute(
+        f"""
+        CREATE TEMP TABLE labels AS
+        SELECT *{buckets} FROM (
+            SELECT {RESERVED}row, player_id::VARCHAR AS player_id,
+                epoch_us(TRY_CAST(ts AS TIMESTAMPTZ)) AS ts_us, ts::VARCHAR AS ts_text
+            FROM labels_in
+        )
+        """
+    )
+    bad = conn.execute(
+        f"SELECT {RESERVED}row, player_id, ts_text FROM labels "
+        "WHERE player_id IS NULL OR ts_us IS NULL ORDER BY 1 LIMIT 1"
+    ).fetchone()
+    if bad is not None:
+        problem = "no player_id" if bad[1] is None else f"ts {bad[2]!r} is not a time"
+        raise TrainingSetError(f"label row {bad[0] + 1}: {problem}")
+
+
+def _output_casts(conn: duckdb.DuckDBPyConnection, features: FeatureSet) -> list[str]:
+    """Typed output columns from the JSON texts in ``feats``."""
+    probes = []
+    for name in features.names:
+        col = _ident(name)
+        probes.append(
+            f"list(DISTINCT json_type({col}::JSON)) FILTER (WHERE {col} IS NOT NULL), "
+            f"bool_and(TRY_CAST({col} AS BIGINT) IS NOT NULL) FILTER (WHERE "
+            f"json_type({col}::JSON) IN ('BIGINT', 'UBIGINT'))"
+        )
+    row = conn.execute(f"SELECT {', '.join(probes)} FROM feats").fetchone()
+    assert row is not None
+    casts = []
+    for k, spec in enumerate(features.specs):
+        kinds = set(row[2 * k] or ())
+        ints_fit = row[2 * k + 1] is not False
+        col = _ident(spec.name)
+        if not kinds:
+            kind = (
+                "BIGINT"
+                if spec.agg in (Agg.COUNT, Agg.DISTINCT_COUNT, Agg.SUM)
+                else "DOUBLE"
+                if spec.agg in NUMERIC
+                else "VARCHAR"
+            )
+            casts.append(f"CAST({col} AS {kind}) AS {col}")
+        elif kinds <= {"BIGINT", "UBIGINT"} and ints_fit:
+            casts.append(f"CAST({col} AS BIGINT) AS {col}")
+        elif kinds <= {"BIGINT", "UBIGINT", "DOUBLE"}:
+            casts.append(f"CAST({col} AS DOUBLE) AS {col}")
+        elif kinds == {"VARCHAR"}:
+            casts.append(f"json_extract_string({col}::JSON, '$') AS {col}")
+        elif kinds == {"BOOLEAN"}:
+            casts.append(f"CAST({col} AS BOOLEAN) AS {col}")
+        else:
+            casts.append(f"{col}::JSON AS {col}")
+    return casts
