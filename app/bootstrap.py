@@ -23,6 +23,7 @@ from app.db.repositories import MODEL_CHANNEL
 from app.domain.events import EventRecord
 from app.domain.features import FeatureSet, load_features
 from app.domain.predictions import PredictionRecord
+from app.ingest import Ingestor
 from app.keys import KeyService
 from app.log import get_logger
 from app.models.registry import ModelRegistry
@@ -50,6 +51,7 @@ class Services:
     failed_events: FailedEventService
     registry: ModelRegistry
     producer: EventProducer
+    ingestor: Ingestor
     folder: ProfileFolder
     archiver: LakeArchiver[EventRecord]
     prediction_log: PredictionLog
@@ -182,6 +184,12 @@ async def open_services(settings: Settings) -> Services:
         failed_events=FailedEventService(engine),
         registry=registry,
         producer=producer,
+        ingestor=Ingestor(
+            producer,
+            settings.events_topic,
+            rate_per_key=settings.rate_limit_events_s,
+            max_in_flight=settings.max_in_flight_events,
+        ),
         folder=folder,
         archiver=archiver,
         prediction_log=prediction_log,

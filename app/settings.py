@@ -45,8 +45,16 @@ class Settings:
     """PLAYERPULSE_TOPIC_REPLICATION: replication factor; 0 means min(3, brokers)."""
     consumer_group: str = "playerpulse"
     """PLAYERPULSE_CONSUMER_GROUP: Kafka consumer group (and Faust app id)."""
-    max_body_bytes: int = 5 * 1024 * 1024
-    """PLAYERPULSE_MAX_BODY_BYTES: largest ingest body, compressed or not."""
+    max_body_bytes: int = 500 * 1024
+    """PLAYERPULSE_MAX_BODY_BYTES: largest ingest body, compressed or not (Segment: 500 KB)."""
+    max_event_bytes: int = 32 * 1024
+    """PLAYERPULSE_MAX_EVENT_BYTES: largest single event (Segment: 32 KB); larger: rejected."""
+    max_batch_events: int = 2000
+    """PLAYERPULSE_MAX_BATCH_EVENTS: most events in one request; more: 413."""
+    rate_limit_events_s: float = 100_000
+    """PLAYERPULSE_RATE_LIMIT_EVENTS_S: events/s per key and process (0: off); over: 429."""
+    max_in_flight_events: int = 200_000
+    """PLAYERPULSE_MAX_IN_FLIGHT_EVENTS: events awaiting the broker before 503s."""
     produce_timeout_s: float = 10.0
     """PLAYERPULSE_PRODUCE_TIMEOUT_S: longest wait for the broker to acknowledge a batch."""
     fold_batch_max: int = 500

@@ -11,4 +11,4 @@ cleanup() {
 trap cleanup EXIT
 address="$("$here/apache-kafka.sh" start "$dir" | tail -n 1)"
 echo "Apache Kafka at $address" >&2
-PLAYERPULSE_TEST_KAFKA_BROKERS="$address" "$@"
+PLAYERPULSE_TEST_KAFKA_BROKERS="$address" PLAYERPULSE_TEST_KAFKA_PIDFILE="$dir/kafka.pid" "$@"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 from litestar.connection import ASGIConnection
@@ -23,18 +24,33 @@ class ApiKeyAuthentication(AbstractAuthenticationMiddleware):
     async def authenticate_request(
         self, connection: ASGIConnection[Any, Any, Any, Any]
     ) -> AuthenticationResult:
-        header = connection.headers.get("authorization", "")
-        scheme, _, key = header.partition(" ")
-        if scheme.lower() != "bearer" or not key.strip():
+        key = _presented_key(connection.headers.get("authorization", ""))
+        if not key:
             raise NotAuthorizedException(
-                "missing API key: send the header 'Authorization: Bearer KEY'",
+                "missing API key: send the header 'Authorization: Bearer KEY' (or, as "
+                "Segment SDKs do, Basic auth with the key as user name)",
                 headers={"WWW-Authenticate": "Bearer"},
             )
         services = connection.app.state.services
-        principal = await services.keys.authenticate(key.strip())
+        principal = await services.keys.authenticate(key)
         if principal is None:
             raise NotAuthorizedException("unknown API key", headers={"WWW-Authenticate": "Bearer"})
         return AuthenticationResult(user=principal, auth=key)
+
+
+def _presented_key(header: str) -> str:
+    """The key of ``Bearer KEY``, or of ``Basic base64(KEY:)`` (Segment's write key)."""
+    scheme, _, value = header.partition(" ")
+    value = value.strip()
+    if scheme.lower() == "bearer":
+        return value
+    if scheme.lower() == "basic":
+        try:
+            user, _, password = base64.b64decode(value, validate=True).decode().partition(":")
+        except (ValueError, UnicodeDecodeError):
+            return ""
+        return user or password
+    return ""
 
 
 def requires(role: Role) -> Any:

@@ -2,45 +2,29 @@
 
 from __future__ import annotations
 
-import time
-import zlib
 from datetime import datetime
 from typing import Annotated, Any
 
 import msgspec
-from litestar import Request, Response, get, post
+from litestar import Request, Response, get
 from litestar.datastructures import State
 from litestar.handlers import HTTPRouteHandler
 from litestar.params import Parameter
 from litestar.status_codes import (
-    HTTP_202_ACCEPTED,
-    HTTP_400_BAD_REQUEST,
     HTTP_404_NOT_FOUND,
-    HTTP_413_REQUEST_ENTITY_TOO_LARGE,
-    HTTP_415_UNSUPPORTED_MEDIA_TYPE,
-    HTTP_503_SERVICE_UNAVAILABLE,
 )
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from app import metrics
 from app.bootstrap import Services
 from app.domain.access import Principal, Role
-from app.domain.events import BatchError, Rejection, parse_batch
 from app.settings import Settings
-from app.streams.producer import BrokerUnavailable
 
 from .auth import requires
 from .errors import ApiError
+from .ingest_routes import ingest_routes
 from .model_routes import model_routes
 
 # -- response bodies -------------------------------------------------------------------
-
-
-class IngestReply(msgspec.Struct):
-    """Events accepted (durable in Kafka) and, per index, those rejected."""
-
-    accepted: int
-    rejected: list[Rejection]
 
 
 class ProfileReply(msgspec.Struct):
@@ -93,29 +77,6 @@ async def health() -> HealthReply:
     from app import __version__
 
     return HealthReply(status="ok", version=__version__)
-
-
-async def send_events(request: Request[Principal, Any, Any], services: Services) -> IngestReply:
-    """Accept a batch of events; 202 only once the broker has every accepted one."""
-    body = await request.body()
-    body = _decoded(body, request.headers.get("content-encoding"), services.settings)
-    received_at = time.time_ns() // 1000
-    try:
-        records, rejections = parse_batch(body, request.user.game, received_at)
-    except BatchError as exc:
-        raise ApiError(HTTP_400_BAD_REQUEST, str(exc)) from None
-    try:
-        await services.producer.send_events(services.settings.events_topic, records)
-    except BrokerUnavailable as exc:
-        raise ApiError(
-            HTTP_503_SERVICE_UNAVAILABLE,
-            "the event broker is unavailable; nothing in this batch may be assumed accepted",
-            str(exc),
-            headers={"Retry-After": "5"},
-        ) from None
-    metrics.EVENTS_ACCEPTED.inc(len(records))
-    metrics.EVENTS_REJECTED.inc(len(rejections))
-    return IngestReply(accepted=len(records), rejected=rejections)
 
 
 async def get_profile(
@@ -179,14 +140,7 @@ def build_routes(settings: Settings) -> list[HTTPRouteHandler]:
         get("/metrics", tags=["ops"], summary="Prometheus metrics", include_in_schema=False)(
             metrics_page
         ),
-        post(
-            "/v1/events",
-            guards=[requires(Role.INGEST)],
-            status_code=HTTP_202_ACCEPTED,
-            request_max_body_size=settings.max_body_bytes,
-            tags=["events"],
-            summary="Send a batch of events",
-        )(send_events),
+        *ingest_routes(settings),
         get(
             "/v1/players/{player_id:str}",
             guards=[requires(Role.READ)],
@@ -201,27 +155,3 @@ def build_routes(settings: Settings) -> list[HTTPRouteHandler]:
         )(list_failed_events),
         *model_routes(settings),
     ]
-
-
-def _decoded(body: bytes, encoding: str | None, settings: Settings) -> bytes:
-    """The body without its Content-Encoding, never larger than the body limit."""
-    if not encoding or encoding.lower() == "identity":
-        return body
-    if encoding.lower() not in ("gzip", "x-gzip"):
-        raise ApiError(
-            HTTP_415_UNSUPPORTED_MEDIA_TYPE,
-            f"Content-Encoding {encoding!r} is not supported; use gzip or none",
-        )
-    inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
-    try:
-        out = inflater.decompress(body, settings.max_body_bytes + 1)
-    except zlib.error as exc:
-        raise ApiError(HTTP_400_BAD_REQUEST, f"body is not valid gzip: {exc}") from None
-    if len(out) > settings.max_body_bytes or inflater.unconsumed_tail:
-        raise ApiError(
-            HTTP_413_REQUEST_ENTITY_TOO_LARGE,
-            f"decompressed body exceeds {settings.max_body_bytes} bytes",
-        )
-    if not inflater.eof:
-        raise ApiError(HTTP_400_BAD_REQUEST, "body is truncated gzip")
-    return out

@@ -22,6 +22,7 @@ from .events import (
     PlayerId,
     Rejection,
     clock_skew_us,
+    nul_field,
     to_micros,
 )
 
@@ -117,6 +118,9 @@ def _record(
     kind = message.event if message.type == "track" else message.type
     if not kind:
         return "event is required for a track message"
+    nul = nul_field(("messageId", message.message_id), ("userId", str(player)), ("event", kind))
+    if nul is not None:
+        return f"{nul} holds a NUL character"
     skew = clock_skew_us(sent_at, received_at)
     device_ts = to_micros(message.timestamp) if message.timestamp is not None else None
     ts = device_ts + skew if device_ts is not None else received_at

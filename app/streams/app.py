@@ -56,6 +56,11 @@ def create_stream_app(
         broker_commit_interval=1.0,
         stream_buffer_maxsize=max(4096, settings.fold_batch_max * 2),
         producer_acks=-1,
+        # Events wait in the archive buffer, unacknowledged, until their Parquet file is
+        # written: Faust must not wait for those acks to stop or rebalance (it would hang
+        # until the next flush, or forever once our timers stopped). Unacknowledged means
+        # redelivered to the next owner: deduplicated by the fold and by the lake's views.
+        stream_wait_empty=False,
     )
     topic = app.topic(
         settings.events_topic,

@@ -266,3 +266,20 @@ def test_an_rfc3339_ts_with_any_offset_parses_to_the_same_instant(moment: dateti
     records, rejections = parse(event(ts=moment.isoformat()))
     assert rejections == []
     assert records[0].ts == to_micros(moment)
+
+
+def test_a_nul_character_in_an_id_is_rejected_on_both_paths() -> None:
+    from app.domain.events import parse_batch as parse_events
+    from app.domain.segment import parse_segment
+
+    body = json.dumps({"events": [event(player_id="a\x00b"), event(event_id="fine")]}).encode()
+    records, rejections = parse_events(body, "g", 0)
+    assert [r.event_id for r in records] == ["fine"]
+    assert "NUL" in rejections[0].error
+    assert "player_id" in rejections[0].error
+    segment = json.dumps(
+        {"batch": [{"type": "track", "event": "x", "userId": "u", "messageId": "m\x00"}]}
+    ).encode()
+    records, rejections = parse_segment(segment, "g", 0)
+    assert records == []
+    assert "messageId" in rejections[0].error

@@ -1,0 +1,217 @@
+"""Ingest routes: our own batch API, and Segment's HTTP Tracking API for existing SDKs."""
+
+from __future__ import annotations
+
+import time
+import zlib
+from datetime import datetime
+from typing import Any
+
+import msgspec
+import zstandard
+from litestar import Request, post
+from litestar.handlers import HTTPRouteHandler
+from litestar.status_codes import (
+    HTTP_200_OK,
+    HTTP_202_ACCEPTED,
+    HTTP_400_BAD_REQUEST,
+    HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+    HTTP_415_UNSUPPORTED_MEDIA_TYPE,
+    HTTP_429_TOO_MANY_REQUESTS,
+    HTTP_503_SERVICE_UNAVAILABLE,
+)
+
+from app import metrics
+from app.bootstrap import Services
+from app.domain.access import Principal, Role
+from app.domain.events import (
+    BatchError,
+    BatchTooLarge,
+    EventRecord,
+    IngestLimits,
+    Rejection,
+    parse_batch,
+)
+from app.domain.segment import parse_segment
+from app.ingest import BrokerUnavailable, Overloaded
+from app.settings import Settings
+
+from .auth import requires
+from .errors import ApiError
+
+
+class IngestReply(msgspec.Struct):
+    """Events accepted (durable in Kafka) and, per index, those rejected."""
+
+    accepted: int
+    rejected: list[Rejection]
+
+
+class SegmentReply(msgspec.Struct):
+    """Segment's answer (``success``), with what we accepted and rejected."""
+
+    success: bool
+    accepted: int
+    rejected: list[Rejection]
+
+
+_sent_at = msgspec.json.Decoder(datetime)
+
+
+async def send_events(request: Request[Principal, Any, Any], services: Services) -> IngestReply:
+    """Accept a batch of events; 202 only once the broker has every accepted one.
+
+    An ``X-Sent-At`` header (RFC 3339: when the device sent the batch) corrects each
+    event's device time by how far the device clock is off ours; the original is kept.
+    """
+    sent_header = request.headers.get("x-sent-at")
+    sent_at = None
+    if sent_header:
+        try:
+            sent_at = _sent_at.decode(msgspec.json.encode(sent_header))
+        except msgspec.ValidationError:
+            raise ApiError(
+                HTTP_400_BAD_REQUEST, f"X-Sent-At: {sent_header!r} is not an RFC 3339 time"
+            ) from None
+        if sent_at.tzinfo is None:
+            raise ApiError(HTTP_400_BAD_REQUEST, "X-Sent-At: needs a UTC offset")
+    body, received_at = await _body(request, services.settings)
+    try:
+        records, rejections = parse_batch(
+            body, request.user.game, received_at, limits=_limits(services), sent_at=sent_at
+        )
+    except BatchTooLarge as exc:
+        raise ApiError(HTTP_413_REQUEST_ENTITY_TOO_LARGE, str(exc)) from None
+    except BatchError as exc:
+        raise ApiError(HTTP_400_BAD_REQUEST, str(exc)) from None
+    await _accept(services, request, records, rejections)
+    return IngestReply(accepted=len(records), rejected=rejections)
+
+
+def _segment_handler(single: str | None) -> Any:
+    async def handler(request: Request[Principal, Any, Any], services: Services) -> SegmentReply:
+        body, received_at = await _body(request, services.settings)
+        try:
+            records, rejections = parse_segment(
+                body, request.user.game, received_at, single=single, limits=_limits(services)
+            )
+        except BatchTooLarge as exc:
+            raise ApiError(HTTP_413_REQUEST_ENTITY_TOO_LARGE, str(exc)) from None
+        except BatchError as exc:
+            raise ApiError(HTTP_400_BAD_REQUEST, str(exc)) from None
+        if single is not None and rejections:
+            raise ApiError(HTTP_400_BAD_REQUEST, rejections[0].error)
+        await _accept(services, request, records, rejections)
+        return SegmentReply(success=True, accepted=len(records), rejected=rejections)
+
+    handler.__name__ = f"segment_{single or 'batch'}"
+    handler.__doc__ = (
+        f"Segment-compatible `/v1/{single or 'batch'}`: the write key is the ingest key "
+        "(Basic auth user name, or Bearer)."
+    )
+    return handler
+
+
+async def _accept(
+    services: Services,
+    request: Request[Principal, Any, Any],
+    records: list[EventRecord],
+    rejections: list[Rejection],
+) -> None:
+    metrics.EVENTS_REJECTED.inc(len(rejections))
+    try:
+        await services.ingestor.accept(str(request.auth), records)
+    except Overloaded as exc:
+        status = HTTP_429_TOO_MANY_REQUESTS if exc.rate_limited else HTTP_503_SERVICE_UNAVAILABLE
+        raise ApiError(
+            status,
+            f"{exc}; nothing in this batch was accepted",
+            headers={"Retry-After": str(exc.retry_after)},
+        ) from None
+    except BrokerUnavailable as exc:
+        raise ApiError(
+            HTTP_503_SERVICE_UNAVAILABLE,
+            "the event broker is unavailable; nothing in this batch may be assumed accepted",
+            str(exc),
+            headers={"Retry-After": "5"},
+        ) from None
+    metrics.EVENTS_ACCEPTED.inc(len(records))
+
+
+def _limits(services: Services) -> IngestLimits:
+    settings = services.settings
+    return IngestLimits(
+        max_event_bytes=settings.max_event_bytes, max_batch_events=settings.max_batch_events
+    )
+
+
+async def _body(request: Request[Any, Any, Any], settings: Settings) -> tuple[bytes, int]:
+    """The decoded body and the time we received it (microseconds)."""
+    body = await request.body()
+    received_at = time.time_ns() // 1000
+    return _decoded(body, request.headers.get("content-encoding"), settings.max_body_bytes), (
+        received_at
+    )
+
+
+def _decoded(body: bytes, encoding: str | None, limit: int) -> bytes:
+    """The body without its Content-Encoding (gzip or zstd), never larger than ``limit``.
+
+    Decompression stops one byte past the limit, so a zip bomb costs us nothing.
+    """
+    kind = (encoding or "identity").strip().lower()
+    if kind == "identity":
+        return body
+    if kind in ("gzip", "x-gzip"):
+        inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+        try:
+            out = inflater.decompress(body, limit + 1)
+        except zlib.error as exc:
+            raise ApiError(HTTP_400_BAD_REQUEST, f"body is not valid gzip: {exc}") from None
+        complete = inflater.eof
+    elif kind == "zstd":
+        try:
+            with zstandard.ZstdDecompressor().stream_reader(body) as reader:
+                out = reader.read(limit + 1)
+                complete = len(out) > limit or not reader.read(1)
+        except zstandard.ZstdError as exc:
+            raise ApiError(HTTP_400_BAD_REQUEST, f"body is not valid zstd: {exc}") from None
+    else:
+        raise ApiError(
+            HTTP_415_UNSUPPORTED_MEDIA_TYPE,
+            f"Content-Encoding {encoding!r} is not supported; use gzip, zstd or none",
+        )
+    if len(out) > limit:
+        raise ApiError(
+            HTTP_413_REQUEST_ENTITY_TOO_LARGE, f"decompressed body exceeds {limit} bytes"
+        )
+    if not complete:
+        raise ApiError(HTTP_400_BAD_REQUEST, f"body is truncated {kind}")
+    return out
+
+
+def ingest_routes(settings: Settings) -> list[HTTPRouteHandler]:
+    """Route handlers for ingest, with the limits of the settings."""
+    common: dict[str, Any] = {
+        "guards": [requires(Role.INGEST)],
+        "request_max_body_size": settings.max_body_bytes,
+        "tags": ["events"],
+    }
+    routes = [
+        post(
+            "/v1/events",
+            status_code=HTTP_202_ACCEPTED,
+            summary="Send a batch of events",
+            **common,
+        )(send_events)
+    ]
+    for single in (None, "track", "identify", "page", "screen"):
+        routes.append(
+            post(
+                f"/v1/{single or 'batch'}",
+                status_code=HTTP_200_OK,
+                summary=f"Segment-compatible {single or 'batch'}",
+                **common,
+            )(_segment_handler(single))
+        )
+    return routes
