@@ -20,7 +20,6 @@ import asyncio
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,6 +34,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench import wrk  # noqa: E402
 from tests.support import ServeProcess  # noqa: E402
 
 
@@ -87,49 +87,21 @@ def raw_producer(brokers: str, count: int) -> float:
 
 def wrk_load(url: str, key: str, body: bytes, seconds: int, connections: int) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp())
-    (work / "body.json").write_bytes(body)
-    script = work / "post.lua"
-    script.write_text(
-        f'local f = io.open("{work / "body.json"}", "rb")\n'
-        "wrk.body = f:read('*all')\n"
-        "f:close()\n"
-        'wrk.method = "POST"\n'
-        f'wrk.headers["Authorization"] = "Bearer {key}"\n'
-        'wrk.headers["Content-Type"] = "application/json"\n'
-        "done = function(summary, latency, requests)\n"
-        '  io.write(string.format("JSON {\\"requests\\": %d, \\"seconds\\": %f, \\"errors\\": %d,'
-        ' \\"non2xx\\": %d, \\"p50\\": %f, \\"p99\\": %f}\\n", summary.requests,'
-        " summary.duration / 1e6, summary.errors.connect + summary.errors.read +"
-        " summary.errors.write + summary.errors.timeout, summary.errors.status,"
-        " latency:percentile(50) / 1000, latency:percentile(99) / 1000))\n"
-        "end\n"
-    )
-    out = subprocess.run(
-        [
-            "wrk",
-            "-t",
-            "2",
-            "-c",
-            str(connections),
-            "-d",
-            f"{seconds}s",
-            "-s",
-            str(script),
-            f"{url}/v1/events",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    shutil.rmtree(work, ignore_errors=True)
-    result = json.loads(next(ln for ln in out.splitlines() if ln.startswith("JSON "))[5:])
-    return {
-        "requests_s": result["requests"] / result["seconds"],
-        "failed": result["errors"] + result["non2xx"],
-        "p50": result["p50"],
-        "p99": result["p99"],
-        "tool": "wrk",
-    }
+    try:
+        (work / "body.json").write_bytes(body)
+        script = (
+            f'local f = io.open("{work / "body.json"}", "rb")\n'
+            "wrk.body = f:read('*all')\n"
+            "f:close()\n"
+            'wrk.method = "POST"\n'
+            f'wrk.headers["Authorization"] = "Bearer {key}"\n'
+            'wrk.headers["Content-Type"] = "application/json"\n'
+        )
+        return wrk.run(
+            f"{url}/v1/events", script, seconds=seconds, connections=connections, threads=2
+        )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def httpx_load(url: str, key: str, body: bytes, seconds: int, connections: int) -> dict[str, Any]:
@@ -188,7 +160,7 @@ def main() -> None:
             ).start()
             url, key = server.url, server.key("bench", "ingest")
             brokers = _embedded_broker_address(server)
-        load = (wrk_load if shutil.which("wrk") else httpx_load)(
+        load = (wrk_load if wrk.available() else httpx_load)(
             url, key, body, args.seconds, args.connections
         )
         baseline = raw_producer(brokers, 300_000) if brokers else None

@@ -16,11 +16,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,6 +32,7 @@ import onnxruntime as ort
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench import wrk  # noqa: E402
 from tests.support import ServeProcess  # noqa: E402
 
 MODEL = ROOT / "examples" / "offer_model.onnx"
@@ -109,48 +108,16 @@ def server_side(server: ServeProcess, key: str, players: int, requests: int) -> 
 
 
 def over_http_wrk(server: ServeProcess, key: str, seconds: int, connections: int) -> dict:
-    script = Path(tempfile.mkdtemp()) / "predict.lua"
-    script.write_text(
+    script = (
         "local n = 0\n"
         "request = function()\n"
         "  n = n + 1\n"
-        f'  return wrk.format("GET", "/v1/players/p" .. (n % 1000) .. "/predictions/offers",'
+        '  return wrk.format("GET", "/v1/players/p" .. (n % 1000) .. "/predictions/offers",'
         f' {{["Authorization"] = "Bearer {key}"}})\n'
         "end\n"
-        "done = function(summary, latency, requests)\n"
-        '  io.write(string.format("JSON {\\"requests\\": %d, \\"seconds\\": %f, \\"errors\\": %d,'
-        ' \\"non2xx\\": %d, \\"p50\\": %f, \\"p99\\": %f}\\n", summary.requests,'
-        " summary.duration / 1e6, summary.errors.connect + summary.errors.read +"
-        " summary.errors.write + summary.errors.timeout, summary.errors.status,"
-        " latency:percentile(50) / 1000, latency:percentile(99) / 1000))\n"
-        "end\n"
     )
-    out = subprocess.run(
-        [
-            "wrk",
-            "-t",
-            "1",
-            "-c",
-            str(connections),
-            "-d",
-            f"{seconds}s",
-            "-s",
-            str(script),
-            server.url,
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    line = next(ln for ln in out.splitlines() if ln.startswith("JSON "))
-    result = json.loads(line[5:])
-    return {
-        "rps": result["requests"] / result["seconds"],
-        "p50": result["p50"],
-        "p99": result["p99"],
-        "errors": result["errors"] + result["non2xx"],
-        "tool": "wrk",
-    }
+    result = wrk.run(server.url, script, seconds=seconds, connections=connections)
+    return {**result, "rps": result["requests_s"], "errors": result["failed"]}
 
 
 def over_http_httpx(server: ServeProcess, key: str, seconds: int, connections: int) -> dict:
@@ -203,7 +170,7 @@ def main() -> None:
         server_side(server, read, args.players, 500)  # warm: sessions, pools, caches
         PARTS.clear()
         inside = server_side(server, read, args.players, args.requests)
-        http = (over_http_wrk if shutil.which("wrk") else over_http_httpx)(
+        http = (over_http_wrk if wrk.available() else over_http_httpx)(
             server, read, args.seconds, args.connections
         )
     finally:

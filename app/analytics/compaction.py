@@ -45,24 +45,12 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from app.lake_layout import EVENTS_SCHEMA
 from app.log import get_logger
 
 from .location import LakeFile, LakeLocation, filesystem, is_url, join, lake_files
 
 log = get_logger(__name__)
-
-TIMESTAMP = pa.timestamp("us", tz="UTC")
-EVENTS_SCHEMA = pa.schema(
-    [
-        ("event_id", pa.string()),
-        ("player_id", pa.string()),
-        ("type", pa.string()),
-        ("ts", TIMESTAMP),
-        ("props", pa.string()),
-        ("received_at", TIMESTAMP),
-    ]
-)
-"""The contract's columns, as the archive agent writes them."""
 
 ARCHIVE_PREFIX = "part-"
 """Files written by the archive agent; a partition holding one is always compacted."""
@@ -309,7 +297,7 @@ class _Compactor:
         try:
             kept = conn.sql(
                 """
-                SELECT event_id, player_id, type, ts, props, received_at FROM (
+                SELECT event_id, player_id, type, ts, props, received_at, device_ts FROM (
                     SELECT *, row_number() OVER (
                         PARTITION BY player_id, event_id
                         ORDER BY received_at, ts, type, props) AS copy

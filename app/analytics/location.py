@@ -129,7 +129,7 @@ def files_pattern(root: str) -> str:
 EMPTY_ROWS = (
     "SELECT NULL::VARCHAR AS event_id, NULL::VARCHAR AS player_id, NULL::VARCHAR AS type, "
     "NULL::TIMESTAMPTZ AS ts, NULL::VARCHAR AS props, NULL::TIMESTAMPTZ AS received_at, "
-    "NULL::VARCHAR AS game, NULL::DATE AS date LIMIT 0"
+    "NULL::TIMESTAMPTZ AS device_ts, NULL::VARCHAR AS game, NULL::DATE AS date LIMIT 0"
 )
 
 
@@ -140,7 +140,7 @@ def rows_source(location: LakeLocation) -> str:
         return EMPTY_ROWS
     listed = ", ".join(_sql_text(p) for p in patterns)
     return (
-        "SELECT event_id, player_id, type, ts, props, received_at, game, date "
+        "SELECT event_id, player_id, type, ts, props, received_at, device_ts, game, date "
         f"FROM read_parquet([{listed}], hive_partitioning = true, "
         "hive_types = {'game': VARCHAR, 'date': DATE}, union_by_name = true)"
     )

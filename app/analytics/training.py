@@ -53,7 +53,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import duckdb
 import msgspec
@@ -62,13 +61,11 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from app.domain.features import NUMERIC, Agg, FeatureSet, FeatureSpec
+from app.domain.fold import MAX_EXACT_INT, MAX_FLOAT, storable
 
 from .location import LakeLocation, connect_lake
 from .reports import json_path
 
-MAX_EXACT_INT = 2**53
-MAX_FLOAT = 1e300
-INT64 = (-(2**63), 2**63 - 1)
 RESERVED = "__pp_"
 _canonical = msgspec.json.Encoder(order="sorted")
 
@@ -270,18 +267,7 @@ def _canonical_json(text: str) -> str:
 
 
 def _storable(text: str) -> bool:
-    def fits(value: Any) -> bool:
-        if isinstance(value, bool):
-            return True
-        if isinstance(value, int):
-            return INT64[0] <= value <= INT64[1]
-        if isinstance(value, dict):
-            return all(fits(v) for v in value.values())
-        if isinstance(value, list):
-            return all(fits(v) for v in value)
-        return True
-
-    return fits(json.loads(text))
+    return storable(json.loads(text))
 
 
 def register_udfs(conn: duckdb.DuckDBPyConnection) -> None:

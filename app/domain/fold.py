@@ -62,9 +62,11 @@ class ProfileState(msgspec.Struct, omit_defaults=True):
 _state_encoder = msgspec.msgpack.Encoder()
 _state_decoder = msgspec.msgpack.Decoder(ProfileState)
 _canonical = msgspec.json.Encoder(order="sorted")
-_MAX_EXACT_INT = 2**53
-_MAX_FLOAT = 1e300
-_INT64 = (-(2**63), 2**63 - 1)
+MAX_EXACT_INT = 2**53
+"""Largest int magnitude a numeric aggregate takes (exact as a float, and in JSON readers)."""
+MAX_FLOAT = 1e300
+"""Largest float magnitude a numeric aggregate takes (sums cannot overflow)."""
+INT64 = (-(2**63), 2**63 - 1)
 
 
 def encode_state(state: ProfileState) -> bytes:
@@ -97,7 +99,7 @@ def contributions(event: EventRecord, features: FeatureSet) -> list[tuple[Featur
                     f"feature {spec.name!r} ({spec.agg.value}) needs a number at props."
                     f"{'.'.join(spec.field)}, got {type(value).__name__} {_short(value)}"
                 )
-            limit = _MAX_EXACT_INT if isinstance(value, int) else _MAX_FLOAT
+            limit = MAX_EXACT_INT if isinstance(value, int) else MAX_FLOAT
             if not -limit <= value <= limit:
                 raise PoisonEvent(
                     f"feature {spec.name!r} ({spec.agg.value}): {_short(value)} at props."
@@ -106,7 +108,7 @@ def contributions(event: EventRecord, features: FeatureSet) -> list[tuple[Featur
         elif spec.agg is Agg.DISTINCT_COUNT:
             # JSON text, so the string "1" and the number 1 stay distinct.
             value = _canonical.encode(value).decode()
-        elif not _storable(value):
+        elif not storable(value):
             raise PoisonEvent(
                 f"feature {spec.name!r} ({spec.agg.value}): props.{'.'.join(spec.field)} "
                 "holds an integer beyond 64 bits"
@@ -291,14 +293,14 @@ def _lookup(props: dict[str, Any] | None, path: tuple[str, ...]) -> Any:
     return node
 
 
-def _storable(value: Any) -> bool:
+def storable(value: Any) -> bool:
     """No int beyond 64 bits anywhere inside ``value`` (the state's binary form has none)."""
     if isinstance(value, int):
-        return _INT64[0] <= value <= _INT64[1]
+        return INT64[0] <= value <= INT64[1]
     if isinstance(value, dict):
-        return all(_storable(v) for v in value.values())
+        return all(storable(v) for v in value.values())
     if isinstance(value, list):
-        return all(_storable(v) for v in value)
+        return all(storable(v) for v in value)
     return True
 
 

@@ -24,44 +24,14 @@ import pyarrow.parquet as pq
 from app import metrics
 from app.domain.events import EventRecord
 from app.domain.predictions import PredictionRecord
+from app.lake_layout import EVENTS_SCHEMA, PREDICTIONS_SCHEMA, TIMESTAMP, event_date
 from app.log import get_logger
 
 R = TypeVar("R")
 
 log = get_logger(__name__)
 
-TIMESTAMP = pa.timestamp("us", tz="UTC")
-EVENTS_SCHEMA = pa.schema(
-    [
-        ("event_id", pa.string()),
-        ("player_id", pa.string()),
-        ("type", pa.string()),
-        ("ts", TIMESTAMP),
-        ("props", pa.string()),
-        ("received_at", TIMESTAMP),
-        # The device's own time, when the request let us correct its clock (ts is then
-        # the corrected time); null otherwise. An extension of the contract's columns.
-        ("device_ts", TIMESTAMP),
-    ]
-)
-PREDICTIONS_SCHEMA = pa.schema(
-    [
-        ("model", pa.string()),
-        ("version", pa.int32()),
-        ("player_id", pa.string()),
-        ("shadow", pa.bool_()),
-        ("ts", TIMESTAMP),
-        ("latency_us", pa.int64()),
-        ("outputs", pa.string()),
-        ("features", pa.string()),
-    ]
-)
 _json = msgspec.json.Encoder()
-
-
-def event_date(ts_us: int) -> str:
-    """The UTC date partition of an event time."""
-    return time.strftime("%Y-%m-%d", time.gmtime(ts_us // 1_000_000))
 
 
 def write_events(lake_dir: Path, records: Iterable[EventRecord]) -> list[Path]:

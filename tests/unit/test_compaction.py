@@ -228,3 +228,31 @@ async def test_the_serve_timer_tick_compacts_with_the_settings(tmp_path: Path) -
     broken = SimpleNamespace(lake_dir=tmp_path / "file")
     (tmp_path / "file").write_text("not a directory")
     assert await compaction_tick(broken) is None  # logged, not raised
+
+
+def test_compaction_keeps_every_column_the_archive_writes(tmp_path: Path) -> None:
+    lake = tmp_path / "lake"
+    base = 1_790_000_000_000_000
+    for flush in range(3):
+        write_events(
+            lake,
+            [
+                EventRecord(
+                    game="g",
+                    event_id=f"e{flush}-{i}",
+                    player_id=f"p{i}",
+                    type="purchase",
+                    ts=base + i,
+                    received_at=base + 10 + i,
+                    props={"amount": i},
+                    device_ts=base - 3_600_000_000 + i if i % 2 else None,
+                )
+                for i in range(10)
+            ],
+        )
+    compact_lake(LakeLocation(str(lake)))
+    files = list(lake_files(str(lake)))
+    assert len(files) == 1
+    table = pq.read_table(files[0].path)
+    assert "device_ts" in table.column_names
+    assert table.column("device_ts").null_count == 15
