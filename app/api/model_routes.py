@@ -17,7 +17,6 @@ from litestar.status_codes import (
     HTTP_201_CREATED,
     HTTP_404_NOT_FOUND,
     HTTP_409_CONFLICT,
-    HTTP_413_REQUEST_ENTITY_TOO_LARGE,
     HTTP_422_UNPROCESSABLE_ENTITY,
 )
 
@@ -312,13 +311,14 @@ async def _change(change: Any, name: str) -> RolloutReply:
 
 
 def _refuse_large_uploads(limit: int) -> Any:
-    """Refuse an upload by its Content-Length, before reading any of it."""
+    """Refuse an upload by its Content-Length, before reading any of it (422, as every
+    invalid upload; a body without a length is cut off at the limit with 413)."""
 
     async def before(request: Request[Any, Any, Any]) -> None:
         length = request.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > limit:
             raise ApiError(
-                HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+                HTTP_422_UNPROCESSABLE_ENTITY,
                 f"model: the upload is {int(length)} bytes; models may be at most "
                 f"{limit - 1024 * 1024} bytes (PLAYERPULSE_MODEL_MAX_BYTES)",
             )
