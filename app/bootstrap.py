@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import faust
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -59,7 +59,6 @@ class Services:
     model_changes: ChangeListener
     reads: FastReads
     stream_app: faust.App
-    started_at: float = field(default_factory=time.monotonic)
     _release_serving_lock: Callable[[], Awaitable[None]] | None = None
 
     async def start(self) -> None:
@@ -180,7 +179,7 @@ async def open_services(settings: Settings) -> Services:
         features=features,
         engine=engine,
         keys=KeyService(engine, cache_s=settings.key_cache_s, reads=reads),
-        profiles=ProfileService(engine, features, reads=reads),
+        profiles=ProfileService(reads, features),
         failed_events=FailedEventService(engine),
         registry=registry,
         producer=producer,

@@ -51,11 +51,9 @@ class KeyService:
         now = time.monotonic()
         if cached is not None and cached[1] > now:
             return cached[0]
-        if self.reads is not None:
-            principal = await self.reads.principal(digest)
-        else:
-            async with self.engine.connect() as conn:
-                principal = await self.repository.find(conn, digest)
+        if self.reads is None:
+            raise RuntimeError("authenticating keys needs the read pool (FastReads)")
+        principal = await self.reads.principal(digest)
         if principal is not None:
             if len(self._cache) > 10_000:
                 self._cache.clear()

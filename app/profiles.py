@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.db.reads import FastReads
-from app.db.repositories import FailedEvent, FailedEventRepository, ProfileRepository
+from app.db.repositories import FailedEvent, FailedEventRepository
 from app.domain.features import FeatureSet
 from app.domain.fold import decode_state, evaluate
 
@@ -30,25 +30,13 @@ class Profile:
 class ProfileService:
     """Profiles by (game, player)."""
 
-    def __init__(
-        self,
-        engine: AsyncEngine,
-        features: FeatureSet,
-        repository: ProfileRepository | None = None,
-        reads: FastReads | None = None,
-    ) -> None:
-        self.engine = engine
-        self.features = features
-        self.repository = repository or ProfileRepository()
+    def __init__(self, reads: FastReads, features: FeatureSet) -> None:
         self.reads = reads
+        self.features = features
 
     async def get(self, game: str, player_id: str) -> Profile | None:
         """The profile, or None if the game never saw the player."""
-        if self.reads is not None:
-            stored = await self.reads.profile(game, player_id)
-        else:
-            async with self.engine.connect() as conn:
-                stored = await self.repository.get(conn, game, player_id)
+        stored = await self.reads.profile(game, player_id)
         if stored is None:
             return None
         state = decode_state(stored.state)

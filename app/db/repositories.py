@@ -14,10 +14,10 @@ from typing import Any
 from sqlalchemy import func, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from app.domain.access import Principal, Role
+from app.domain.access import Role
 from app.domain.rollout import Rollout
 
-from .tables import api_keys, failed_events, feature_defs, model_rollouts, models, profiles
+from .tables import api_keys, failed_events, feature_defs, model_rollouts, models
 
 PlayerKey = tuple[str, str]
 """(game, player_id)"""
@@ -29,15 +29,6 @@ class ApiKeyRepository:
     async def add(self, conn: AsyncConnection, key_hash: str, game: str, role: Role) -> None:
         """Store a new key."""
         await conn.execute(insert(api_keys).values(key_hash=key_hash, game=game, role=role.value))
-
-    async def find(self, conn: AsyncConnection, key_hash: str) -> Principal | None:
-        """The principal of a key, or None if it is unknown."""
-        row = (
-            await conn.execute(
-                select(api_keys.c.game, api_keys.c.role).where(api_keys.c.key_hash == key_hash)
-            )
-        ).first()
-        return None if row is None else Principal(game=row.game, role=Role(row.role))
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,29 +164,6 @@ class ProfileRepository:
                 "last_events": [r.last_event_at for r in ordered],
                 "last_received": [r.last_received_at for r in ordered],
             },
-        )
-
-    async def get(self, conn: AsyncConnection, game: str, player_id: str) -> StoredProfile | None:
-        """One profile, or None if the game never saw the player."""
-        row = (
-            await conn.execute(
-                select(
-                    profiles.c.state,
-                    profiles.c.events_applied,
-                    profiles.c.last_event_at,
-                    profiles.c.last_received_at,
-                    profiles.c.updated_at,
-                ).where(profiles.c.game == game, profiles.c.player_id == player_id)
-            )
-        ).first()
-        if row is None:
-            return None
-        return StoredProfile(
-            state=row.state,
-            events_applied=row.events_applied,
-            last_event_at=row.last_event_at,
-            last_received_at=row.last_received_at,
-            updated_at=row.updated_at,
         )
 
     async def replace_players(
@@ -334,19 +302,6 @@ class FailedEventRepository:
         ]
 
 
-@dataclass(frozen=True, slots=True)
-class StoredModel:
-    """A model version's metadata (and, when loaded, its bytes)."""
-
-    name: str
-    version: int
-    manifest: dict[str, Any]
-    sha256: str
-    size_bytes: int
-    created_at: datetime
-    onnx: bytes | None = None
-
-
 MODEL_CHANNEL = "playerpulse_models"
 """NOTIFY channel: the payload is "game/name" of a model whose versions or rollout changed."""
 
@@ -361,6 +316,13 @@ class ModelVersionInfo:
     sha256: str
     size_bytes: int
     created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class StoredModel(ModelVersionInfo):
+    """A stored version with its ONNX bytes."""
+
+    onnx: bytes
 
 
 class ModelRepository:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from app.settings import Settings
 
@@ -14,13 +14,12 @@ from .postgres import EmbeddedPostgres
 
 @dataclass
 class Runtime:
-    """The concrete endpoints the service runs against, and the children behind them."""
+    """The concrete endpoints the service runs against, and the embedded services behind them."""
 
     database_url: str
     kafka_brokers: str
     postgres: EmbeddedPostgres | None = None
     broker: EmbeddedBroker | None = None
-    children: list[str] = field(default_factory=list)
 
     def dead_child(self) -> str | None:
         """The name of an embedded child that has exited, if any."""

@@ -260,7 +260,7 @@ class ModelRegistry:
             return model
         async with self.engine.connect() as conn:
             stored = await self.repository.load(conn, game, name, version)
-        if stored is None or stored.onnx is None:
+        if stored is None:
             raise UnknownModel(name)
         manifest = msgspec.convert(stored.manifest, type=Manifest)
         model = await asyncio.to_thread(

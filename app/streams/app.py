@@ -62,14 +62,19 @@ def create_stream_app(
         # redelivered to the next owner: deduplicated by the fold and by the lake's views.
         stream_wait_empty=False,
     )
-    topic = app.topic(
-        settings.events_topic,
-        key_type=bytes,
-        value_type=bytes,
-        key_serializer="raw",
-        value_serializer="raw",
-        partitions=settings.topic_partitions,
-    )
+
+    def raw_topic(name: str) -> Any:
+        # Raw bytes: the services decode, so a malformed record never raises inside Faust.
+        return app.topic(
+            name,
+            key_type=bytes,
+            value_type=bytes,
+            key_serializer="raw",
+            value_serializer="raw",
+            partitions=settings.topic_partitions,
+        )
+
+    topic = raw_topic(settings.events_topic)
 
     @app.agent(topic, name="events")
     async def fold_and_archive(stream: Any) -> None:
@@ -86,14 +91,7 @@ def create_stream_app(
             if archiver.full:
                 await archiver.flush()
 
-    predictions = app.topic(
-        settings.predictions_topic,
-        key_type=bytes,
-        value_type=bytes,
-        key_serializer="raw",
-        value_serializer="raw",
-        partitions=settings.topic_partitions,
-    )
+    predictions = raw_topic(settings.predictions_topic)
 
     @app.agent(predictions, name="predictions")
     async def archive_predictions(stream: Any) -> None:

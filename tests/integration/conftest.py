@@ -16,6 +16,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.db.engine import create_engine, migrate
+from app.db.reads import FastReads
 from app.domain.features import FeatureSet, load_features
 from app.embedded.broker import EmbeddedBroker
 from app.embedded.postgres import EmbeddedPostgres
@@ -74,6 +75,14 @@ async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
         )
     yield engine
     await engine.dispose()
+
+
+@pytest.fixture
+async def reads(database_url: str) -> AsyncIterator[FastReads]:
+    """The read pool profiles and keys are looked up through."""
+    pool = await FastReads.open(database_url, size=2)
+    yield pool
+    await pool.close()
 
 
 @pytest.fixture(scope="session")

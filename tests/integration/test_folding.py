@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.db.reads import FastReads
 from app.db.tables import failed_events
 from app.domain.events import EventRecord, encode_record
 from app.domain.features import FeatureSet
@@ -31,7 +32,7 @@ def record(event_id: str, player: str, kind: str, ts: int, **props: Any) -> Even
 
 
 async def test_shuffled_batches_with_duplicates_fold_to_the_reference(
-    engine: AsyncEngine, features: FeatureSet
+    engine: AsyncEngine, reads: FastReads, features: FeatureSet
 ) -> None:
     rng = random.Random(5)
     events = []
@@ -72,7 +73,7 @@ async def test_shuffled_batches_with_duplicates_fold_to_the_reference(
     # A whole redelivery (a crash before the offsets were committed) changes nothing.
     await folder.fold_batch([encode_record(e) for e in events])
 
-    profiles = ProfileService(engine, features)
+    profiles = ProfileService(reads, features)
     for player, want in expected.items():
         profile = await profiles.get("g", player)
         assert profile is not None
@@ -83,7 +84,7 @@ async def test_shuffled_batches_with_duplicates_fold_to_the_reference(
 
 
 async def test_poison_and_garbage_go_to_failed_events_and_the_rest_folds(
-    engine: AsyncEngine, features: FeatureSet
+    engine: AsyncEngine, reads: FastReads, features: FeatureSet
 ) -> None:
     folder = ProfileFolder(engine, features)
     good = record("ok-1", "victim", "purchase", NOW_US, amount=5)
@@ -93,7 +94,7 @@ async def test_poison_and_garbage_go_to_failed_events_and_the_rest_folds(
         [encode_record(good), encode_record(poison), b"{not json", encode_record(after)]
     )
 
-    profile = await ProfileService(engine, features).get("g", "victim")
+    profile = await ProfileService(reads, features).get("g", "victim")
     assert profile is not None
     assert profile.features["spend_total"] == 12
     assert profile.events_applied == 2
@@ -110,14 +111,14 @@ async def test_poison_and_garbage_go_to_failed_events_and_the_rest_folds(
 
 
 async def test_a_record_the_database_refuses_is_isolated(
-    engine: AsyncEngine, features: FeatureSet
+    engine: AsyncEngine, reads: FastReads, features: FeatureSet
 ) -> None:
     # Written by some other producer: PostgreSQL text cannot hold NUL.
     folder = ProfileFolder(engine, features)
     refused = record("nul-1", "bad\x00player", "session_start", NOW_US)
     fine = record("fine-1", "fine", "session_start", NOW_US)
     await folder.fold_batch([encode_record(refused), encode_record(fine)])
-    profile = await ProfileService(engine, features).get("g", "fine")
+    profile = await ProfileService(reads, features).get("g", "fine")
     assert profile is not None
     assert profile.features["sessions_7d"] == 1
     async with engine.connect() as conn:
@@ -128,7 +129,7 @@ async def test_a_record_the_database_refuses_is_isolated(
 
 
 async def test_a_state_cached_by_one_process_is_refreshed_after_another_wrote(
-    engine: AsyncEngine, features: FeatureSet
+    engine: AsyncEngine, reads: FastReads, features: FeatureSet
 ) -> None:
     # Two processes folding the same player in turn, as around a rebalance: each keeps
     # the states it wrote in memory, and must notice when the other wrote since.
@@ -137,7 +138,7 @@ async def test_a_state_cached_by_one_process_is_refreshed_after_another_wrote(
     await second.fold_batch([encode_record(record("b", "shared", "purchase", NOW_US, amount=2))])
     await first.fold_batch([encode_record(record("c", "shared", "purchase", NOW_US, amount=4))])
     await second.fold_batch([encode_record(record("d", "shared", "purchase", NOW_US, amount=8))])
-    profile = await ProfileService(engine, features).get("g", "shared")
+    profile = await ProfileService(reads, features).get("g", "shared")
     assert profile is not None
     assert profile.features["spend_total"] == 15
     assert profile.events_applied == 4
