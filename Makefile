@@ -33,10 +33,10 @@ lint: $(VENV)/.installed-dev
 test: lint
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-# Integration and end-to-end tests again, against a real Apache Kafka 4.x (jars from
-# Maven Central, started and stopped here). Needs Java 17+ and Maven.
+# Integration and end-to-end tests again, against a real Apache Kafka 4.x (app/embedded/
+# kafka.py: JVM and jars through pip, started and stopped here).
 test-kafka: $(VENV)/.installed-dev
-	scripts/with-apache-kafka.sh $(BIN)/pytest tests/integration tests/e2e $(PYTEST_ARGS)
+	PYTHON=$(BIN)/python scripts/with-apache-kafka.sh $(BIN)/pytest tests/integration tests/e2e $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -6,8 +6,6 @@ HTTP handlers, stream agents, the CLI and tests all get their services from here
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -79,35 +77,16 @@ class Services:
         await self.model_changes.start()
         self.prediction_log.start()
 
-    async def drain(self, timeout: float) -> bool:
-        """Wait until this process has folded and archived all it produced, then flush.
+    async def flush(self) -> None:
+        """At stop: write out (and so acknowledge) what the archive buffers hold.
 
-        What matters on the embedded broker, which forgets everything when it stops.
-        Returns False if the agents did not catch up in time.
+        Nothing waits for the fold to catch up: the broker keeps every event on disk
+        until it is acknowledged, and the partition's next owner (another worker, another
+        copy, or this service after a restart) folds and archives the rest.
         """
-        deadline = time.monotonic() + timeout
-        caught_up = False
-        while time.monotonic() < deadline:
-            produced = self.producer.delivered
-            if self.folder.stats.seen >= produced and self.archiver.seen >= produced:
-                caught_up = True
-                break
-            await asyncio.sleep(0.05)
         await self.archiver.flush()
         await self.prediction_log.close()
-        with contextlib.suppress(TimeoutError):  # best effort: predictions are logs
-            async with asyncio.timeout(min(timeout, 5)):
-                while self.prediction_archiver.seen < self.prediction_log.logged:
-                    await asyncio.sleep(0.05)
         await self.prediction_archiver.flush()
-        if not caught_up:
-            log.error(
-                "shutting down before the agents caught up",
-                produced=self.producer.delivered,
-                folded=self.folder.stats.seen,
-                archived=self.archiver.seen,
-            )
-        return caught_up
 
     async def close(self) -> None:
         """Release clients and pools (the stream app is stopped by its own lifespan)."""

@@ -36,11 +36,18 @@ def main() -> None:
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
 @click.option("--port", default=8000, show_default=True, type=int, help="TCP port.")
-def serve(host: str, port: int) -> None:
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Worker processes sharing the port and the fold [default: PLAYERPULSE_WORKERS, "
+    "else one per CPU core].",
+)
+def serve(host: str, port: int, workers: int | None) -> None:
     """Migrate, start everything, and serve until SIGINT/SIGTERM."""
     from app.server import serve as run
 
-    sys.exit(run(_settings(), host, port))
+    sys.exit(run(_settings(), host, port, workers))
 
 
 @contextmanager

@@ -1,8 +1,25 @@
-"""Prometheus metrics of the process, served at ``GET /metrics``."""
+"""Prometheus metrics, served at ``GET /metrics``.
+
+Under ``serve`` each worker process writes its metrics to files in
+``PROMETHEUS_MULTIPROC_DIR`` (prometheus-client's multiprocess mode, chosen when this
+module is imported), and ``/metrics`` adds up every worker's, whichever answers.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+import os
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, multiprocess
+
+
+def registry() -> CollectorRegistry:
+    """The registry to export: all workers' metrics under ``serve``, else this process's."""
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return REGISTRY
+    collected = CollectorRegistry()
+    multiprocess.MultiProcessCollector(collected)  # type: ignore[no-untyped-call]
+    return collected
+
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 

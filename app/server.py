@@ -1,37 +1,56 @@
-"""``playerpulse serve``: embedded services, migrations, then the HTTP server until a signal.
+"""``playerpulse serve``: a supervisor, its embedded services, and N worker processes.
 
-Signals are ours, not uvicorn's: SIGTERM or Ctrl-C stops HTTP, drains the agents,
-stops Faust, then the embedded children, and the process exits 0. (uvicorn would
-re-raise the signal after its shutdown, which kills the process before its children
-are stopped and makes the exit code -15.)
+The supervisor (the process the user started) refuses a bad features file, starts the
+embedded PostgreSQL and broker the settings leave unconfigured, migrates, creates the
+topics, binds the HTTP port once, and runs ``--workers`` worker processes on that one
+socket. Every worker does everything (HTTP, fold, archive): they share the port (the
+kernel hands each connection to one of them) and join one Kafka consumer group (the
+broker spreads the partitions over them), as separate copies of the service on other
+machines do. A worker that dies is restarted; an embedded service that dies stops it all.
+
+Signals are ours, not uvicorn's: SIGTERM or Ctrl-C reaches the supervisor, which stops
+the workers (each stops HTTP, flushes its archive buffer, stops Faust), then the embedded
+children, and exits 0. Every child gets a death signal from the kernel should the
+supervisor itself be killed, so even ``kill -9`` leaves no orphan behind.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import shutil
 import signal
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import uvicorn
 
-from app.api.app import create_app
-from app.db.engine import migrate_async
 from app.domain.features import FeatureFileError, load_features
 from app.embedded import Runtime, embedded_runtime
+from app.embedded.process import ChildProcess
 from app.log import get_logger
 from app.settings import Settings
 
 log = get_logger(__name__)
 
+WORKER_FD = "PLAYERPULSE_WORKER_FD"
+"""Set for a worker: the file descriptor of the HTTP socket the supervisor bound."""
+WORKER_INDEX = "PLAYERPULSE_WORKER_INDEX"
+"""Set for a worker: its number, from 0."""
+METRICS_DIR = "PROMETHEUS_MULTIPROC_DIR"
+"""prometheus-client's multiprocess mode: every worker's metrics, summed at /metrics."""
 
-class _Server(uvicorn.Server):
-    """uvicorn without its own signal handling (we install ours on the loop)."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
+CRASH_WINDOW_S = 60.0
+"""A worker that dies this many times within this window is not restarted again."""
+CRASH_LIMIT = 5
 
 
 class Interrupted(Exception):
@@ -42,13 +61,246 @@ def _interrupt(signum: int, _frame: FrameType | None) -> None:
     raise Interrupted(signal.Signals(signum).name)
 
 
-def _ignore(signum: int, _frame: FrameType | None) -> None:
-    log.warning("already stopping", signal=signal.Signals(signum).name)
+# -- supervisor -----------------------------------------------------------------------------
 
 
-async def _serve(settings: Settings, runtime: Runtime, host: str, port: int) -> int:
-    assert settings.database_url is not None
-    await migrate_async(settings.database_url)
+def serve(settings: Settings, host: str, port: int, workers: int | None = None) -> int:
+    """Run until SIGINT/SIGTERM; return the process exit code."""
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
+    try:
+        load_features(settings.features_path)  # refuse a bad file before starting anything
+    except FeatureFileError as exc:
+        log.error("cannot start: the features file has an error", error=str(exc))
+        return 2
+    count = workers or settings.worker_count
+    try:
+        listener = _bind(host, port)
+    except OSError as exc:
+        log.error("cannot listen", host=host, port=port, error=str(exc))
+        return 1
+    try:
+        with listener, embedded_runtime(settings) as runtime:
+            concrete = settings.with_endpoints(
+                database_url=runtime.database_url, kafka_brokers=runtime.kafka_brokers
+            )
+            log.info(
+                "starting",
+                host=host,
+                port=port,
+                workers=count,
+                data_dir=str(settings.data_dir.resolve()),
+                database="embedded" if settings.embedded_postgres else "external",
+                broker=_broker_kind(settings),
+            )
+            _prepare(concrete)
+            return _Supervisor(concrete, runtime, listener, count).run()
+    except Interrupted as exc:
+        log.info("interrupted while starting", signal=str(exc))
+        return 0
+
+
+def _broker_kind(settings: Settings) -> str:
+    if not settings.embedded_broker:
+        return "external"
+    return "embedded Tansu (in memory)" if settings.broker == "memory" else "embedded Apache Kafka"
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """The HTTP socket, bound but not listening: the first ready worker starts listening.
+
+    Until then a connection is refused, not queued, so "connected" keeps meaning "ready".
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
+
+
+def _prepare(settings: Settings) -> None:
+    """What runs once per start, before any worker: migrations, topics, metrics files."""
+    from app.db.engine import migrate
+    from app.streams.producer import ensure_topic
+
+    assert settings.database_url is not None and settings.kafka_brokers is not None
+    migrate(settings.database_url)
+    for topic in (settings.events_topic, settings.predictions_topic):
+        ensure_topic(
+            settings.kafka_brokers, topic, settings.topic_partitions, settings.topic_replication
+        )
+    _await_group_coordinator(settings.kafka_brokers, settings.consumer_group)
+    metrics_dir = _metrics_dir(settings)
+    shutil.rmtree(metrics_dir, ignore_errors=True)  # counters start from zero with the service
+    metrics_dir.mkdir(parents=True)
+
+
+def _await_group_coordinator(brokers: str, group: str, timeout: float = 60.0) -> None:
+    """Wait until the broker can coordinate the consumer group.
+
+    A new broker creates and loads its offsets topic on the first group request; asked
+    here once, the workers do not each log coordinator errors while that happens.
+    """
+    import logging
+
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AdminClient
+
+    config: dict[str, Any] = {
+        "bootstrap.servers": brokers,
+        "logger": logging.getLogger("librdkafka.admin"),
+    }
+    admin = AdminClient(config)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            admin.describe_consumer_groups([group], request_timeout=5)[group].result(10)
+            return
+        except KafkaException as exc:
+            if time.monotonic() > deadline:
+                log.warning("the consumer group's coordinator is not ready", error=str(exc))
+                return
+            time.sleep(0.1)
+
+
+def _metrics_dir(settings: Settings) -> Path:
+    return settings.data_dir.resolve() / "run" / f"metrics-{os.getpid()}"
+
+
+@dataclass
+class _Worker:
+    index: int
+    child: ChildProcess
+    started: float = 0.0
+    crashes: list[float] = field(default_factory=list)
+
+
+class _Supervisor:
+    """Starts the workers, restarts one that dies, stops them all on a signal."""
+
+    def __init__(
+        self, settings: Settings, runtime: Runtime, listener: socket.socket, count: int
+    ) -> None:
+        self.settings = settings
+        self.runtime = runtime
+        self.listener = listener
+        self.count = count
+        self.stopping: str | None = None
+        env = {k: v for k, v in os.environ.items() if k != METRICS_DIR}
+        env.update(
+            {
+                "PLAYERPULSE_DATABASE_URL": settings.database_url or "",
+                "PLAYERPULSE_KAFKA_BROKERS": settings.kafka_brokers or "",
+                "PLAYERPULSE_LOG_FORMAT": settings.log_format,
+                WORKER_FD: str(listener.fileno()),
+                METRICS_DIR: str(_metrics_dir(settings)),
+            }
+        )
+        self.env = env
+
+    def _child(self, index: int) -> ChildProcess:
+        return ChildProcess(
+            f"worker-{index}",
+            [sys.executable, "-m", "app.worker"],
+            None,  # workers log to our stderr
+            stop_signal=signal.SIGTERM,
+            # If the supervisor is killed, its workers go at once: what they held
+            # unacknowledged is redelivered to the next start, nothing is lost.
+            death_signal=signal.SIGKILL,
+            env={**self.env, WORKER_INDEX: str(index)},
+            pass_fds=[self.listener.fileno()],
+        )
+
+    def _start(self, worker: _Worker) -> None:
+        worker.child = self._child(worker.index)
+        worker.child.start()
+        worker.started = time.monotonic()
+
+    def run(self) -> int:
+        """Supervise until a signal (exit 0) or an unrecoverable failure (exit 1)."""
+
+        def on_signal(signum: int, _frame: FrameType | None) -> None:
+            if self.stopping is None:
+                self.stopping = signal.Signals(signum).name
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        workers = [_Worker(i, self._child(i)) for i in range(self.count)]
+        code = 0
+        try:
+            for worker in workers:
+                self._start(worker)
+            code = self._watch(workers)
+        finally:
+            self._stop_all(workers)
+        return code
+
+    def _watch(self, workers: list[_Worker]) -> int:
+        while self.stopping is None:
+            dead = self.runtime.dead_child()
+            if dead is not None:
+                log.error("embedded service died; stopping", child=dead)
+                return 1
+            for worker in workers:
+                code = worker.child.exited()
+                if code is None:
+                    continue
+                now = time.monotonic()
+                worker.crashes = [t for t in worker.crashes if now - t < CRASH_WINDOW_S]
+                worker.crashes.append(now)
+                if len(worker.crashes) >= CRASH_LIMIT:
+                    log.error(
+                        "worker keeps dying; stopping",
+                        worker=worker.index,
+                        exit_code=code,
+                        deaths=len(worker.crashes),
+                        within_s=CRASH_WINDOW_S,
+                    )
+                    return 1
+                log.error("worker died; restarting it", worker=worker.index, exit_code=code)
+                self._start(worker)
+            time.sleep(0.1)
+        log.info("stopping", signal=self.stopping, workers=len(workers))
+        return 0
+
+    def _stop_all(self, workers: list[_Worker]) -> None:
+        # Ignore further signals: a second Ctrl-C must not interrupt the clean stop.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        procs = [w.child.proc for w in workers if w.child.proc is not None]
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)  # all at once: they stop side by side
+        deadline = time.monotonic() + 60.0
+        for worker, proc in zip(workers, procs, strict=True):
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.error("worker did not stop in time; killing it", worker=worker.index)
+                proc.kill()
+                proc.wait()
+            log.info("worker stopped", worker=worker.index, exit_code=proc.returncode)
+
+
+# -- worker ---------------------------------------------------------------------------------
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling (we install ours on the loop)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+async def _serve_worker(settings: Settings, sock: socket.socket) -> int:
+    from app.api.app import create_app
+
     outcome = {"code": 0}
 
     def fatal(reason: str) -> None:
@@ -57,8 +309,6 @@ async def _serve(settings: Settings, runtime: Runtime, host: str, port: int) -> 
 
     config = uvicorn.Config(
         create_app(settings, on_fatal=fatal),
-        host=host,
-        port=port,
         log_config=None,
         lifespan="on",
         access_log=False,
@@ -69,63 +319,30 @@ async def _serve(settings: Settings, runtime: Runtime, host: str, port: int) -> 
     loop = asyncio.get_running_loop()
 
     def on_signal(sig: signal.Signals) -> None:
-        log.info("stopping", signal=sig.name)
-        if server.should_exit and sig is signal.SIGINT:
-            server.force_exit = True
+        log.info("worker stopping", signal=sig.name)
         server.should_exit = True
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal, sig)
-
-    async def watch_children() -> None:
-        while not server.should_exit:
-            dead = runtime.dead_child()
-            if dead is not None:
-                log.error("embedded service died; stopping", child=dead)
-                outcome["code"] = 1
-                server.should_exit = True
-            await asyncio.sleep(0.5)
-
-    watcher = asyncio.create_task(watch_children())
     try:
-        await server.serve()
+        await server.serve(sockets=[sock])
     finally:
-        watcher.cancel()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
-            signal.signal(sig, _ignore)
+            signal.signal(sig, signal.SIG_IGN)
     if not server.started:
-        log.error("the service did not start; see the errors above")
+        log.error("the worker did not start; see the errors above")
         return 1
     return outcome["code"]
 
 
-def serve(settings: Settings, host: str, port: int) -> int:
-    """Run until SIGINT/SIGTERM; return the process exit code."""
-    signal.signal(signal.SIGTERM, _interrupt)
-    signal.signal(signal.SIGINT, _interrupt)
-    try:
-        load_features(settings.features_path)  # refuse a bad file before starting anything
-    except FeatureFileError as exc:
-        log.error("cannot start: the features file has an error", error=str(exc))
-        return 2
-    try:
-        with embedded_runtime(settings) as runtime:
-            concrete = settings.with_endpoints(
-                database_url=runtime.database_url, kafka_brokers=runtime.kafka_brokers
-            )
-            log.info(
-                "starting",
-                host=host,
-                port=port,
-                data_dir=str(settings.data_dir.resolve()),
-                database="embedded" if settings.embedded_postgres else "external",
-                broker="embedded (in memory)" if settings.embedded_broker else "external",
-            )
-            return _run(_serve(concrete, runtime, host, port))
-    except Interrupted as exc:
-        log.info("interrupted while starting", signal=str(exc))
-        return 0
+def run_worker(settings: Settings) -> int:
+    """A worker's life: serve HTTP and fold on the supervisor's socket until SIGTERM."""
+    sock = socket.socket(fileno=int(os.environ[WORKER_FD]))
+    # SIGTERM before the loop runs (during imports, say) just ends the worker.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the supervisor's to handle
+    return _run(_serve_worker(settings, sock))
 
 
 def _run(coro: object) -> int:

@@ -13,6 +13,7 @@ PREFIX = "PLAYERPULSE_"
 DEFAULT_FEATURES = Path(__file__).parent / "features.example.toml"
 
 LogFormat = Literal["console", "json"]
+BrokerKind = Literal["kafka", "memory"]
 
 
 class SettingsError(ValueError):
@@ -29,6 +30,12 @@ class Settings:
     """PLAYERPULSE_DATABASE_URL: a PostgreSQL URL; unset runs an embedded PostgreSQL."""
     kafka_brokers: str | None = None
     """PLAYERPULSE_KAFKA_BROKERS: host:port[,host:port]; unset runs the embedded broker."""
+    broker: BrokerKind = "kafka"
+    """PLAYERPULSE_BROKER: the embedded broker, when no brokers are configured: ``kafka``
+    (Apache Kafka, its log on disk under the data dir) or ``memory`` (Tansu in memory:
+    loses everything when it stops; for quick experiments only)."""
+    workers: int = 0
+    """PLAYERPULSE_WORKERS: worker processes of `serve` (HTTP and fold); 0: one per core."""
     features_path: Path = DEFAULT_FEATURES
     """PLAYERPULSE_FEATURES: the features file (TOML)."""
     log_format: LogFormat = "json"
@@ -95,6 +102,16 @@ class Settings:
         return self.data_dir / "lake"
 
     @property
+    def worker_count(self) -> int:
+        """How many worker processes `serve` runs: the setting, or one per usable core."""
+        if self.workers > 0:
+            return self.workers
+        try:
+            return max(1, len(os.sched_getaffinity(0)))
+        except AttributeError:  # pragma: no cover - not Linux
+            return max(1, os.cpu_count() or 1)
+
+    @property
     def embedded_postgres(self) -> bool:
         """True when no database URL is configured."""
         return self.database_url is None
@@ -126,6 +143,10 @@ class Settings:
                 f"{PREFIX}LAKE_URL={settings.lake_url!r}: the archive writes to local disk; "
                 f"point {PREFIX}LAKE_COLD_URL at object storage instead"
             )
+        if settings.broker not in ("kafka", "memory"):
+            raise SettingsError(f"{PREFIX}BROKER must be kafka or memory, not {settings.broker!r}")
+        if settings.workers < 0:
+            raise SettingsError(f"{PREFIX}WORKERS must be 0 (one per core) or more")
         if settings.log_format not in ("console", "json"):
             raise SettingsError(
                 f"{PREFIX}LOG_FORMAT must be console or json, not {settings.log_format!r}"

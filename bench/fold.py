@@ -31,7 +31,7 @@ from app import metrics
 from app.bootstrap import open_services
 from app.db.engine import migrate
 from app.domain.events import EventRecord, decode_records
-from app.embedded.broker import EmbeddedBroker
+from app.embedded.kafka import EmbeddedKafka
 from app.embedded.postgres import EmbeddedPostgres
 from app.log import configure_logging
 from app.settings import Settings
@@ -123,7 +123,7 @@ async def bench(settings: Settings, args: argparse.Namespace) -> None:
         while services.folder.stats.applied < len(events):
             await asyncio.sleep(0.05)
         fold_s = time.perf_counter() - t
-        await services.drain(timeout=120)
+        await services.flush()
     await services.close()
 
     # 3: steady load while folding.
@@ -159,7 +159,7 @@ async def bench(settings: Settings, args: argparse.Namespace) -> None:
             await asyncio.sleep(0.05)
         steady_batches = services.folder.stats.batches - batches0
         batch_seconds = metrics.FOLD_BATCH_SECONDS._sum.get() - batch_sum0
-        await services.drain(timeout=120)
+        await services.flush()
     await services.close()
 
     n = len(events)
@@ -198,7 +198,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="pp-bench-"))
     brokers = os.environ.get("PLAYERPULSE_KAFKA_BROKERS")
     database = os.environ.get("PLAYERPULSE_DATABASE_URL")
-    broker = EmbeddedBroker(work) if not brokers else None
+    broker = EmbeddedKafka(work) if not brokers else None
     postgres = EmbeddedPostgres(work) if not database else None
     try:
         brokers = brokers or broker.start()  # type: ignore[union-attr]

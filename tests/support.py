@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -107,6 +108,28 @@ class ServeProcess:
             return children
         except psutil.NoSuchProcess:
             return []
+
+    def kill_tree(self) -> list[int]:
+        """SIGKILL the server and every process below it at once (a power cut, short of
+        the disk); wait until all are gone and return their pids."""
+        assert self.proc is not None
+        victims = [psutil.Process(self.proc.pid), *self.descendants()]
+        for victim in victims:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                victim.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+        _gone, alive = psutil.wait_procs(victims, timeout=10)
+        assert not alive, f"still running after SIGKILL: {alive}"
+        return [p.pid for p in victims]
+
+    def workers(self) -> list[psutil.Process]:
+        """The worker processes of the server (``python -m app.worker``)."""
+        found = []
+        for child in self.descendants():
+            with contextlib.suppress(psutil.Error):
+                if "app.worker" in child.cmdline():
+                    found.append(child)
+        return found
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> int:
         """Signal the server and wait for it; returns its exit code."""

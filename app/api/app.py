@@ -59,8 +59,8 @@ def create_app(settings: Settings, on_fatal: Callable[[str], None] | None = None
                 watcher = asyncio.create_task(watch(services))
                 yield
                 watcher.cancel()
-                # HTTP has stopped taking requests: let the agents finish what was accepted.
-                await services.drain(timeout=30 if settings.embedded_broker else 5)
+                # HTTP has stopped taking requests: archive what is buffered, then stop.
+                await services.flush()
         finally:
             await services.close()
 

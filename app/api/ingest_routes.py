@@ -170,10 +170,17 @@ def _decoded(body: bytes, encoding: str | None, limit: int) -> bytes:
             raise ApiError(HTTP_400_BAD_REQUEST, f"body is not valid gzip: {exc}") from None
         complete = inflater.eof
     elif kind == "zstd":
+        decompressor = zstandard.ZstdDecompressor()
         try:
-            with zstandard.ZstdDecompressor().stream_reader(body) as reader:
+            with decompressor.stream_reader(body) as reader:
                 out = reader.read(limit + 1)
-                complete = len(out) > limit or not reader.read(1)
+            complete = len(out) > limit
+            if not complete:
+                # The reader ends a truncated frame silently, as if it were complete. Its
+                # output fits the limit, so a second pass may inflate it to ask: frame over?
+                frame = decompressor.decompressobj()
+                frame.decompress(body)
+                complete = frame.eof
         except zstandard.ZstdError as exc:
             raise ApiError(HTTP_400_BAD_REQUEST, f"body is not valid zstd: {exc}") from None
     else:

@@ -176,7 +176,8 @@ async def predict_for_player(
 ) -> Response[PredictionReply]:
     """Run the version serving this player on the player's current features.
 
-    ``Server-Timing`` says how long the server took (profile read and model run).
+    ``Server-Timing`` says how long the server took (profile read, model run, handler,
+    and all of the application's handling of the request).
     """
     started = time.perf_counter()
     game = request.user.game
@@ -185,7 +186,7 @@ async def predict_for_player(
         raise ApiError(HTTP_404_NOT_FOUND, f"player {player_id!r} has no events in this game")
     read = time.perf_counter()
     prediction = await _predict(services, game, name, profile.features, player_id)
-    return _timed(_reply(prediction), started, read)
+    return _timed(_reply(prediction, player_id), started, read)
 
 
 async def predict(
@@ -207,7 +208,7 @@ async def predict(
     if data.features is not None:
         started = time.perf_counter()
         prediction = await _predict(services, game, name, data.features, data.player_id)
-        return _timed(_reply(prediction), started)
+        return _timed(_reply(prediction, data.player_id), started)
     if data.instances is not None:
         answers = [
             _reply(await _predict(services, game, name, i.features, i.player_id), i.player_id)
@@ -228,14 +229,15 @@ async def predict(
 def _timed(
     reply: PredictionReply, started: float, read: float | None = None
 ) -> Response[PredictionReply]:
-    """The reply, with how long the server took in ``Server-Timing`` (ms).
+    """The reply, with how long the handler took in ``Server-Timing`` (ms).
 
     ``profile``: reading and evaluating the profile; ``model``: choosing the version and
-    running it; ``app``: all of the handler.
+    running it; ``handler``: all of the handler. (``app``, all of the request in the
+    application, routing and authentication included, is added by ``ServerTiming``.)
     """
     done = time.perf_counter()
     metrics.PREDICTION_SECONDS.observe(done - started)
-    parts = [f"app;dur={(done - started) * 1000:.3f}"]
+    parts = [f"handler;dur={(done - started) * 1000:.3f}"]
     if read is not None:
         parts += [
             f"profile;dur={(read - started) * 1000:.3f}",

@@ -15,6 +15,7 @@ from litestar.status_codes import (
 )
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from app import metrics
 from app.bootstrap import Services
 from app.domain.access import Principal, Role
 from app.settings import Settings
@@ -129,8 +130,8 @@ def _as_json(payload: bytes) -> Any:
 
 
 async def metrics_page() -> Response[bytes]:
-    """Prometheus metrics of this process."""
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+    """Prometheus metrics of the service: every worker process's, added up."""
+    return Response(generate_latest(metrics.registry()), media_type=CONTENT_TYPE_LATEST)
 
 
 def build_routes(settings: Settings) -> list[HTTPRouteHandler]:

@@ -5,11 +5,22 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Protocol
 
 from app.settings import Settings
 
-from .broker import EmbeddedBroker
 from .postgres import EmbeddedPostgres
+from .process import ChildProcess
+
+
+class EmbeddedService(Protocol):
+    """A service we run as a child process: started, watched, stopped."""
+
+    child: ChildProcess | None
+
+    def start(self, timeout: float = ...) -> str: ...
+
+    def stop(self) -> None: ...
 
 
 @dataclass
@@ -18,8 +29,8 @@ class Runtime:
 
     database_url: str
     kafka_brokers: str
-    postgres: EmbeddedPostgres | None = None
-    broker: EmbeddedBroker | None = None
+    postgres: EmbeddedService | None = None
+    broker: EmbeddedService | None = None
 
     def dead_child(self) -> str | None:
         """The name of an embedded child that has exited, if any."""
@@ -30,11 +41,22 @@ class Runtime:
         return None
 
 
+def embedded_broker(settings: Settings) -> EmbeddedService:
+    """The embedded broker the settings ask for (Apache Kafka on disk by default)."""
+    if settings.broker == "memory":
+        from .broker import MemoryBroker
+
+        return MemoryBroker(settings.data_dir)
+    from .kafka import EmbeddedKafka
+
+    return EmbeddedKafka(settings.data_dir)
+
+
 @contextmanager
 def embedded_runtime(settings: Settings) -> Iterator[Runtime]:
     """Start what the settings leave unconfigured; stop it all on exit, whatever happens."""
     postgres = EmbeddedPostgres(settings.data_dir) if settings.embedded_postgres else None
-    broker = EmbeddedBroker(settings.data_dir) if settings.embedded_broker else None
+    broker = embedded_broker(settings) if settings.embedded_broker else None
     try:
         database_url = postgres.start() if postgres is not None else settings.database_url
         kafka_brokers = broker.start() if broker is not None else settings.kafka_brokers

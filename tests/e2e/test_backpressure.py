@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from app.embedded.broker import EmbeddedBroker
+from app.embedded.kafka import EmbeddedKafka
 from tests.support import EXTERNAL_BROKERS, ServeProcess, unique, wait_for
 
 PRODUCE_TIMEOUT_S = 3
@@ -22,12 +22,12 @@ PRODUCE_TIMEOUT_S = 3
 
 @pytest.fixture
 def freezable_broker(tmp_path: Path) -> Iterator[tuple[str, int]]:
-    """(address, pid) of a broker the test may SIGSTOP: Apache Kafka in CI, else Tansu."""
+    """(address, pid) of an Apache Kafka broker the test may SIGSTOP: CI's, or its own."""
     pidfile = os.environ.get("PLAYERPULSE_TEST_KAFKA_PIDFILE")
     if EXTERNAL_BROKERS and pidfile:
         yield EXTERNAL_BROKERS, int(Path(pidfile).read_text().strip())
         return
-    broker = EmbeddedBroker(tmp_path / "broker")
+    broker = EmbeddedKafka(tmp_path / "broker")
     address = broker.start()
     assert broker.child is not None
     assert broker.child.pid is not None
@@ -85,12 +85,20 @@ def test_frozen_broker_gives_bounded_503s_and_every_2xx_event_is_folded(
 
     sender = threading.Thread(target=send)
     sender.start()
+
+    def answered(status: int, after: int = 0, count: int = 1) -> Any:
+        return lambda: (
+            sum(1 for i, o in list(outcomes.items()) if i >= after and o[0][0] == status) >= count
+        )
+
     try:
-        time.sleep(2)
+        wait_for(answered(202, count=5), timeout=60, interval=0.05)
         os.kill(pid, signal.SIGSTOP)  # the broker stops answering, connections stay open
-        time.sleep(PRODUCE_TIMEOUT_S * 2 + 2)
+        frozen_at = len(outcomes)
+        wait_for(answered(503, after=frozen_at, count=2), timeout=60, interval=0.05)
         os.kill(pid, signal.SIGCONT)
-        time.sleep(6)
+        thawed_at = len(outcomes) + 1  # the request in flight may still end either way
+        wait_for(answered(202, after=thawed_at, count=5), timeout=120, interval=0.05)
     finally:
         os.kill(pid, signal.SIGCONT)
         stop.set()

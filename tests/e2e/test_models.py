@@ -181,12 +181,12 @@ def test_activate_and_rollback_through_api_and_cli(server: ServeProcess, admin: 
 
 
 def test_two_servers_follow_each_others_changes_within_a_second(tmp_path: Path) -> None:
-    from app.embedded.broker import EmbeddedBroker
+    from app.embedded.kafka import EmbeddedKafka
     from app.embedded.postgres import EmbeddedPostgres
     from tests.support import EXTERNAL_BROKERS
 
     postgres = EmbeddedPostgres(tmp_path / "pg")
-    broker = None if EXTERNAL_BROKERS else EmbeddedBroker(tmp_path / "broker")
+    broker = None if EXTERNAL_BROKERS else EmbeddedKafka(tmp_path / "broker")
     database = postgres.start()
     try:
         brokers = EXTERNAL_BROKERS or broker.start()  # type: ignore[union-attr]

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.db.engine import create_engine, migrate
 from app.db.reads import FastReads
 from app.domain.features import FeatureSet, load_features
-from app.embedded.broker import EmbeddedBroker
+from app.embedded.kafka import EmbeddedKafka
 from app.embedded.postgres import EmbeddedPostgres
 from app.settings import DEFAULT_FEATURES
 from tests.support import EXTERNAL_BROKERS, EXTERNAL_DATABASE, unique
@@ -30,7 +30,7 @@ def broker_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if EXTERNAL_BROKERS:
         yield EXTERNAL_BROKERS
         return
-    broker = EmbeddedBroker(tmp_path_factory.mktemp("broker"))
+    broker = EmbeddedKafka(tmp_path_factory.mktemp("broker"))
     try:
         yield broker.start()
     finally:

@@ -75,7 +75,7 @@ EXAMPLES = {int: ("17", 17), float: ("0.25", 0.25), str: ("custom", "custom")}
 
 @pytest.mark.parametrize(
     "name",
-    [f.name for f in fields(Settings) if f.name not in ("log_format", "features_path")],
+    [f.name for f in fields(Settings) if f.name not in ("log_format", "features_path", "broker")],
 )
 @pytest.mark.usefixtures("not_a_terminal")
 def test_each_variable_is_parsed_to_the_type_of_its_field(name: str) -> None:
@@ -151,3 +151,15 @@ def test_with_endpoints_points_at_concrete_services() -> None:
     assert settings.data_dir == Path("/d")
     assert not settings.embedded_postgres
     assert not settings.embedded_broker
+
+
+@pytest.mark.usefixtures("not_a_terminal")
+def test_broker_and_workers_settings() -> None:
+    assert Settings.from_env({}).broker == "kafka"  # durable unless asked otherwise
+    assert Settings.from_env({"PLAYERPULSE_BROKER": "memory"}).broker == "memory"
+    with pytest.raises(SettingsError, match="PLAYERPULSE_BROKER must be kafka or memory"):
+        Settings.from_env({"PLAYERPULSE_BROKER": "tansu"})
+    assert Settings.from_env({"PLAYERPULSE_WORKERS": "3"}).worker_count == 3
+    assert Settings.from_env({}).worker_count == len(os.sched_getaffinity(0))
+    with pytest.raises(SettingsError, match="PLAYERPULSE_WORKERS"):
+        Settings.from_env({"PLAYERPULSE_WORKERS": "-1"})
