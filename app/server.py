@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import faulthandler
 import os
 import shutil
 import signal
@@ -48,6 +49,8 @@ WORKER_INDEX = "PLAYERPULSE_WORKER_INDEX"
 METRICS_DIR = "PROMETHEUS_MULTIPROC_DIR"
 """prometheus-client's multiprocess mode: every worker's metrics, summed at /metrics."""
 
+WORKER_STOP_TIMEOUT_S = 30.0
+"""How long the workers get to stop after SIGTERM before they are killed."""
 CRASH_WINDOW_S = 60.0
 """A worker that dies this many times within this window is not restarted again."""
 CRASH_LIMIT = 5
@@ -276,12 +279,17 @@ class _Supervisor:
         for proc in procs:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)  # all at once: they stop side by side
-        deadline = time.monotonic() + 60.0
+        deadline = time.monotonic() + WORKER_STOP_TIMEOUT_S
         for worker, proc in zip(workers, procs, strict=True):
             try:
                 proc.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
+                # Safe (what it held unacknowledged is redelivered at the next start), but
+                # a bug: its threads' stacks go to the log first (faulthandler, SIGUSR1).
                 log.error("worker did not stop in time; killing it", worker=worker.index)
+                proc.send_signal(signal.SIGUSR1)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(1.0)
                 proc.kill()
                 proc.wait()
             log.info("worker stopped", worker=worker.index, exit_code=proc.returncode)
@@ -339,6 +347,7 @@ async def _serve_worker(settings: Settings, sock: socket.socket) -> int:
 def run_worker(settings: Settings) -> int:
     """A worker's life: serve HTTP and fold on the supervisor's socket until SIGTERM."""
     sock = socket.socket(fileno=int(os.environ[WORKER_FD]))
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # stacks, should it ever hang
     # SIGTERM before the loop runs (during imports, say) just ends the worker.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the supervisor's to handle

@@ -71,7 +71,7 @@ class ServeProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = workdir / f"serve-{self.port}.log"
 
-    def start(self, timeout: float = 60.0) -> ServeProcess:
+    def start(self, timeout: float = 120.0) -> ServeProcess:
         """Start the server and wait until /health answers 200."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it

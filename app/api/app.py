@@ -60,7 +60,12 @@ def create_app(settings: Settings, on_fatal: Callable[[str], None] | None = None
                 yield
                 watcher.cancel()
                 # HTTP has stopped taking requests: archive what is buffered, then stop.
-                await services.flush()
+                # Bounded: what is not archived stays unacknowledged and is redelivered.
+                try:
+                    async with asyncio.timeout(15):
+                        await services.flush()
+                except TimeoutError:
+                    log.error("archive buffers not written out in time; left to redelivery")
         finally:
             await services.close()
 
