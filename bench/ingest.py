@@ -1,30 +1,50 @@
-"""Ingest load generator: events/s through HTTP, next to a raw producer on the same broker.
+"""Ingest over HTTP against a real `playerpulse serve`, next to raw producers on its broker.
 
-    python bench/ingest.py [--seconds 10] [--connections 64] [--batch 100]
-    python bench/ingest.py --url http://host:8000 --key KEY   # an already running server
+    python bench/ingest.py [--seconds 15] [--connections 64] [--batch 100] [--repeat]
+                           [--players-per-request N] [--compare-workers]
+                           [--baseline-seconds 8] [--no-baseline]
 
-Without ``--url`` it starts a real `playerpulse serve` (embedded PostgreSQL and Tansu
-broker) in a temporary data dir. Then:
+Steps, all in one run on this machine:
 
-1. baseline: a raw confluent-kafka producer (idempotent, lz4, acks=all) writing the same
-   events, one message each, to the same broker, from this process;
-2. the load: ``wrk`` (Debian package; else concurrent httpx clients) POSTing batches of
-   ``--batch`` events to ``/v1/events`` over ``--connections`` connections; events/s
-   accepted (202) and request latency percentiles.
+1. `playerpulse serve` with its defaults (durable embedded Apache Kafka, embedded
+   PostgreSQL, workers = cores; only the log level is lowered) in a temporary data dir.
+   One request is checked by hand: 202 and ``"accepted": BATCH``.
+2. The load: wrk (Debian package) POSTs ``--batch``-event bodies to ``/v1/events`` over
+   ``--connections`` connections for ``--seconds`` after a ``--warmup`` not counted. Every
+   request carries new event ids (wrk's Lua fills them in), for ``batch * 1000`` players in
+   rotation, so the fold, which runs in the same workers meanwhile, really applies every
+   event. ``--repeat`` sends one fixed body instead (the fold then only deduplicates: the
+   ingest path's own ceiling, as this benchmark used to measure). ``--players-per-request``
+   (default: as many as events, the fold's worst case) sets how many distinct players
+   a request's events belong to (1: one device's batch).
+   Counted: ONLY answers 202 whose body says all ``--batch`` events were accepted (a Lua
+   ``response`` counter); every other answer or socket error is reported as failed.
+3. ``--compare-workers``: the same load against a second server with ``--workers 1``.
+4. The server is stopped; then the SAME broker is started alone on the server's own data
+   dir (``EmbeddedKafka(data_dir)``, the log under data_dir/kafka) and, from this process,
+   with nothing else running, a raw confluent-kafka producer (idempotent, lz4, acks=all,
+   linger 2 ms: the service's producer settings) sends the same events (the records the
+   service would produce, encoded ahead of the clock) for ``--baseline-seconds`` each:
+   (a) one message per event, keyed by player, to an 8-partition topic;
+   (b) the service's own grouping: ``group_messages`` over ``--batch``-event batches,
+       one message per (batch, partition), same partition count as the events topic.
+   Rate = events acknowledged / (first produce .. last acknowledgement).
+
+Printed: events/s answered 202 (= 202 answers x batch / wrk's duration), requests/s,
+latency p50/p90/p99/max of all answers (wrk), failures by status; how many events/s the
+fold applied (or found duplicate) meanwhile (/metrics counters); the CPU each part used
+during the measured load (in cores; "others" is the rest of the machine: other jobs on
+a shared machine show there); the two baselines and HTTP / baseline ratios.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
 import os
 import shutil
 import sys
 import tempfile
 import time
-import uuid
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -34,164 +54,270 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from app.domain.events import EventRecord, decode_records, encode_record, parse_batch  # noqa: E402
+from app.streams.producer import group_messages, partition_for  # noqa: E402
 from bench import wrk  # noqa: E402
-from tests.support import ServeProcess  # noqa: E402
+from bench.load import GAME, BodyTemplate, CpuShare, Serve, scrape, start_serve  # noqa: E402
+
+PARTITIONS = 8
 
 
-def event(i: int, now: str) -> dict[str, Any]:
+def wrk_load(
+    serve: Serve, template: BodyTemplate, args: argparse.Namespace, seconds: float
+) -> dict[str, Any]:
+    """One wrk run; counts exactly the 202s with the full accepted count."""
+    work = Path(tempfile.mkdtemp(prefix="pp-wrk-"))
+    try:
+        script = template.lua(work / "body.json", repeat=args.repeat) + (
+            'wrk.method = "POST"\n'
+            f'wrk.headers["Authorization"] = "Bearer {serve.ingest_key}"\n'
+            'wrk.headers["Content-Type"] = "application/json"\n'
+        )
+        return wrk.run_script(
+            f"{serve.url}/v1/events",
+            script,
+            seconds=seconds,
+            connections=args.connections,
+            threads=args.threads,
+        )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def check_one(serve: Serve, template: BodyTemplate) -> None:
+    """One request by hand: 202 and every event accepted."""
+    response = httpx.post(
+        f"{serve.url}/v1/events",
+        content=template.body("check", 0),
+        headers={"Authorization": f"Bearer {serve.ingest_key}"},
+        timeout=30,
+    )
+    body = response.json()
+    if response.status_code != 202 or body.get("accepted") != template.batch:
+        raise SystemExit(f"check request: {response.status_code} {body}")
+
+
+def http_run(serve: Serve, template: BodyTemplate, args: argparse.Namespace) -> dict[str, Any]:
+    """Warm-up, then the measured run with the CPU shares."""
+    check_one(serve, template)
+    if args.warmup:
+        wrk_load(serve, template, args, args.warmup)
+    before = scrape(serve.url)
+    cpu = CpuShare(serve).start()
+    result = wrk_load(serve, template, args, args.seconds)
+    cpu.stop()
+    after = scrape(serve.url)
+    result["folded"] = sum(
+        after.get(name, 0.0) - before.get(name, 0.0)
+        for name in ("playerpulse_events_folded_total", "playerpulse_events_duplicate_total")
+    )
+    result["cpu"] = cpu.line()
+    result["workers"] = len(serve.worker_pids())
+    return result
+
+
+# -- baselines --------------------------------------------------------------------------------
+
+
+def producer_config(brokers: str) -> dict[str, Any]:
+    """The service's producer settings (app/streams/producer.py EventProducer)."""
     return {
-        "event_id": f"{uuid.uuid4().hex}",
-        "player_id": f"p{i % 50_000}",
-        "type": ("purchase", "session_start", "level_complete")[i % 3],
-        "ts": now,
-        "props": {"amount": i % 100, "level": i % 40},
+        "bootstrap.servers": brokers,
+        "acks": "all",
+        "enable.idempotence": True,
+        "compression.type": "lz4",
+        "linger.ms": 2,
+        "queue.buffering.max.messages": 500_000,
     }
 
 
-def raw_producer(brokers: str, count: int) -> float:
-    """Events/s of a raw idempotent producer, acks=all, lz4: the ceiling of the broker."""
-    producer = confluent_kafka.Producer(
-        {
-            "bootstrap.servers": brokers,
-            "acks": "all",
-            "enable.idempotence": True,
-            "compression.type": "lz4",
-            "linger.ms": 5,
-            "queue.buffering.max.messages": 1_000_000,
-        }
-    )
-    now = datetime.now(UTC).isoformat()
-    values = [json.dumps({"game": "bench", **event(i, now)}).encode() for i in range(10_000)]
-    failures = []
-    started = time.perf_counter()
-    for i in range(count):
-        while True:
-            try:
-                producer.produce(
-                    "bench-raw",
-                    values[i % len(values)],
-                    f"p{i % 50_000}".encode(),
-                    on_delivery=lambda err, _m: err and failures.append(err),
-                )
-                break
-            except BufferError:
-                producer.poll(0.01)
-        if i % 10_000 == 0:
-            producer.poll(0)
-    producer.flush(60)
-    elapsed = time.perf_counter() - started
-    if failures:
-        raise RuntimeError(f"raw producer failed: {failures[0]}")
-    return count / elapsed
+def ensure_topic(brokers: str, topic: str) -> None:
+    from confluent_kafka.admin import AdminClient, NewTopic
 
-
-def wrk_load(url: str, key: str, body: bytes, seconds: int, connections: int) -> dict[str, Any]:
-    work = Path(tempfile.mkdtemp())
+    admin = AdminClient({"bootstrap.servers": brokers})
+    futures = admin.create_topics([NewTopic(topic, PARTITIONS, 1)])
     try:
-        (work / "body.json").write_bytes(body)
-        script = (
-            f'local f = io.open("{work / "body.json"}", "rb")\n'
-            "wrk.body = f:read('*all')\n"
-            "f:close()\n"
-            'wrk.method = "POST"\n'
-            f'wrk.headers["Authorization"] = "Bearer {key}"\n'
-            'wrk.headers["Content-Type"] = "application/json"\n'
-        )
-        return wrk.run(
-            f"{url}/v1/events", script, seconds=seconds, connections=connections, threads=2
+        futures[topic].result(30)
+    except confluent_kafka.KafkaException as exc:
+        if exc.args[0].code() != confluent_kafka.KafkaError.TOPIC_ALREADY_EXISTS:
+            raise
+
+
+def produce_for(
+    brokers: str, topic: str, messages: list[tuple[int, bytes | None, bytes, int]], seconds: float
+) -> tuple[float, int]:
+    """Produce (partition, key, value, events) in a loop for ``seconds``, then flush.
+
+    Returns (acknowledged events per second, failures).
+    """
+    producer = confluent_kafka.Producer(producer_config(brokers))
+    delivered = [0]
+    failures = [0]
+
+    def report(sizes: int) -> Any:
+        def on_delivery(err: Any, _msg: Any) -> None:
+            if err is None:
+                delivered[0] += sizes
+            else:
+                failures[0] += 1
+
+        return on_delivery
+
+    callbacks = {n: report(n) for n in {m[3] for m in messages}}
+    # Warm: metadata and the idempotent producer id, before the clock starts.
+    partition, key, value, _events = messages[0]
+    producer.produce(topic, value, key, partition)
+    if producer.flush(60):
+        raise RuntimeError("baseline: the broker did not acknowledge the warm-up message")
+    started = time.perf_counter()
+    deadline = started + seconds
+    i = 0
+    while time.perf_counter() < deadline:
+        for partition, key, value, events in messages:
+            while True:
+                try:
+                    producer.produce(topic, value, key, partition, on_delivery=callbacks[events])
+                    break
+                except BufferError:
+                    producer.poll(0.005)
+            i += 1
+            if i % 1000 == 0:
+                producer.poll(0)
+                if time.perf_counter() >= deadline:
+                    break
+    producer.flush(120)
+    elapsed = time.perf_counter() - started
+    return delivered[0] / elapsed, failures[0]
+
+
+def baselines(data_dir: Path, template: BodyTemplate, seconds: float) -> dict[str, Any]:
+    """The broker alone on the server's data dir; (a) per event, (b) service grouping."""
+    from app.embedded.kafka import EmbeddedKafka
+
+    records: list[list[EventRecord]] = []
+    now = time.time_ns() // 1000
+    for k in range(200):
+        batch, rejected = parse_batch(template.body(f"base-{k}", k % template.groups), GAME, now)
+        assert not rejected
+        records.append(batch)
+    single = [
+        (partition_for(r.partition_key, PARTITIONS), r.partition_key, encode_record(r), 1)
+        for batch in records
+        for r in batch
+    ]
+    grouped: list[tuple[int, bytes | None, bytes, int]] = []
+    for batch in records:
+        for partition, value in group_messages(batch, PARTITIONS):
+            grouped.append((partition, None, value, len(decode_records(value))))
+    broker = EmbeddedKafka(data_dir)
+    try:
+        brokers = broker.start()
+        ensure_topic(brokers, "bench-baseline-single")
+        ensure_topic(brokers, "bench-baseline-grouped")
+        single_rate, single_failed = produce_for(brokers, "bench-baseline-single", single, seconds)
+        grouped_rate, grouped_failed = produce_for(
+            brokers, "bench-baseline-grouped", grouped, seconds
         )
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        broker.stop()
+    return {
+        "single": single_rate,
+        "single_failed": single_failed,
+        "grouped": grouped_rate,
+        "grouped_failed": grouped_failed,
+        "messages_per_batch": len(grouped) / len(records),
+    }
 
 
-def httpx_load(url: str, key: str, body: bytes, seconds: int, connections: int) -> dict[str, Any]:
-    async def run() -> dict[str, Any]:
-        latencies: list[float] = []
-        failed = 0
-        deadline = time.monotonic() + seconds
+# -- main -------------------------------------------------------------------------------------
 
-        async def worker(client: httpx.AsyncClient) -> None:
-            nonlocal failed
-            while time.monotonic() < deadline:
-                started = time.perf_counter()
-                response = await client.post("/v1/events", content=body)
-                latencies.append((time.perf_counter() - started) * 1000)
-                failed += response.status_code != 202
 
-        headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
-        async with httpx.AsyncClient(base_url=url, headers=headers, timeout=30) as client:
-            started = time.monotonic()
-            await asyncio.gather(*(worker(client) for _ in range(connections)))
-            elapsed = time.monotonic() - started
-        latencies.sort()
-        return {
-            "requests_s": len(latencies) / elapsed,
-            "failed": failed,
-            "p50": latencies[len(latencies) // 2],
-            "p99": latencies[int(len(latencies) * 0.99)],
-            "tool": "httpx",
-        }
-
-    return asyncio.run(run())
+def describe(label: str, run: dict[str, Any], batch: int, seconds: float) -> str:
+    failed = run["other"] + run["wrong_body"] + run["socket_errors"]
+    statuses = run["statuses"].strip() or "-"
+    return (
+        f"  {label}: {run['ok'] * batch / run['seconds']:,.0f} events/s answered 202 "
+        f"({run['ok'] / run['seconds']:,.0f} requests/s, {run['ok']} requests in "
+        f"{run['seconds']:.1f}s)\n"
+        f"      latency p50 {run['p50']:.0f} ms, p90 {run['p90']:.0f} ms, "
+        f"p99 {run['p99']:.0f} ms, max {run['max']:.0f} ms; "
+        f"failed {failed} (other statuses {statuses}, 202 with a short accepted count "
+        f"{run['wrong_body']}, socket errors {run['socket_errors']})\n"
+        f"      meanwhile the fold, in the same workers, applied or deduplicated "
+        f"{run['folded'] / run['seconds']:,.0f} events/s\n"
+        f"      {run['cpu']}"
+    )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seconds", type=int, default=10)
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    parser.add_argument("--seconds", type=float, default=15, help="measured wrk run")
+    parser.add_argument("--warmup", type=float, default=3, help="wrk run before, not counted")
     parser.add_argument("--connections", type=int, default=64)
-    parser.add_argument("--batch", type=int, default=100)
-    parser.add_argument("--url")
-    parser.add_argument("--key")
-    parser.add_argument("--brokers", help="for the baseline, with --url")
+    parser.add_argument("--threads", type=int, default=2, help="wrk threads")
+    parser.add_argument("--batch", type=int, default=100, help="events per request")
+    parser.add_argument("--repeat", action="store_true", help="the same body every request")
+    parser.add_argument(
+        "--players-per-request",
+        type=int,
+        default=None,
+        help="distinct players in a request (default: one per event)",
+    )
+    parser.add_argument("--compare-workers", action="store_true", help="also --workers 1")
+    parser.add_argument("--baseline-seconds", type=float, default=8)
+    parser.add_argument("--no-baseline", action="store_true")
     args = parser.parse_args()
+    if not wrk.available():
+        raise SystemExit("wrk is needed: apt-get install -y wrk")
 
-    # The same batch every time: the server dedups repeated ids in the fold, but ingest
-    # (parse, validate, produce, await acks=all) does all of its work for each request.
-    now = datetime.now(UTC).isoformat()
-    body = json.dumps({"events": [event(i, now) for i in range(args.batch)]}).encode()
-    server = None
+    template = BodyTemplate(args.batch, args.players_per_request)
     work = Path(tempfile.mkdtemp(prefix="pp-bench-ingest-"))
+    runs: list[tuple[str, dict[str, Any]]] = []
+    base: dict[str, Any] | None = None
     try:
-        if args.url:
-            url, key, brokers = args.url, args.key, args.brokers
-        else:
-            server = ServeProcess(
-                work, {"PLAYERPULSE_LOG_LEVEL": "warning", "PLAYERPULSE_RATE_LIMIT_EVENTS_S": "0"}
-            ).start()
-            url, key = server.url, server.key("bench", "ingest")
-            brokers = _embedded_broker_address(server)
-        load = (wrk_load if wrk.available() else httpx_load)(
-            url, key, body, args.seconds, args.connections
-        )
-        baseline = raw_producer(brokers, 300_000) if brokers else None
+        serve = start_serve(work / "default")
+        try:
+            runs.append(
+                (
+                    f"serve defaults ({len(serve.worker_pids())} workers)",
+                    http_run(serve, template, args),
+                )
+            )
+        finally:
+            serve.stop()
+        if args.compare_workers:
+            one = start_serve(work / "one", workers=1)
+            try:
+                runs.append(("serve --workers 1", http_run(one, template, args)))
+            finally:
+                one.stop()
+        if not args.no_baseline:
+            base = baselines(serve.data_dir, template, args.baseline_seconds)
     finally:
-        if server is not None:
-            server.stop()
         shutil.rmtree(work, ignore_errors=True)
 
-    events_s = load["requests_s"] * args.batch
+    mode = "one fixed body (--repeat)" if args.repeat else "new event ids every request"
+    mode += f", {template.per_request} players per request of {template.players:,}"
     print(
-        f"\ningest benchmark ({os.cpu_count()} cores, broker on this machine: "
-        f"{'embedded Tansu' if not args.url else brokers})"
+        f"\ningest benchmark: {os.cpu_count()} cores, durable embedded Apache Kafka and "
+        f"PostgreSQL on this machine; wrk {args.connections} connections, {args.threads} "
+        f"threads, {args.batch}-event batches, {mode}, {args.seconds:g}s measured"
     )
-    print(
-        f"  HTTP ({load['tool']}, {args.connections} connections, {args.batch}-event batches, "
-        f"{args.seconds}s): {events_s:,.0f} events/s ({load['requests_s']:,.0f} requests/s), "
-        f"p50 {load['p50']:.1f} ms, p99 {load['p99']:.1f} ms, failed {load['failed']}"
-    )
-    if baseline:
+    for label, run in runs:
+        print(describe(label, run, args.batch, args.seconds))
+    if base is not None:
+        http = runs[0][1]["ok"] * args.batch / runs[0][1]["seconds"]
         print(
-            f"  baseline raw confluent-kafka producer (idempotent, lz4, acks=all): "
-            f"{baseline:,.0f} events/s; HTTP/baseline {events_s / baseline:.2f}"
+            f"  baseline (a) raw confluent-kafka producer, one message per event (idempotent, "
+            f"lz4, acks=all), broker alone: {base['single']:,.0f} events/s "
+            f"(failed {base['single_failed']}); HTTP / (a) = {http / base['single']:.2f}"
         )
-
-
-def _embedded_broker_address(server: ServeProcess) -> str | None:
-    """The embedded broker's address, from the server's log."""
-    for line in server.log().splitlines():
-        if "embedded broker" in line and '"address"' in line:
-            return str(json.loads(line)["address"])
-    return None
+        print(
+            f"  baseline (b) same producer, the service's grouping "
+            f"({base['messages_per_batch']:.1f} messages per {args.batch}-event batch): "
+            f"{base['grouped']:,.0f} events/s "
+            f"(failed {base['grouped_failed']}); HTTP / (b) = {http / base['grouped']:.2f}"
+        )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,10 @@
-"""Driving wrk (Debian package) from the benchmarks, its summary read back as JSON."""
+"""Driving wrk (Debian package) from the benchmarks, its summary read back as JSON.
+
+``run`` appends a ``done`` that reports wrk's own counters (``failed`` = socket errors +
+answers with a status of 400 or more). A script with its own ``done`` (one that counts
+exact statuses in ``response``, say) goes through ``run_script``, which returns whatever
+that ``done`` printed on its ``JSON {...}`` line.
+"""
 
 from __future__ import annotations
 
@@ -25,14 +31,14 @@ def available() -> bool:
     return shutil.which("wrk") is not None
 
 
-def run(
-    url: str, script: str, *, seconds: int, connections: int, threads: int = 1
+def run_script(
+    url: str, script: str, *, seconds: float, connections: int, threads: int = 1
 ) -> dict[str, Any]:
-    """Run wrk with a Lua ``script`` (requests); requests/s, failures and latency (ms)."""
+    """Run wrk with a complete Lua ``script``; the JSON its ``done`` printed."""
     work = Path(tempfile.mkdtemp())
     try:
         path = work / "load.lua"
-        path.write_text(script + "\n" + _DONE)
+        path.write_text(script)
         out = subprocess.run(
             [
                 "wrk",
@@ -41,7 +47,7 @@ def run(
                 "-c",
                 str(connections),
                 "-d",
-                f"{seconds}s",
+                f"{max(1, round(seconds))}s",
                 "-s",
                 str(path),
                 url,
@@ -52,7 +58,20 @@ def run(
         ).stdout
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    result = json.loads(next(ln for ln in out.splitlines() if ln.startswith("JSON "))[5:])
+    line = next((ln for ln in out.splitlines() if ln.startswith("JSON ")), None)
+    if line is None:
+        raise RuntimeError(f"wrk printed no JSON summary:\n{out}")
+    result: dict[str, Any] = json.loads(line[5:])
+    return result
+
+
+def run(
+    url: str, script: str, *, seconds: int, connections: int, threads: int = 1
+) -> dict[str, Any]:
+    """Run wrk with a Lua ``script`` (requests); requests/s, failures and latency (ms)."""
+    result = run_script(
+        url, script + "\n" + _DONE, seconds=seconds, connections=connections, threads=threads
+    )
     return {
         "requests_s": result["requests"] / result["seconds"],
         "failed": result["errors"] + result["non2xx"],
