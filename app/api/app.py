@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 from faust.contrib.asgi import faust_app_running
 from litestar import Litestar
 from litestar.di import Provide
+from litestar.enums import ScopeType
 from litestar.exceptions import HTTPException
 from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
+from litestar.types import ASGIApp, Receive, Scope, Send
 
 from app import __version__
 from app.bootstrap import Services, open_services
@@ -26,6 +30,38 @@ from .errors import handle_http_error, handle_unexpected
 from .routes import build_routes, provide_services
 
 log = get_logger(__name__)
+
+
+class ServerTiming:
+    """Pure ASGI: how long the app took to answer, as ``Server-Timing: app;dur=MS``.
+
+    Wraps Litestar's whole request handling (routing, authentication, guards, the
+    handler, exception handling, encoding the body), from the call until the response
+    starts; uvicorn's own parsing and writing are outside it. Added to every HTTP
+    response, next to the finer entries a handler may send (``profile``, ``model``).
+    """
+
+    __slots__ = ("app",)
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != ScopeType.HTTP:
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter_ns()
+
+        async def timed(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                took = (time.perf_counter_ns() - started) / 1e6
+                message["headers"] = [
+                    *message.get("headers", ()),
+                    (b"server-timing", b"app;dur=%.3f" % took),
+                ]
+            await send(message)
+
+        await self.app(scope, receive, timed)
 
 
 def create_app(settings: Settings, on_fatal: Callable[[str], None] | None = None) -> Litestar:
@@ -69,7 +105,7 @@ def create_app(settings: Settings, on_fatal: Callable[[str], None] | None = None
         finally:
             await services.close()
 
-    return Litestar(
+    app = Litestar(
         route_handlers=build_routes(settings),
         lifespan=[lifespan],
         dependencies={"services": Provide(provide_services, sync_to_thread=False)},
@@ -92,3 +128,6 @@ def create_app(settings: Settings, on_fatal: Callable[[str], None] | None = None
         debug=False,
         logging_config=None,  # structlog owns logging (app.log)
     )
+    # Outermost, around routing too (app-level middleware runs after routing).
+    app.asgi_handler = ServerTiming(app.asgi_handler)
+    return app

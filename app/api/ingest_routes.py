@@ -118,7 +118,8 @@ async def _accept(
     records: list[EventRecord],
     rejections: list[Rejection],
 ) -> None:
-    metrics.EVENTS_REJECTED.inc(len(rejections))
+    if rejections:  # every update writes the worker's metrics file: not for nothing
+        metrics.EVENTS_REJECTED.inc(len(rejections))
     try:
         await services.ingestor.accept(str(request.auth), records)
     except Overloaded as exc:

@@ -4,9 +4,21 @@ Each read is one prepared statement in one round trip: SQLAlchemy's async sessio
 costs about 0.6 ms more per read here (checkout, a rollback on release), which a
 prediction, whose model runs in microseconds, cannot afford. Read-only statements
 leave no session state behind, so connections go back to the pool without a reset.
+
+asyncpg's own acquire and release cost about as much CPU as the query itself (a queue,
+a proxy, a shielded release task and an inactivity timer per checkout), so connections
+are kept out of the pool between reads: a read takes one from a short list of idle
+ones, and puts it back once answered. The pool still opens every connection (up to
+``size``), and gets back any connection whose read failed or was cancelled: it knows
+how to wait for a cancellation, or to close a broken connection and open a new one.
 """
 
 from __future__ import annotations
+
+import asyncio
+from collections import deque
+from contextlib import suppress
+from typing import Any
 
 import asyncpg
 
@@ -25,11 +37,24 @@ async def _no_reset(_conn: asyncpg.Connection) -> None:
     return None
 
 
+def _alive(conn: Any) -> bool:
+    """False once the connection closed (the pool then took it back on its own)."""
+    try:
+        return not conn.is_closed()
+    except asyncpg.InterfaceError:  # released to the pool when it closed
+        return False
+
+
 class FastReads:
     """A small pool for read-only point lookups."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, size: int = 8) -> None:
         self.pool = pool
+        self.size = size
+        self._idle: list[Any] = []  # connections taken from the pool, free for a read
+        self._taken = 0  # connections taken from the pool, idle or reading
+        self._waiters: deque[asyncio.Future[Any]] = deque()  # reads waiting for one
+        self._returning: set[asyncio.Task[None]] = set()
 
     @classmethod
     async def open(cls, url: str, size: int = 8) -> FastReads:
@@ -42,15 +67,21 @@ class FastReads:
             reset=_no_reset,
             server_settings={"application_name": "playerpulse-reads"},
         )
-        return cls(pool)
+        return cls(pool, size)
 
     async def close(self) -> None:
         """Close every connection."""
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            self._taken -= 1
+            await self.pool.release(conn)
+        if self._returning:
+            await asyncio.gather(*self._returning, return_exceptions=True)
         await self.pool.close()
 
     async def profile(self, game: str, player_id: str) -> StoredProfile | None:
         """One stored profile, or None."""
-        row = await self.pool.fetchrow(_PROFILE, game, player_id)
+        row = await self._fetchrow(_PROFILE, game, player_id)
         if row is None:
             return None
         return StoredProfile(
@@ -63,5 +94,82 @@ class FastReads:
 
     async def principal(self, key_hash: str) -> Principal | None:
         """The game and role of a key, or None if no such key exists."""
-        row = await self.pool.fetchrow(_KEY, key_hash)
+        row = await self._fetchrow(_KEY, key_hash)
         return None if row is None else Principal(game=row[0], role=Role(row[1]))
+
+    # -- connections ------------------------------------------------------------------
+
+    async def _fetchrow(self, query: str, *args: Any) -> Any:
+        conn = self._idle.pop() if self._idle else await self._take()
+        while not _alive(conn):  # closed while idle: the pool opens another
+            self._return_to_pool(conn)
+            conn = await self._take()
+        try:
+            row = await conn.fetchrow(query, *args)
+        except BaseException:
+            self._return_to_pool(conn)
+            raise
+        self._put(conn)
+        return row
+
+    async def _take(self) -> Any:
+        """A connection for one read: an idle one, a new one from the pool, or the next
+        one another read puts back (``None`` from a waiter: take one from the pool)."""
+        while True:
+            if self._idle:
+                return self._idle.pop()
+            if self._taken < self.size:
+                self._taken += 1
+                try:
+                    return await self.pool.acquire()
+                except BaseException:
+                    self._taken -= 1
+                    self._wake(None)
+                    raise
+            waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                conn = await waiter
+            except BaseException:
+                if waiter.done() and not waiter.cancelled():
+                    # Handed a connection (or a free slot) just as we were cancelled.
+                    handed = waiter.result()
+                    if handed is not None:
+                        self._put(handed)
+                    else:
+                        self._wake(None)
+                else:
+                    with suppress(ValueError):  # unless a wake-up already dropped it
+                        self._waiters.remove(waiter)
+                raise
+            if conn is not None:
+                return conn
+
+    def _put(self, conn: Any) -> None:
+        """A read is done with ``conn``: hand it to a waiting read, or keep it idle."""
+        if not self._wake(conn):
+            self._idle.append(conn)
+
+    def _wake(self, handed: Any) -> bool:
+        """Give ``handed`` (a connection, or None for a free slot) to the first waiter."""
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(handed)
+                return True
+        return False
+
+    def _return_to_pool(self, conn: Any) -> None:
+        """After a failed or cancelled read, or a closed connection: the pool cleans
+        ``conn`` up (waits for the cancellation, or closes it) and opens another when
+        asked. (One that closed is already back: releasing it again does nothing.)"""
+        self._taken -= 1
+        task = asyncio.get_running_loop().create_task(self.pool.release(conn))
+        self._returning.add(task)
+        task.add_done_callback(self._returned)
+
+    def _returned(self, task: asyncio.Task[None]) -> None:
+        self._returning.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: the pool has already closed a connection it failed
+        self._wake(None)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from operator import attrgetter
 from typing import Any
 
 from sqlalchemy import func, insert, select, text
@@ -21,6 +22,8 @@ from .tables import api_keys, failed_events, feature_defs, model_rollouts, model
 
 PlayerKey = tuple[str, str]
 """(game, player_id)"""
+
+_game_player = attrgetter("game", "player_id")
 
 
 class ApiKeyRepository:
@@ -153,7 +156,7 @@ class ProfileRepository:
         """Insert or replace these profiles, stamping them with the commit-time clock."""
         if not rows:
             return
-        ordered = sorted(rows, key=lambda r: (r.game, r.player_id))
+        ordered = sorted(rows, key=_game_player)
         await conn.execute(
             _UPSERT,
             {

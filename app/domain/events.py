@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 import msgspec
@@ -19,8 +20,15 @@ GAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 """A game id: it names a lake partition, so it stays path- and URL-safe."""
 
 
-class IncomingEvent(msgspec.Struct, forbid_unknown_fields=False):
-    """One event as a game sends it to ``POST /v1/events``."""
+class IncomingEvent(msgspec.Struct, forbid_unknown_fields=False, gc=False):
+    """One event as a game sends it to ``POST /v1/events``.
+
+    ``gc=False`` here and on :class:`EventRecord`: they hold only strings, numbers and
+    JSON values, so they cannot be part of a reference cycle. Untracked, the thousands
+    made per second (and those held in the archive buffer) no longer trigger the
+    garbage collector's collections nor lengthen its full ones (under load those took
+    a fifth of a worker's time).
+    """
 
     event_id: EventId
     player_id: PlayerId
@@ -49,7 +57,7 @@ def nul_field(*values: tuple[str, str]) -> str | None:
     return None
 
 
-class EventRecord(msgspec.Struct, omit_defaults=True):
+class EventRecord(msgspec.Struct, omit_defaults=True, gc=False):
     """An accepted event as written to the ``events`` topic and read by every agent.
 
     ``ts`` and ``received_at`` are microseconds since the Unix epoch, UTC. When the
@@ -80,7 +88,7 @@ def to_micros(moment: datetime) -> int:
 
 def from_micros(micros: int) -> datetime:
     """The aware UTC datetime for microseconds since the epoch."""
-    return datetime.fromtimestamp(micros // 1_000_000, UTC).replace(microsecond=micros % 1_000_000)
+    return _EPOCH + timedelta(microseconds=micros)  # exact, in C: half the cost of fromtimestamp
 
 
 def maybe_from_micros(micros: int | None) -> datetime | None:
@@ -126,6 +134,11 @@ def encode_records(encoded: list[bytes]) -> bytes:
     return b"[" + b",".join(encoded) + b"]"
 
 
+def encode_many(records: Sequence[EventRecord]) -> bytes:
+    """The same bytes as ``encode_records([encode_record(r) for r in records])``, at once."""
+    return _record_encoder.encode(records)
+
+
 def decode_records(payload: bytes) -> list[EventRecord]:
     """The records of one topic message: a JSON array of records, or a single record.
 
@@ -167,6 +180,7 @@ class Rejection(msgspec.Struct):
     error: str
 
 
+_NUL_ESCAPE = b"\\u0000"
 _batch_decoder = msgspec.json.Decoder(EventBatch)
 _valid_decoder = msgspec.json.Decoder(ValidBatch)
 _event_decoder = msgspec.json.Decoder(IncomingEvent)
@@ -189,8 +203,9 @@ def parse_batch(
     fast = _valid_events(body, limits)
     if fast is not None:
         records = [record_from(game, event, received_at, skew) for event in fast]
-        bad = [(i, r) for i, r in enumerate(records) if _has_nul(r)]
-        if not bad:
+        # A decoded string can only hold a NUL written as the escape \u0000 (JSON allows
+        # no raw control characters): without one in the body, no field has a NUL.
+        if _NUL_ESCAPE not in body or not any(_has_nul(r) for r in records):
             return records, []
     try:
         batch = _batch_decoder.decode(body)

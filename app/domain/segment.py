@@ -29,8 +29,12 @@ from .events import (
 SegmentType = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 
 
-class SegmentMessage(msgspec.Struct, rename="camel"):
-    """One Segment message; unknown fields (context, integrations...) are ignored."""
+class SegmentMessage(msgspec.Struct, rename="camel", gc=False):
+    """One Segment message; unknown fields (context, integrations...) are ignored.
+
+    ``gc=False``: it holds only JSON values (no reference cycle), so the garbage collector
+    need not track it (see :class:`app.domain.events.IncomingEvent`).
+    """
 
     type: SegmentType
     message_id: EventId

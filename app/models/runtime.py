@@ -137,16 +137,12 @@ class LoadedModel:
         """Outputs for one player, as plain JSON values, by output name."""
         feeds = {}
         for binding in self.bindings:
-            row = []
-            for name in binding.features:
-                value = values.get(name)
-                if value is None:
-                    value = self.manifest.defaults.get(name)
-                if value is None:
-                    if binding.dtype not in _FLOATING:
-                        raise PredictionFailed(f"feature {name!r} has no value and no default")
-                    value = math.nan
-                row.append(value)
+            row = [values.get(name) for name in binding.features]
+            if any(value is None for value in row):  # rare: defaults, then NaN or an error
+                row = [
+                    self._default(binding, name) if value is None else value
+                    for name, value in zip(binding.features, row, strict=True)
+                ]
             try:
                 feeds[binding.name] = np.array([row], dtype=binding.dtype)
             except (TypeError, ValueError) as exc:
@@ -155,12 +151,21 @@ class LoadedModel:
                     f"{np.dtype(binding.dtype).name}: {exc}"
                 ) from None
         try:
-            outputs = self.session.run(None, feeds)
+            outputs = self.session.run(self.output_names, feeds)
         except Exception as exc:
             raise PredictionFailed(f"onnxruntime: {_clean(exc)}") from None
         return {
             name: to_json(value) for name, value in zip(self.output_names, outputs, strict=True)
         }
+
+    def _default(self, binding: InputBinding, name: str) -> Any:
+        """The manifest's default for a null feature; NaN for a float input without one."""
+        value = self.manifest.defaults.get(name)
+        if value is None:
+            if binding.dtype not in _FLOATING:
+                raise PredictionFailed(f"feature {name!r} has no value and no default")
+            value = math.nan
+        return value
 
 
 def _bind(
@@ -225,6 +230,11 @@ def to_json(value: Any) -> Any:
 
 
 def _plain(value: Any) -> Any:
+    kind = type(value)
+    if kind is int or kind is str or kind is bool:  # the usual cases first
+        return value
+    if kind is float:
+        return value if math.isfinite(value) else None
     if isinstance(value, np.generic):
         value = value.item()
     if isinstance(value, dict):

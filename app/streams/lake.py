@@ -32,13 +32,19 @@ R = TypeVar("R")
 log = get_logger(__name__)
 
 _json = msgspec.json.Encoder()
+_DAY_US = 86_400 * 1_000_000
 
 
 def write_events(lake_dir: Path, records: Iterable[EventRecord]) -> list[Path]:
     """Write records as one new Parquet file per (game, date) partition; return the paths."""
     groups: dict[tuple[str, str], list[EventRecord]] = defaultdict(list)
+    dates: dict[int, str] = {}  # by UTC day: one strftime per day, not per event
     for record in records:
-        groups[(record.game, event_date(record.ts))].append(record)
+        day = record.ts // _DAY_US
+        date = dates.get(day)
+        if date is None:
+            date = dates[day] = event_date(record.ts)
+        groups[(record.game, date)].append(record)
     tables = {
         key: pa.table(
             [

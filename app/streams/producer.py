@@ -1,14 +1,18 @@
 """Producing accepted events to Kafka, awaited per request batch.
 
-A request's events are grouped by the partition their (game, player) key hashes to
-(CRC-32), and each group becomes one message: a
-JSON array of records. So every event of a player still lands on one partition, folded
-by one consumer at a time, while the broker, librdkafka and above all Faust handle
-messages per group rather than per event (Faust's per-message cost is the fold's main
-cost). confluent-kafka (librdkafka) does the batching, compression and retries in C; a
-poll thread turns its delivery reports into one asyncio future per request, so a
-request awaits once. (confluent-kafka's own ``aio.AIOProducer`` adds a Python-side
-buffer flushed on a timer of at least 100 ms: too slow for ingest.)
+Events are grouped by the partition their (game, player) key hashes to (CRC-32), and
+each group becomes one message: a JSON array of records. So every event of a player
+still lands on one partition, folded by one consumer at a time, while the broker,
+librdkafka and above all Faust handle messages per group rather than per event (Faust's
+per-message cost is the fold's main cost). The requests that reach the producer in the
+same turn of the event loop share those messages: their groups are joined, in order,
+per partition, and produced together at the end of the turn, so a message may carry
+several requests' events and under load there are fewer, larger messages.
+confluent-kafka (librdkafka) does the batching, compression and retries in C; a poll
+thread turns its delivery reports into one asyncio future per request, so a request
+awaits once, and gets its answer once every message holding one of its events is
+acknowledged. (confluent-kafka's own ``aio.AIOProducer`` adds a Python-side buffer
+flushed on a timer of at least 100 ms: too slow for ingest.)
 """
 
 from __future__ import annotations
@@ -19,7 +23,6 @@ import logging
 import threading
 import time
 import zlib
-from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,7 +30,7 @@ import confluent_kafka
 from confluent_kafka import admin as kafka_admin
 from confluent_kafka.cimpl import NewTopic
 
-from app.domain.events import EventRecord, encode_record, encode_records
+from app.domain.events import EventRecord, encode_many, encode_record, encode_records
 from app.log import get_logger
 
 log = get_logger(__name__)
@@ -57,25 +60,58 @@ def partition_for(key: bytes, partitions: int) -> int:
     return zlib.crc32(key) % partitions
 
 
+def _by_partition(records: Sequence[EventRecord], partitions: int) -> dict[int, list[EventRecord]]:
+    """``records`` grouped by the partition of their key, each group in the given order.
+
+    The same as :func:`partition_for` of each ``partition_key`` (``game/player``), with
+    the CRC-32 of the ``game/`` prefix computed once per game.
+    """
+    groups: dict[int, list[EventRecord]] = {}
+    prefixes: dict[str, int] = {}
+    crc32 = zlib.crc32
+    for record in records:
+        game = record.game
+        prefix = prefixes.get(game)
+        if prefix is None:
+            prefix = prefixes[game] = crc32(f"{game}/".encode())
+        partition = crc32(record.player_id.encode(), prefix) % partitions
+        group = groups.get(partition)
+        if group is None:
+            groups[partition] = [record]
+        else:
+            group.append(record)
+    return groups
+
+
+def _chunks(records: list[EventRecord], max_bytes: int) -> list[tuple[bytes, int]]:
+    """Messages (JSON arrays) of about ``max_bytes`` at most holding ``records`` in order,
+    each with how many records it holds. One record never splits."""
+    whole = encode_many(records)
+    if len(whole) <= max_bytes:
+        return [(whole, len(records))]
+    out = []
+    chunk: list[bytes] = []
+    size = 0
+    for record in records:
+        item = encode_record(record)
+        if chunk and size + len(item) > max_bytes:
+            out.append((encode_records(chunk), len(chunk)))
+            chunk, size = [], 0
+        chunk.append(item)
+        size += len(item) + 1
+    out.append((encode_records(chunk), len(chunk)))
+    return out
+
+
 def group_messages(
     records: Sequence[EventRecord], partitions: int, max_bytes: int = MAX_MESSAGE_BYTES
 ) -> list[tuple[int, bytes]]:
     """(partition, message) pairs carrying ``records``, grouped by their key's partition."""
-    groups: dict[int, list[bytes]] = defaultdict(list)
-    for record in records:
-        groups[partition_for(record.partition_key, partitions)].append(encode_record(record))
-    messages = []
-    for partition, encoded in sorted(groups.items()):
-        chunk: list[bytes] = []
-        size = 0
-        for item in encoded:
-            if chunk and size + len(item) > max_bytes:
-                messages.append((partition, encode_records(chunk)))
-                chunk, size = [], 0
-            chunk.append(item)
-            size += len(item) + 1
-        messages.append((partition, encode_records(chunk)))
-    return messages
+    return [
+        (partition, message)
+        for partition, group in sorted(_by_partition(records, partitions).items())
+        for message, _count in _chunks(group, max_bytes)
+    ]
 
 
 class BrokerUnavailable(RuntimeError):
@@ -116,6 +152,11 @@ class _BatchDelivery:
         if done:
             self.loop.call_soon(self._resolve)
 
+    def fail(self, exc: BaseException) -> None:
+        """Resolve now with ``exc`` (on the loop): some of the batch could not be enqueued."""
+        if not self.future.done():
+            self.future.set_exception(exc)
+
     def _resolve(self) -> None:
         if self.future.done():
             return
@@ -123,6 +164,75 @@ class _BatchDelivery:
             self.future.set_exception(BrokerUnavailable(str(self.error)))
         else:
             self.future.set_result(None)
+
+
+class _SharedMessage:
+    """One produced message holding events of several requests: reports to each of them."""
+
+    __slots__ = ("batches",)
+
+    def __init__(self, batches: list[_BatchDelivery]) -> None:
+        self.batches = batches
+
+    def on_delivery(self, err: Any, _msg: Any) -> None:
+        for batch in self.batches:
+            batch.on_delivery(err, _msg)
+
+
+class _Turn:
+    """Events handed to the producer during one turn of the event loop, for one topic."""
+
+    __slots__ = ("batches", "groups", "partitions")
+
+    def __init__(self, partitions: int) -> None:
+        self.partitions = partitions
+        # Per partition: (request, its records for that partition), in arrival order.
+        self.groups: dict[int, list[tuple[_BatchDelivery, list[EventRecord]]]] = {}
+        self.batches: dict[_BatchDelivery, int] = {}
+        """Each request and how many messages it was enqueued in so far."""
+
+    def add(self, batch: _BatchDelivery, records: Sequence[EventRecord]) -> None:
+        groups = self.groups
+        for partition, group in _by_partition(records, self.partitions).items():
+            entries = groups.get(partition)
+            if entries is None:
+                groups[partition] = [(batch, group)]
+            else:
+                entries.append((batch, group))
+        self.batches[batch] = 0
+
+    def enqueued(self) -> None:
+        """Every message went to librdkafka: each request now waits for its reports."""
+        for batch, count in self.batches.items():
+            batch.expect(count)
+
+    def fail(
+        self, unsent: list[tuple[int, bytes, list[_BatchDelivery]]], exc: BaseException
+    ) -> None:
+        """The ``unsent`` messages will not go: their requests fail; the others wait."""
+        failed = {batch for _partition, _value, batches in unsent for batch in batches}
+        for batch, count in self.batches.items():
+            if batch in failed:
+                batch.fail(exc)
+            else:
+                batch.expect(count)
+
+    def messages(self, max_bytes: int) -> list[tuple[int, bytes, list[_BatchDelivery]]]:
+        """(partition, message, requests it carries events of), partitions in order."""
+        out = []
+        for partition, entries in sorted(self.groups.items()):
+            if len(entries) == 1:
+                batch, records = entries[0]
+                out += [(partition, m, [batch]) for m, _n in _chunks(records, max_bytes)]
+                continue
+            joined = [record for _batch, records in entries for record in records]
+            owners = [batch for batch, records in entries for _ in records]
+            start = 0
+            for message, count in _chunks(joined, max_bytes):
+                carried = list(dict.fromkeys(owners[start : start + count]))
+                out.append((partition, message, carried))
+                start += count
+        return out
 
 
 class EventProducer:
@@ -146,6 +256,8 @@ class EventProducer:
         self._fatal: Any = None
         self._producer = confluent_kafka.Producer(self._config)
         self._partitions: dict[str, int] = {}
+        self._turns: dict[str, _Turn] = {}
+        self._background: set[asyncio.Task[None]] = set()
         self._stop = threading.Event()
         self._poller = threading.Thread(target=self._poll, name="kafka-delivery", daemon=True)
         self._poller.start()
@@ -175,13 +287,86 @@ class EventProducer:
 
         Raises :class:`BrokerUnavailable` if any was not acknowledged in time. Some of the
         batch may then be in Kafka anyway: a retry is safe, events are deduplicated by id.
+        The records are produced at the end of this turn of the event loop, in the same
+        messages as those of any other request of the same turn.
         """
         if not records:
             return
         partitions = await self.partition_count(topic)
-        messages = group_messages(records, partitions)
-        await self.send(topic, [(partition, None, value) for partition, value in messages])
+        loop = asyncio.get_running_loop()
+        batch = _BatchDelivery(loop)
+        turn = self._turns.get(topic)
+        if turn is None:
+            turn = self._turns[topic] = _Turn(partitions)
+            loop.call_soon(self._produce_turn, topic)
+        turn.add(batch, records)
+        await self._await(batch)
         self.delivered += len(records)
+
+    def _produce_turn(self, topic: str) -> None:
+        """Enqueue the turn's messages (on the loop); a full queue hands the rest to a task."""
+        turn = self._turns.pop(topic)
+        messages: list[tuple[int, bytes, list[_BatchDelivery]]] = []
+        try:
+            messages = turn.messages(MAX_MESSAGE_BYTES)
+            self._renew_if_failed()
+            done = self._enqueue(topic, turn, messages)
+        except Exception as exc:  # to the requests, as a direct produce call would raise it
+            turn.fail(messages or [(0, b"", list(turn.batches))], exc)
+            return
+        if done < len(messages):
+            # librdkafka's queue is full: the broker is slow or gone. Wait for room.
+            task = asyncio.ensure_future(self._enqueue_later(topic, turn, messages[done:]))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+        else:
+            turn.enqueued()
+
+    def _enqueue(
+        self, topic: str, turn: _Turn, messages: list[tuple[int, bytes, list[_BatchDelivery]]]
+    ) -> int:
+        """Produce messages in order until the queue is full; return how many went."""
+        produce = self._producer.produce
+        counts = turn.batches
+        for index, (partition, value, batches) in enumerate(messages):
+            if len(batches) == 1:
+                callback = batches[0].on_delivery
+            else:
+                callback = _SharedMessage(batches).on_delivery
+            try:
+                produce(topic, value, None, partition, on_delivery=callback)
+            except BufferError:
+                return index
+            for batch in batches:
+                counts[batch] += 1
+        return len(messages)
+
+    async def _enqueue_later(
+        self, topic: str, turn: _Turn, messages: list[tuple[int, bytes, list[_BatchDelivery]]]
+    ) -> None:
+        deadline = time.monotonic() + self.timeout_s
+        try:
+            while messages:
+                await asyncio.sleep(0.005)
+                messages = messages[self._enqueue(topic, turn, messages) :]
+                if messages and time.monotonic() > deadline:
+                    turn.fail(messages, BrokerUnavailable("producer queue full"))
+                    return
+        except Exception as exc:
+            turn.fail(messages, exc)
+            return
+        turn.enqueued()
+
+    async def _await(self, batch: _BatchDelivery) -> None:
+        try:
+            await asyncio.wait_for(asyncio.shield(batch.future), self.timeout_s + 5)
+        except TimeoutError:
+            batch.future.add_done_callback(lambda f: f.cancelled() or f.exception())
+            raise BrokerUnavailable("no acknowledgement from the broker in time") from None
+        except BrokerUnavailable:
+            if _fatal(batch.error):
+                self._fatal = batch.error
+            raise
 
     async def partition_count(self, topic: str) -> int:
         """Partitions of ``topic`` (asked once, then remembered)."""
