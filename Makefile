@@ -33,10 +33,12 @@ lint: $(VENV)/.installed-dev
 test: lint
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-# Integration and end-to-end tests again, against a real Apache Kafka 4.x (app/embedded/
-# kafka.py: JVM and jars through pip, started and stopped here).
+# The tests marked `kafka` (every integration test, and the end-to-end tests whose outcome
+# depends on the broker) again, against a separate Apache Kafka 4.x that the servers under
+# test do not own, as in production (app/embedded/kafka.py: JVM and jars through pip,
+# started and stopped here).
 test-kafka: $(VENV)/.installed-dev
-	PYTHON=$(BIN)/python scripts/with-apache-kafka.sh $(BIN)/pytest tests/integration tests/e2e $(PYTEST_ARGS)
+	PYTHON=$(BIN)/python scripts/with-apache-kafka.sh $(BIN)/pytest -m kafka tests/integration tests/e2e $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -1,4 +1,7 @@
-"""Shared fixtures. Tests are marked by folder: unit, integration, e2e."""
+"""Shared fixtures. Tests are marked by folder: unit, integration, e2e; and ``kafka`` for
+those `make test-kafka` reruns against a separate Apache Kafka (every integration test,
+and the end-to-end tests whose outcome depends on the broker: durability, back-pressure,
+exactly-once folding, model change notices between servers)."""
 
 from __future__ import annotations
 
@@ -15,6 +18,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         for kind in ("unit", "integration", "e2e"):
             if f"/tests/{kind}/" in str(item.path):
                 item.add_marker(getattr(pytest.mark, kind))
+        if "/tests/integration/" in str(item.path):
+            item.add_marker(pytest.mark.kafka)  # every integration test talks to the broker
 
 
 @pytest.fixture

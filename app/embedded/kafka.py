@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import ctypes
 import dataclasses
 import errno
 import fcntl
@@ -51,7 +50,7 @@ from xml.etree import ElementTree
 
 from app.log import get_logger
 
-from .process import ChildProcess, free_port, port_open
+from .process import ChildProcess, die_with_parent, free_port, port_open
 
 log = get_logger("app.embedded.kafka")  # not "__main__" under `python -m`
 
@@ -557,10 +556,10 @@ class EmbeddedKafka:
                 str(self.home / "server.properties"),
             ],
             self.home / "kafka.log",
-            # Also the death signal: a SIGTERMed JVM runs a controlled shutdown that can
-            # outlive its parent; SIGKILL cannot, and the log recovers from it (tested).
-            # stop() sends SIGTERM itself.
-            stop_signal=signal.SIGKILL,
+            stop_signal=signal.SIGTERM,
+            # A SIGTERMed JVM runs a controlled shutdown that can outlive its parent;
+            # SIGKILL cannot, and the log recovers from it (tested).
+            death_signal=signal.SIGKILL,
         )
         self.child.start()
         assert self.child.pid is not None
@@ -793,12 +792,6 @@ def _cluster_id() -> str:
 # -- command line --------------------------------------------------------------------------
 
 
-def _die_with_parent(sig: int) -> None:
-    """Have the kernel send us ``sig`` when our parent (a wrapper script) dies."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(1, sig, 0, 0, 0)  # PR_SET_PDEATHSIG
-
-
 def _run(data_dir: Path, port: int | None, timeout: float) -> int:
     stopping = threading.Event()
 
@@ -809,7 +802,7 @@ def _run(data_dir: Path, port: int | None, timeout: float) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, request_stop)
     # A wrapper killed outright still gets its broker stopped cleanly.
-    _die_with_parent(signal.SIGTERM)
+    die_with_parent(signal.SIGTERM)()
     kafka = EmbeddedKafka(data_dir, port=port)
     try:
         try:

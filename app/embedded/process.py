@@ -19,8 +19,9 @@ log = get_logger(__name__)
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent(sig: int) -> Callable[[], None]:
-    """A preexec hook: the kernel sends ``sig`` to the child when its parent dies.
+def die_with_parent(sig: int) -> Callable[[], None]:
+    """A preexec hook (or a call, run in the child itself): the kernel sends ``sig`` to
+    this process when its parent dies.
 
     This is what keeps a SIGKILLed ``playerpulse serve`` from leaving orphans behind.
     """
@@ -98,7 +99,7 @@ class ChildProcess:
             stdin=subprocess.DEVNULL,
             stdout=self._log_file,
             stderr=None if self._log_file is None else subprocess.STDOUT,
-            preexec_fn=_die_with_parent(self.death_signal),
+            preexec_fn=die_with_parent(self.death_signal),
             env=self.env,
             pass_fds=self.pass_fds,
             start_new_session=True,  # Ctrl-C in a terminal reaches us, not the child directly

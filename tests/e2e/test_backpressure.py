@@ -17,6 +17,8 @@ import pytest
 from app.embedded.kafka import EmbeddedKafka
 from tests.support import EXTERNAL_BROKERS, ServeProcess, unique, wait_for
 
+pytestmark = pytest.mark.kafka  # rerun against a separate Apache Kafka
+
 PRODUCE_TIMEOUT_S = 3
 
 

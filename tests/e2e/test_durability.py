@@ -18,6 +18,8 @@ from tests.reference import FEATURES_ALL, generate
 from tests.support import EXTERNAL_BROKERS, EXTERNAL_DATABASE, ServeProcess, unique, wait_for
 from tests.traffic import Sender, batches, lake_counts, profiles_match
 
+pytestmark = pytest.mark.kafka  # rerun against a separate Apache Kafka
+
 
 def _distinct(events: list[dict[str, object]]) -> int:
     return len({e["event_id"] for e in events})

@@ -180,6 +180,7 @@ def test_activate_and_rollback_through_api_and_cli(server: ServeProcess, admin: 
     assert "100" in bad.json()["error"]
 
 
+@pytest.mark.kafka
 def test_two_servers_follow_each_others_changes_within_a_second(tmp_path: Path) -> None:
     from app.embedded.kafka import EmbeddedKafka
     from app.embedded.postgres import EmbeddedPostgres

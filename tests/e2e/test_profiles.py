@@ -5,9 +5,13 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
+
 from tests.reference import FEATURES_ALL, generate
 from tests.support import ServeProcess, unique, wait_for
 from tests.traffic import batches, post_all, profiles_match
+
+pytestmark = pytest.mark.kafka  # rerun against a separate Apache Kafka
 
 
 def test_thousands_of_shuffled_repeated_events_match_the_reference(tmp_path: Path) -> None:
