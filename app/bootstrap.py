@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 
 import faust
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -25,11 +26,12 @@ from app.ingest import Ingestor
 from app.keys import KeyService
 from app.log import get_logger
 from app.models.registry import ModelRegistry
-from app.profiles import FailedEventService, ProfileService
+from app.profiles import FailedEventService, ProfileService, ReadYourWrites
 from app.replay import hold_serving_lock, sync_features
 from app.settings import Settings
 from app.streams.app import create_stream_app
 from app.streams.folding import ProfileFolder
+from app.streams.lag import LagProbe
 from app.streams.lake import LakeArchiver, write_events, write_predictions
 from app.streams.prediction_log import PredictionLog
 from app.streams.producer import EventProducer, ensure_topic
@@ -57,6 +59,8 @@ class Services:
     model_changes: ChangeListener
     reads: FastReads
     stream_app: faust.App
+    lag: LagProbe
+    read_your_writes: ReadYourWrites
     _release_serving_lock: Callable[[], Awaitable[None]] | None = None
 
     async def start(self) -> None:
@@ -94,6 +98,7 @@ class Services:
             await self._release_serving_lock()
         await self.model_changes.stop()
         await self.reads.close()
+        await asyncio.to_thread(self.lag.close)
         await self.producer.close()
         await self.engine.dispose()
 
@@ -119,7 +124,7 @@ async def open_services(settings: Settings) -> Services:
             ensure_topic, brokers, topic, settings.topic_partitions, settings.topic_replication
         )
     producer = EventProducer(brokers, timeout_s=settings.produce_timeout_s)
-    folder = ProfileFolder(engine, features)
+    folder = ProfileFolder(engine, features, topic=settings.events_topic)
     archiver = LakeArchiver(
         settings.lake_dir,
         flush_s=settings.lake_flush_s,
@@ -175,4 +180,8 @@ async def open_services(settings: Settings) -> Services:
         model_changes=ChangeListener(settings.database_url or "", MODEL_CHANNEL, registry.forget),
         reads=reads,
         stream_app=stream_app,
+        lag=LagProbe(brokers, settings.consumer_group, settings.events_topic),
+        read_your_writes=ReadYourWrites(
+            reads, partial(producer.partition_count, settings.events_topic), settings.events_topic
+        ),
     )

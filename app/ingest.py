@@ -72,10 +72,13 @@ class Ingestor:
         self.max_in_flight = max_in_flight
         self.in_flight = 0
 
-    async def accept(self, key: str, records: Sequence[EventRecord]) -> None:
-        """Make ``records`` durable in Kafka, or raise Overloaded / BrokerUnavailable."""
+    async def accept(self, key: str, records: Sequence[EventRecord]) -> dict[int, int]:
+        """Make ``records`` durable in Kafka, or raise Overloaded / BrokerUnavailable.
+
+        Returns, per partition, the offset of the last message holding some of them.
+        """
         if not records:
-            return
+            return {}
         wait = self.limiter.take(key, len(records))
         if wait:
             metrics.EVENTS_THROTTLED.inc(len(records))
@@ -93,7 +96,7 @@ class Ingestor:
             )
         self.in_flight += len(records)
         try:
-            await self.producer.send_events(self.topic, records)
+            return await self.producer.send_events(self.topic, records)
         finally:
             self.in_flight -= len(records)
 

@@ -7,7 +7,10 @@ module is imported), and ``/metrics`` adds up every worker's, whichever answers.
 
 from __future__ import annotations
 
+import math
 import os
+from bisect import bisect_left
+from collections.abc import Sequence
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, multiprocess
 
@@ -19,6 +22,45 @@ def registry() -> CollectorRegistry:
     collected = CollectorRegistry()
     multiprocess.MultiProcessCollector(collected)  # type: ignore[no-untyped-call]
     return collected
+
+
+def observe_all(histogram: Histogram, values: Sequence[float]) -> None:
+    """``histogram.observe(v)`` for each value, with one update per bucket touched.
+
+    Under ``serve`` every update of a metric writes a memory-mapped file (multiprocess
+    mode): per event, that was about 5% of the fold's time. Falls back to ``observe`` if
+    the client library's internals ever differ.
+    """
+    bounds = getattr(histogram, "_upper_bounds", None)
+    buckets = getattr(histogram, "_buckets", None)
+    total = getattr(histogram, "_sum", None)
+    if bounds is None or buckets is None or total is None or len(bounds) != len(buckets):
+        for value in values:
+            histogram.observe(value)
+        return
+    if not values:
+        return
+    counts = [0] * len(bounds)
+    for value in values:
+        counts[bisect_left(bounds, value)] += 1  # the first bound >= value, as observe()
+    total.inc(math.fsum(values))
+    for index, count in enumerate(counts):
+        if count:
+            buckets[index].inc(count)
+
+
+def observe_times(histogram: Histogram, value: float, times: int) -> None:
+    """``histogram.observe(value)`` ``times`` times, in one update (a request's events)."""
+    bounds = getattr(histogram, "_upper_bounds", None)
+    buckets = getattr(histogram, "_buckets", None)
+    total = getattr(histogram, "_sum", None)
+    if bounds is None or buckets is None or total is None or len(bounds) != len(buckets):
+        for _ in range(times):
+            histogram.observe(value)
+        return
+    if times > 0:
+        total.inc(value * times)
+        buckets[bisect_left(bounds, value)].inc(times)
 
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -57,4 +99,40 @@ PREDICTION_SECONDS = Histogram(
 EVENTS_THROTTLED = Counter(
     "playerpulse_events_throttled",
     "Events refused with 429/503 and Retry-After (rate limit, or too many in flight).",
+)
+
+HOP_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0, 300.0, 3600.0, 86400.0,
+)  # fmt: skip
+EVENT_HOPS = (
+    "device_to_received",
+    "received_to_acked",
+    "appended_to_folded",
+    "received_to_folded",
+    "device_to_folded",
+)
+EVENT_HOP_SECONDS = Histogram(
+    "playerpulse_event_hop_seconds",
+    "An event's latency per hop: device_to_received (its device time, clock-corrected, to "
+    "its arrival at ingest), received_to_acked (arrival to the broker's acknowledgement), "
+    "appended_to_folded (the broker's append time to the profile change committed), and "
+    "the totals received_to_folded and device_to_folded.",
+    ["hop"],
+    buckets=HOP_BUCKETS,
+)
+PREDICTION_HOPS = ("profile", "model", "total")
+PREDICTION_HOP_SECONDS = Histogram(
+    "playerpulse_prediction_hop_seconds",
+    "A prediction for a player's profile, per hop in the handler: profile (read and "
+    "evaluate the profile), model (choose the version and run it), total (the handler).",
+    ["hop"],
+    buckets=(0.0002, 0.0005, 0.001, 0.0015, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1),
+)
+PREDICTIONS_BY_VERSION = Histogram(
+    "playerpulse_model_prediction_seconds",
+    "Server time of each prediction answered, by model and version (its count is the "
+    "number of predictions).",
+    ["model", "version"],
+    buckets=(0.0002, 0.0005, 0.001, 0.0015, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1),
 )

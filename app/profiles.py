@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -13,6 +15,8 @@ from app.db.reads import FastReads
 from app.db.repositories import FailedEvent, FailedEventRepository
 from app.domain.features import FeatureSet
 from app.domain.fold import decode_state, evaluate
+from app.domain.tokens import decode_token
+from app.streams.producer import partition_for
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +52,47 @@ class ProfileService:
             last_received_at=stored.last_received_at,
             updated_at=stored.updated_at,
         )
+
+
+class NotFoldedInTime(Exception):
+    """The events a token names for a player were not folded within the wait."""
+
+
+class ReadYourWrites:
+    """Waits until the fold has committed what an ingest reply's token names."""
+
+    POLL_S = 0.005
+
+    def __init__(
+        self, reads: FastReads, partitions: Callable[[], Awaitable[int]], topic: str
+    ) -> None:
+        self.reads = reads
+        self.partitions = partitions
+        self.topic = topic
+
+    async def wait(self, game: str, player_id: str, token: str, wait_ms: int) -> None:
+        """Return once the token's events for this player are folded.
+
+        Raises :class:`BadToken` for a token this service did not make, and
+        :class:`NotFoldedInTime` after ``wait_ms``. A token with nothing on the player's
+        partition (the request had no event for the player) needs no wait.
+        """
+        offsets = decode_token(token)
+        if not offsets:
+            return
+        partition = partition_for(f"{game}/{player_id}".encode(), await self.partitions())
+        needed = offsets.get(partition)
+        if needed is None:
+            return
+        deadline = time.monotonic() + wait_ms / 1000
+        while await self.reads.folded_offset(self.topic, partition) < needed:
+            if time.monotonic() >= deadline:
+                raise NotFoldedInTime(
+                    f"the events of that request for player {player_id!r} were not folded "
+                    f"within wait_ms={wait_ms}; ask again, or with a longer wait_ms "
+                    "(at most 10000)"
+                )
+            await asyncio.sleep(self.POLL_S)
 
 
 class FailedEventService:

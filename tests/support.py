@@ -93,7 +93,12 @@ class ServeProcess:
             except httpx.HTTPError:
                 return False
 
-        wait_for(healthy, timeout, 0.1)
+        try:
+            wait_for(healthy, timeout, 0.1)
+        except BaseException:
+            if self.proc.poll() is None:
+                self.kill_tree()  # a server that did not come up must not outlive the test
+            raise
         return self
 
     def log(self) -> str:

@@ -15,7 +15,7 @@ from litestar.middleware.authentication import (
 
 from app.domain.access import Principal, Role
 
-PUBLIC_PATHS = ["^/health$", "^/metrics$", "^/schema"]
+PUBLIC_PATHS = ["^/health$", "^/metrics$", "^/schema", "^/dashboard$", "^/dashboard/assets/"]
 
 
 class ApiKeyAuthentication(AbstractAuthenticationMiddleware):

@@ -33,6 +33,7 @@ from app.domain.events import (
     parse_batch,
 )
 from app.domain.segment import parse_segment
+from app.domain.tokens import encode_token
 from app.ingest import BrokerUnavailable, Overloaded
 from app.settings import Settings
 
@@ -41,18 +42,25 @@ from .errors import ApiError
 
 
 class IngestReply(msgspec.Struct):
-    """Events accepted (durable in Kafka) and, per index, those rejected."""
+    """Events accepted (durable in Kafka) and, per index, those rejected.
+
+    ``token``: pass it as ``after`` to a profile or prediction read of one of these
+    players, to read only once this request's events for the player are folded.
+    """
 
     accepted: int
     rejected: list[Rejection]
+    token: str
 
 
 class SegmentReply(msgspec.Struct):
-    """Segment's answer (``success``), with what we accepted and rejected."""
+    """Segment's answer (``success``), with what we accepted and rejected, and the
+    read-your-writes ``token`` (as for ``POST /v1/events``)."""
 
     success: bool
     accepted: int
     rejected: list[Rejection]
+    token: str
 
 
 _sent_at = msgspec.json.Decoder(datetime)
@@ -84,8 +92,8 @@ async def send_events(request: Request[Principal, Any, Any], services: Services)
         raise ApiError(HTTP_413_REQUEST_ENTITY_TOO_LARGE, str(exc)) from None
     except BatchError as exc:
         raise ApiError(HTTP_400_BAD_REQUEST, str(exc)) from None
-    await _accept(services, request, records, rejections)
-    return IngestReply(accepted=len(records), rejected=rejections)
+    token = await _accept(services, request, records, rejections)
+    return IngestReply(accepted=len(records), rejected=rejections, token=token)
 
 
 def _segment_handler(single: str | None) -> Any:
@@ -101,8 +109,8 @@ def _segment_handler(single: str | None) -> Any:
             raise ApiError(HTTP_400_BAD_REQUEST, str(exc)) from None
         if single is not None and rejections:
             raise ApiError(HTTP_400_BAD_REQUEST, rejections[0].error)
-        await _accept(services, request, records, rejections)
-        return SegmentReply(success=True, accepted=len(records), rejected=rejections)
+        token = await _accept(services, request, records, rejections)
+        return SegmentReply(success=True, accepted=len(records), rejected=rejections, token=token)
 
     handler.__name__ = f"segment_{single or 'batch'}"
     handler.__doc__ = (
@@ -117,11 +125,12 @@ async def _accept(
     request: Request[Principal, Any, Any],
     records: list[EventRecord],
     rejections: list[Rejection],
-) -> None:
+) -> str:
+    """Produce the accepted records; the read-your-writes token for them."""
     if rejections:  # every update writes the worker's metrics file: not for nothing
         metrics.EVENTS_REJECTED.inc(len(rejections))
     try:
-        await services.ingestor.accept(str(request.auth), records)
+        offsets = await services.ingestor.accept(str(request.auth), records)
     except Overloaded as exc:
         status = HTTP_429_TOO_MANY_REQUESTS if exc.rate_limited else HTTP_503_SERVICE_UNAVAILABLE
         raise ApiError(
@@ -137,6 +146,21 @@ async def _accept(
             headers={"Retry-After": "5"},
         ) from None
     metrics.EVENTS_ACCEPTED.inc(len(records))
+    _observe_hops(records)
+    return encode_token(offsets)
+
+
+def _observe_hops(records: list[EventRecord]) -> None:
+    """The ``device_to_received`` hop of each event, and ``received_to_acked`` (now)."""
+    if not records:
+        return
+    hops = metrics.EVENT_HOP_SECONDS
+    received = records[0].received_at  # one arrival time per request
+    acked = (time.time_ns() // 1000 - received) / 1_000_000
+    metrics.observe_times(hops.labels("received_to_acked"), acked, len(records))
+    metrics.observe_all(
+        hops.labels("device_to_received"), [(r.received_at - r.ts) / 1_000_000 for r in records]
+    )
 
 
 def _limits(services: Services) -> IngestLimits:

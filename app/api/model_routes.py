@@ -30,6 +30,7 @@ from app.settings import Settings
 
 from .auth import requires
 from .errors import ApiError
+from .read_your_writes import After, WaitMs, await_token
 
 # -- bodies ----------------------------------------------------------------------------
 
@@ -172,15 +173,22 @@ async def upload_model(
 
 
 async def predict_for_player(
-    player_id: str, name: str, request: Request[Principal, Any, Any], services: Services
+    player_id: str,
+    name: str,
+    request: Request[Principal, Any, Any],
+    services: Services,
+    after: After = None,
+    wait_ms: WaitMs = 1000,
 ) -> Response[PredictionReply]:
-    """Run the version serving this player on the player's current features.
+    """Run the version serving this player on the player's current features (with
+    ``after``: once that ingest request's events for the player are folded).
 
     ``Server-Timing`` says how long the server took (profile read, model run, handler,
-    and all of the application's handling of the request).
+    and all of the application's handling of the request), the wait for ``after`` aside.
     """
-    started = time.perf_counter()
     game = request.user.game
+    await await_token(services, game, player_id, after, wait_ms)
+    started = time.perf_counter()
     profile = await services.profiles.get(game, player_id)
     if profile is None:
         raise ApiError(HTTP_404_NOT_FOUND, f"player {player_id!r} has no events in this game")
@@ -237,8 +245,13 @@ def _timed(
     """
     done = time.perf_counter()
     metrics.PREDICTION_SECONDS.observe(done - started)
+    metrics.PREDICTIONS_BY_VERSION.labels(reply.model, str(reply.version)).observe(done - started)
     parts = [f"handler;dur={(done - started) * 1000:.3f}"]
     if read is not None:
+        hops = metrics.PREDICTION_HOP_SECONDS
+        hops.labels("profile").observe(read - started)
+        hops.labels("model").observe(done - read)
+        hops.labels("total").observe(done - started)
         parts += [
             f"profile;dur={(read - started) * 1000:.3f}",
             f"model;dur={(done - read) * 1000:.3f}",

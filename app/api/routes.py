@@ -8,7 +8,6 @@ from typing import Annotated, Any
 import msgspec
 from litestar import Request, Response, get
 from litestar.datastructures import State
-from litestar.handlers import HTTPRouteHandler
 from litestar.params import Parameter
 from litestar.status_codes import (
     HTTP_404_NOT_FOUND,
@@ -21,9 +20,11 @@ from app.domain.access import Principal, Role
 from app.settings import Settings
 
 from .auth import requires
+from .dashboard import dashboard_routes
 from .errors import ApiError
 from .ingest_routes import ingest_routes
 from .model_routes import model_routes
+from .read_your_writes import After, WaitMs, await_token
 
 # -- response bodies -------------------------------------------------------------------
 
@@ -81,9 +82,15 @@ async def health() -> HealthReply:
 
 
 async def get_profile(
-    player_id: str, request: Request[Principal, Any, Any], services: Services
+    player_id: str,
+    request: Request[Principal, Any, Any],
+    services: Services,
+    after: After = None,
+    wait_ms: WaitMs = 1000,
 ) -> ProfileReply:
-    """The player's features as of now."""
+    """The player's features as of now (with ``after``: once that ingest request's events
+    for the player are folded)."""
+    await await_token(services, request.user.game, player_id, after, wait_ms)
     profile = await services.profiles.get(request.user.game, player_id)
     if profile is None:
         raise ApiError(HTTP_404_NOT_FOUND, f"player {player_id!r} has no events in this game")
@@ -134,7 +141,7 @@ async def metrics_page() -> Response[bytes]:
     return Response(generate_latest(metrics.registry()), media_type=CONTENT_TYPE_LATEST)
 
 
-def build_routes(settings: Settings) -> list[HTTPRouteHandler]:
+def build_routes(settings: Settings) -> list[Any]:
     """Route handlers, with limits taken from the settings."""
     return [
         get("/health", tags=["ops"], summary="Readiness")(health),
@@ -155,4 +162,5 @@ def build_routes(settings: Settings) -> list[HTTPRouteHandler]:
             summary="Events the fold could not apply",
         )(list_failed_events),
         *model_routes(settings),
+        *dashboard_routes(),
     ]

@@ -31,6 +31,7 @@ _PROFILE = (
     "FROM profiles WHERE game = $1 AND player_id = $2"
 )
 _KEY = "SELECT game, role FROM api_keys WHERE key_hash = $1"
+_PROGRESS = "SELECT committed_offset FROM fold_progress WHERE topic = $1 AND partition = $2"
 
 
 async def _no_reset(_conn: asyncpg.Connection) -> None:
@@ -96,6 +97,11 @@ class FastReads:
         """The game and role of a key, or None if no such key exists."""
         row = await self._fetchrow(_KEY, key_hash)
         return None if row is None else Principal(game=row[0], role=Role(row[1]))
+
+    async def folded_offset(self, topic: str, partition: int) -> int:
+        """The offset up to which the fold committed ``partition`` (-1: nothing yet)."""
+        row = await self._fetchrow(_PROGRESS, topic, partition)
+        return -1 if row is None else int(row[0])
 
     # -- connections ------------------------------------------------------------------
 

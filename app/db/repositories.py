@@ -169,6 +169,22 @@ class ProfileRepository:
             },
         )
 
+    async def record_progress(
+        self, conn: AsyncConnection, topic: str, offsets: dict[int, int]
+    ) -> None:
+        """The fold committed ``topic`` up to these offsets (never moves backwards)."""
+        if not offsets:
+            return
+        ordered = sorted(offsets.items())
+        await conn.execute(
+            _PROGRESS,
+            {
+                "topic": topic,
+                "partitions": [p for p, _ in ordered],
+                "offsets": [o for _, o in ordered],
+            },
+        )
+
     async def replace_players(
         self,
         conn: AsyncConnection,
@@ -470,3 +486,15 @@ class ModelRepository:
             created_at=row.created_at,
             onnx=row.onnx,
         )
+
+
+_PROGRESS = text(
+    """
+    INSERT INTO fold_progress (topic, partition, committed_offset, updated_at)
+    SELECT :topic, p, o, now() FROM unnest(CAST(:partitions AS int[]), CAST(:offsets AS bigint[]))
+        AS t(p, o)
+    ON CONFLICT (topic, partition) DO UPDATE
+    SET committed_offset = GREATEST(fold_progress.committed_offset, EXCLUDED.committed_offset),
+        updated_at = EXCLUDED.updated_at
+    """
+)

@@ -115,3 +115,15 @@ model_rollouts = Table(
     Column("created_at", TZ, nullable=False, server_default=func.now()),
     Index(None, "game", "name", "id"),
 )
+
+# How far the fold has committed each partition of the events topic (the offset of the
+# last message whose events are all folded), for read-your-writes: a read that waits
+# for a request's events waits for its partition to reach the request's offset.
+fold_progress = Table(
+    "fold_progress",
+    metadata,
+    Column("topic", Text, primary_key=True),
+    Column("partition", Integer, primary_key=True),
+    Column("committed_offset", BigInteger, nullable=False),
+    Column("updated_at", TZ, nullable=False, server_default=func.now()),
+)

@@ -18,7 +18,7 @@ from app.domain.predictions import PredictionRecord, decode_predictions
 from app.log import get_logger
 from app.settings import Settings
 
-from .folding import ProfileFolder
+from .folding import Position, ProfileFolder
 from .lake import LakeArchiver
 from .transport import StreamApp
 
@@ -86,7 +86,13 @@ def create_stream_app(
         async for events in stream.noack_take(
             settings.fold_batch_max, within=settings.fold_batch_within_s
         ):
-            records = await folder.fold_batch([event.value for event in events])
+            records = await folder.fold_batch(
+                [event.value for event in events],
+                [
+                    Position(m.partition, m.offset, m.timestamp)
+                    for m in (event.message for event in events)
+                ],
+            )
             archiver.add_batch(records, [event.ack for event in events])
             if archiver.full:
                 await archiver.flush()

@@ -11,15 +11,13 @@ is a no-op for every id already committed.
 from __future__ import annotations
 
 import asyncio
-import math
 import time
-from bisect import bisect_left
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import msgspec
-from prometheus_client import Histogram
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -44,29 +42,21 @@ Failure = tuple[str | None, str | None, str | None, str, bytes]
 """(game, player_id, event_id, reason, raw record) of an event that could not be folded."""
 
 
-def _observe_all(histogram: Histogram, values: Sequence[float]) -> None:
-    """``histogram.observe(v)`` for each value, with one update per bucket touched.
+class Position(NamedTuple):
+    """Where a topic message was: its partition, offset and broker timestamp (seconds)."""
 
-    Under ``serve`` every update of a metric writes a memory-mapped file (multiprocess
-    mode): per event, that was about 5% of the fold's time. Falls back to ``observe`` if
-    the client library's internals ever differ.
-    """
-    bounds = getattr(histogram, "_upper_bounds", None)
-    buckets = getattr(histogram, "_buckets", None)
-    total = getattr(histogram, "_sum", None)
-    if bounds is None or buckets is None or total is None or len(bounds) != len(buckets):
-        for value in values:
-            histogram.observe(value)
-        return
-    if not values:
-        return
-    counts = [0] * len(bounds)
-    for value in values:
-        counts[bisect_left(bounds, value)] += 1  # the first bound >= value, as observe()
-    total.inc(math.fsum(values))
-    for index, count in enumerate(counts):
+    partition: int
+    offset: int
+    appended_at: float
+
+
+def _observe_appended(positions: Sequence[Position], carried: Sequence[int]) -> None:
+    """The ``appended_to_folded`` hop: each message's age now, once per event it carried."""
+    now = time.time()
+    child = metrics.EVENT_HOP_SECONDS.labels("appended_to_folded")
+    for position, count in zip(positions, carried, strict=True):
         if count:
-            buckets[index].inc(count)
+            metrics.observe_times(child, max(0.0, now - position.appended_at), count)
 
 
 class RefusedByDatabase(Exception):
@@ -105,6 +95,7 @@ class _Outcome:
     failed: int = 0
     late: int = 0
     received_at: list[int] = field(default_factory=list)
+    event_ts: list[int] = field(default_factory=list)
     states: dict[PlayerKey, ProfileState] = field(default_factory=dict)
     versions: dict[PlayerKey, int] = field(default_factory=dict)
     """Written states and their new versions: cached once the transaction commits."""
@@ -122,8 +113,10 @@ class ProfileFolder:
         retry_max_s: float = 5.0,
         cache_size: int = 100_000,
         transaction_events: int = 2000,
+        topic: str = "events",
     ) -> None:
         self.engine = engine
+        self.topic = topic
         self.features = features
         self.repository = repository or ProfileRepository()
         self.retry_max_s = retry_max_s
@@ -140,15 +133,25 @@ class ProfileFolder:
         self.freshness_samples: list[float] | None = None
         """Set to a list to also collect every event's freshness in seconds (benchmarks)."""
 
-    async def fold_batch(self, payloads: Sequence[bytes]) -> list[EventRecord]:
-        """Fold topic messages; returns, once their effect is committed, their records."""
+    async def fold_batch(
+        self, payloads: Sequence[bytes], positions: Sequence[Position] | None = None
+    ) -> list[EventRecord]:
+        """Fold topic messages; returns, once their effect is committed, their records.
+
+        ``positions``: each message's partition, offset and broker timestamp, to record
+        how far the fold got (read-your-writes) and the ``appended_to_folded`` hop.
+        """
         records: list[EventRecord] = []
         undecodable: list[Failure] = []
+        carried: list[int] = []
         for raw in payloads:
             try:
-                records.extend(decode_records(raw))
+                decoded = decode_records(raw)
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                 undecodable.append((None, None, None, f"undecodable message: {exc}", raw))
+                decoded = []
+            records.extend(decoded)
+            carried.append(len(decoded))
         # A topic message may carry many requests' events (the producer joins those of
         # one event-loop turn), so a micro-batch of messages can hold tens of thousands:
         # they are committed in transactions of at most ``transaction_events``, which
@@ -164,6 +167,9 @@ class ProfileFolder:
                 # PostgreSQL refused something in the batch: find the culprit event by event.
                 log.warning("fold batch rejected by database; isolating events", error=str(exc))
                 await self._isolate(part, failures)
+        if positions:
+            await self._record_progress(positions)
+            _observe_appended(positions, carried)
         self.stats.seen += len(records) + len(undecodable)
         self.stats.batches += 1
         return records
@@ -186,6 +192,27 @@ class ProfileFolder:
                 # PostgreSQL is down or a lock conflict aborted us: hold the batch and retry.
                 # Nothing is acknowledged to Kafka until this succeeds.
                 log.warning("fold batch failed; retrying", error=str(exc), retry_in_s=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.retry_max_s)
+
+    async def _record_progress(self, positions: Sequence[Position]) -> None:
+        """Every message up to these offsets is folded: say so, for read-your-writes.
+
+        Its own short transaction, after the batch's; retried like them (a read waiting
+        for these offsets waits a little longer meanwhile, never sees them too early).
+        """
+        offsets: dict[int, int] = {}
+        for position in positions:
+            if position.offset > offsets.get(position.partition, -1):
+                offsets[position.partition] = position.offset
+        delay = 0.05
+        while True:
+            try:
+                async with self.engine.begin() as conn:
+                    await self.repository.record_progress(conn, self.topic, offsets)
+                return
+            except (DBAPIError, OSError, TimeoutError) as exc:
+                log.warning("fold progress not recorded; retrying", error=str(exc))
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.retry_max_s)
 
@@ -213,7 +240,11 @@ class ProfileFolder:
         metrics.FOLD_BATCH_SECONDS.observe(seconds)
         committed_us = time.time_ns() // 1000
         freshness = [max(0, committed_us - us) / 1_000_000 for us in outcome.received_at]
-        _observe_all(metrics.FRESHNESS_SECONDS, freshness)
+        metrics.observe_all(metrics.FRESHNESS_SECONDS, freshness)
+        hops = metrics.EVENT_HOP_SECONDS
+        metrics.observe_all(hops.labels("received_to_folded"), freshness)
+        totals = [(committed_us - us) / 1_000_000 for us in outcome.event_ts]
+        metrics.observe_all(hops.labels("device_to_folded"), totals)
         if self.freshness_samples is not None:
             self.freshness_samples.extend(freshness)
 
@@ -300,6 +331,7 @@ class ProfileFolder:
             touched.add(key)
             outcome.applied += 1
             outcome.received_at.append(record.received_at)
+            outcome.event_ts.append(record.ts)
             if late_before is not None and record.ts < late_before:
                 outcome.late += 1
 

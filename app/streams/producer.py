@@ -121,7 +121,7 @@ class BrokerUnavailable(RuntimeError):
 class _BatchDelivery:
     """Counts delivery reports of one batch; resolves its future on the loop when all came."""
 
-    __slots__ = ("error", "future", "lock", "loop", "pending")
+    __slots__ = ("error", "future", "lock", "loop", "offsets", "pending")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -129,12 +129,18 @@ class _BatchDelivery:
         self.pending = 0
         self.error: Any = None
         self.lock = threading.Lock()
+        self.offsets: dict[int, int] = {}
+        """Per partition, the offset of the last acknowledged message of this batch."""
 
-    def on_delivery(self, err: Any, _msg: Any) -> None:
+    def on_delivery(self, err: Any, msg: Any) -> None:
         """Delivery report, on the poll thread."""
         if err is not None and self.error is None:
             self.error = err
         with self.lock:
+            if err is None and msg is not None:
+                partition, offset = msg.partition(), msg.offset()
+                if offset > self.offsets.get(partition, -1):
+                    self.offsets[partition] = offset
             self.pending -= 1
             done = self.pending == 0
         if done:
@@ -174,9 +180,9 @@ class _SharedMessage:
     def __init__(self, batches: list[_BatchDelivery]) -> None:
         self.batches = batches
 
-    def on_delivery(self, err: Any, _msg: Any) -> None:
+    def on_delivery(self, err: Any, msg: Any) -> None:
         for batch in self.batches:
-            batch.on_delivery(err, _msg)
+            batch.on_delivery(err, msg)
 
 
 class _Turn:
@@ -282,8 +288,9 @@ class EventProducer:
         old.poll(0)
         log.warning("producer renewed after a fatal error")
 
-    async def send_events(self, topic: str, records: Sequence[EventRecord]) -> None:
-        """Produce records; return once the broker acknowledged every one.
+    async def send_events(self, topic: str, records: Sequence[EventRecord]) -> dict[int, int]:
+        """Produce records; return once the broker acknowledged every one, with the offset
+        of the last message holding some of them, per partition (for read-your-writes).
 
         Raises :class:`BrokerUnavailable` if any was not acknowledged in time. Some of the
         batch may then be in Kafka anyway: a retry is safe, events are deduplicated by id.
@@ -291,7 +298,7 @@ class EventProducer:
         messages as those of any other request of the same turn.
         """
         if not records:
-            return
+            return {}
         partitions = await self.partition_count(topic)
         loop = asyncio.get_running_loop()
         batch = _BatchDelivery(loop)
@@ -302,6 +309,7 @@ class EventProducer:
         turn.add(batch, records)
         await self._await(batch)
         self.delivered += len(records)
+        return batch.offsets
 
     def _produce_turn(self, topic: str) -> None:
         """Enqueue the turn's messages (on the loop); a full queue hands the rest to a task."""
@@ -449,7 +457,13 @@ def ensure_topic(brokers: str, topic: str, partitions: int, replication: int) ->
     factor = replication or min(3, max(1, len(metadata.brokers)))
     if topic in metadata.topics and not metadata.topics[topic].error:
         return factor
-    futures = admin.create_topics([NewTopic(topic, partitions, factor)], operation_timeout=30)
+    # The broker stamps each message with its append time, which the fold reports as the
+    # start of the ``appended_to_folded`` hop (a topic made elsewhere may keep the
+    # producer's clock, CreateTime: the hop then also holds the wait for the broker).
+    config = {"message.timestamp.type": "LogAppendTime"}
+    futures = admin.create_topics(
+        [NewTopic(topic, partitions, factor, config=config)], operation_timeout=30
+    )
     try:
         futures[topic].result(timeout=30)
         log.info("topic created", topic=topic, partitions=partitions, replication=factor)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -174,7 +175,9 @@ def test_gzip_body_is_accepted(server: ServeProcess, game: dict[str, str]) -> No
             content=gzip.compress(body),
             headers={"content-encoding": "gzip", "content-type": "application/json"},
         )
-    assert response.json() == {"accepted": 1, "rejected": []}
+    reply = response.json()
+    assert reply == {"accepted": 1, "rejected": [], "token": reply["token"]}
+    assert re.fullmatch(r"\d+\.\d+", reply["token"])
     with server.client(game["read"]) as reader:
         assert profile_when(reader, "p-gzip", 1)["features"]["sessions_7d"] == 1
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -104,10 +105,9 @@ def test_compressed_bodies_on_both_ingest_routes(
     ).encode()
     headers = {"content-encoding": encoding, "content-type": "application/json"}
     with server.client(keys["ingest"]) as client:
-        assert client.post("/v1/events", content=compress(ours), headers=headers).json() == {
-            "accepted": 1,
-            "rejected": [],
-        }
+        reply = client.post("/v1/events", content=compress(ours), headers=headers).json()
+        assert reply == {"accepted": 1, "rejected": [], "token": reply["token"]}
+        assert re.fullmatch(r"\d+\.\d+", reply["token"])  # one event: one partition
         response = client.post("/v1/batch", content=compress(segment_body), headers=headers)
         assert response.json()["accepted"] == 1
         bomb = compress(b'{"events": [' + b" " * (2 * 1024 * 1024) + b"]}")

@@ -36,7 +36,9 @@ def test_readme_walkthrough_works_verbatim(serve: ServeProcess) -> None:
     lines = result.stdout.splitlines()
     accepted, profile, upload, prediction = (json.loads(line) for line in lines[:4])
 
+    token = accepted.pop("token")
     assert accepted == {"accepted": 4, "rejected": []}
+    assert re.fullmatch(r"\d+\.\d+", token), token  # one partition: the player's
     assert profile["player_id"] == "p-42"
     assert profile["features"] == {
         "purchases_7d": 2,

@@ -1,0 +1,72 @@
+"""Read-your-writes: an ingest reply's token, passed as ``after``, to the real server."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+from tests.support import ServeProcess, unique
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def _purchase(player: str) -> dict[str, object]:
+    return {
+        "event_id": uuid.uuid4().hex,
+        "player_id": player,
+        "type": "purchase",
+        "ts": datetime.now(UTC).isoformat(),
+        "props": {"amount": 1.0},
+    }
+
+
+def test_every_read_after_its_token_reflects_its_write(serve: ServeProcess) -> None:
+    game = unique("game")
+    ingest, read, admin = (serve.key(game, role) for role in ("ingest", "read", "admin"))
+    with serve.client(admin) as client:
+        uploaded = client.post(
+            "/v1/admin/models/offers",
+            files={
+                "model": ("m.onnx", (EXAMPLES / "offer_model.onnx").read_bytes()),
+                "manifest": (None, (EXAMPLES / "offer_model.manifest.json").read_text()),
+            },
+        )
+        assert uploaded.status_code == 201, uploaded.text
+    players = [f"p{i}" for i in range(20)]
+    sent = dict.fromkeys(players, 0)
+    with serve.client(ingest) as writer, serve.client(read) as reader:
+        for i in range(200):
+            player = players[i % len(players)]
+            # Other players' events in the same request: the token covers them too.
+            events = [_purchase(player), _purchase(players[(i + 7) % len(players)])]
+            reply = writer.post("/v1/events", json={"events": events})
+            assert reply.status_code == 202, reply.text
+            for event in events:
+                sent[str(event["player_id"])] += 1
+            token = reply.json()["token"]
+            profile = reader.get(f"/v1/players/{player}", params={"after": token})
+            assert profile.status_code == 200, profile.text
+            assert profile.json()["events_applied"] >= sent[player]
+            assert profile.json()["features"]["purchases_7d"] == sent[player], (i, token)
+            if i % 20 == 0:
+                prediction = reader.get(
+                    f"/v1/players/{player}/predictions/offers", params={"after": token}
+                )
+                assert prediction.status_code == 200, prediction.text
+                assert prediction.json()["player_id"] == player
+
+        # A token never made here, or too long a wait: named, not guessed at.
+        bad = reader.get(f"/v1/players/{players[0]}", params={"after": "x.1"})
+        assert bad.status_code == 400
+        assert "'after' is not a token" in bad.json()["error"]
+        too_long = reader.get(
+            f"/v1/players/{players[0]}", params={"after": token, "wait_ms": 10_001}
+        )
+        assert too_long.status_code == 400, too_long.text
+        assert "wait_ms" in too_long.text
+        # A token ahead of anything the broker holds: 504 after the wait, saying why.
+        ahead = ",".join(f"{p}.999999999" for p in range(8)).replace(",", "_")
+        late = reader.get(f"/v1/players/{players[0]}", params={"after": ahead, "wait_ms": 200})
+        assert late.status_code == 504, late.text
+        assert "not folded within wait_ms=200" in late.json()["error"]
