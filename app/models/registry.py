@@ -177,7 +177,7 @@ class ModelRegistry:
             if await self.repository.rollout(conn, game, name) is None:
                 raise UnknownModel(name)
             await self.repository.set_outcome(conn, game, name, outcome)
-        log.info("model outcome", game=game, model=name, event=outcome.event)
+        log.info("model outcome", game=game, model=name, outcome=outcome.value, on=outcome.event)
 
     async def remove_version(self, game: str, name: str, breach: Breach) -> Rollout | None:
         """Take a version that broke its guard out of the split, and record why.
