@@ -367,7 +367,7 @@ def _print_experiment_extras(report: Any) -> None:
         f"outcome: {outcome['event']} within {outcome['within']} ({outcome['value']}); "
         f"control: v{report.control}"
     )
-    if report.srm is not None:
+    if report.srm is not None and report.srm.p_value is not None:
         verdict = "ok" if report.srm.ok else "MISMATCH"
         click.echo(f"sample ratio: chi-square p = {report.srm.p_value:.4g} ({verdict})")
     if report.calibration:

@@ -353,10 +353,15 @@ def plot_experiment(report: ExperimentReport, path: Any) -> None:
         errors = [np.subtract(rates, low), np.subtract(high, rates)]
         left.bar(labels, rates, yerr=errors, capsize=8, color="#4c78a8")
         for x, r in enumerate(rows):
-            text = f"{r.rate:.1%}\nn={r.players}"
-            if r.uplift is not None:
-                text += f"\n{r.uplift:+.1%} (p={r.p_value:.2g})" if r.p_value is not None else ""
-            left.annotate(text, (x, rates[x]), xytext=(12, 4), textcoords="offset points")
+            text = f"{rates[x]:.1%}\nn={r.players}"
+            if r.uplift is not None and r.ci_low is not None and r.ci_high is not None:
+                text += (
+                    f"\n{r.uplift * 100:+.1f} pts\n[{r.ci_low * 100:+.1f}, {r.ci_high * 100:+.1f}]"
+                )
+                if r.p_value is not None:
+                    text += f"\np = {r.p_value:.2g}"
+            left.text(x, rates[x] / 2, text, ha="center", va="center", color="white")
+        left.set_ylim(0, max(high) * 1.15 if len(rows) else 1)
         left.set_ylabel(f"rate: {report.outcome['event']} within {report.outcome['within']}")
         title = f"{report.model}: conversion by version (95% intervals)"
         if report.srm is not None and not report.srm.ok:
@@ -366,15 +371,16 @@ def plot_experiment(report: ExperimentReport, path: Any) -> None:
             right = axes[0][1]
             right.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfect")
             for c in report.calibration:
+                shown = [b for b in c.reliability if b.players >= 20]  # the rest is noise
                 right.plot(
-                    [b.mean_predicted for b in c.reliability],
-                    [b.observed_rate for b in c.reliability],
+                    [b.mean_predicted for b in shown],
+                    [b.observed_rate for b in shown],
                     marker="o",
                     label=f"v{c.version} (Brier {c.brier:.3f})",
                 )
             right.set_xlabel("predicted probability")
             right.set_ylabel("observed rate")
-            right.set_title("reliability")
+            right.set_title("reliability (bins of 20+ players)")
             right.legend()
         figure.tight_layout()
         figure.savefig(path, format="png", dpi=100)
