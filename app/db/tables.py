@@ -92,7 +92,7 @@ models = Table(
     Column("size_bytes", BigInteger, nullable=False),
     Column("created_at", TZ, nullable=False, server_default=func.now()),
     # Per feature, the training set's bins: what live features are compared with (drift).
-    Column("training_stats", JSONB),
+    Column("training_stats", JSONB(none_as_null=True)),
 )
 
 # The fingerprint of each feature the stored profiles were built with: when the features
@@ -115,7 +115,7 @@ model_rollouts = Table(
     Column("name", Text, nullable=False),
     Column("split", JSONB, nullable=False),
     Column("shadow", Integer),
-    Column("guard", JSONB),
+    Column("guard", JSONB(none_as_null=True)),
     Column("created_at", TZ, nullable=False, server_default=func.now()),
     Index(None, "game", "name", "id"),
 )
