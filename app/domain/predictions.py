@@ -52,7 +52,8 @@ class ProbabilitySpec(msgspec.Struct, forbid_unknown_fields=True):
 
 
 def positive_probability(outputs: dict[str, Any], spec: ProbabilitySpec) -> float | None:
-    """The positive class's probability in one prediction's outputs; None if absent."""
+    """The positive class's probability in one prediction's outputs; None if absent (or if
+    what is there is no probability)."""
     value = outputs.get(spec.output)
     if isinstance(value, list) and len(value) == 1 and isinstance(value[0], (dict, list)):
         value = value[0]
@@ -64,6 +65,7 @@ def positive_probability(outputs: dict[str, Any], spec: ProbabilitySpec) -> floa
             value = value[index] if 0 <= index < len(value) else None
         else:
             value = value[1] if len(value) == 2 else None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    # A probability is a float from 0 to 1: an integer output is a label, not a probability.
+    if not isinstance(value, float) or not 0.0 <= value <= 1.0:
         return None
-    return float(value)
+    return value

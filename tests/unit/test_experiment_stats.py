@@ -124,6 +124,8 @@ def test_positive_probability_from_maps_lists_and_numbers() -> None:
     assert positive_probability({"p": {"0": 1.0}}, ProbabilitySpec("p", "1")) is None
     assert positive_probability({"q": 0.4}, ProbabilitySpec("p")) is None
     assert positive_probability({"p": True}, ProbabilitySpec("p")) is None
+    assert positive_probability({"p": 1}, ProbabilitySpec("p")) is None  # a label
+    assert positive_probability({"p": 1.5}, ProbabilitySpec("p")) is None
 
 
 # -- drift ------------------------------------------------------------------------------
