@@ -42,6 +42,11 @@ class FeatureDrift:
     training: int
 
 
+def as_floats(column: Any) -> np.ndarray:
+    """A DuckDB numpy column as floats, NaN for null (DuckDB masks nulls)."""
+    return np.ma.filled(np.ma.asarray(column, dtype=float), np.nan)
+
+
 def bin_values(values: np.ndarray) -> FeatureBins:
     """A feature's bins from training values: decile edges (distinct), counts, nulls."""
     finite = values[~np.isnan(values)]
@@ -94,9 +99,7 @@ def stats_from_table(path: Path, features: list[str]) -> TrainingStats:
         raise DriftError(f"--training: {exc}") from None
     finally:
         conn.close()
-    return TrainingStats(
-        {f: bin_values(np.asarray(table[f], dtype=float).copy()) for f in features}
-    )
+    return TrainingStats({f: bin_values(as_floats(table[f])) for f in features})
 
 
 def live_features(
@@ -125,4 +128,4 @@ def live_features(
         "AND version = $version AND ts >= $start AND ts < $end",
         params,
     ).fetchnumpy()
-    return {f: np.asarray(result[f"c{i}"], dtype=float).copy() for i, f in enumerate(features)}
+    return {f: as_floats(result[f"c{i}"]) for i, f in enumerate(features)}

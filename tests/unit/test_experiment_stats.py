@@ -285,3 +285,14 @@ def test_without_always_leaves_a_valid_split(shares: dict[int, int], data: st.Da
     assert sum(after.split.values()) == 100
     assert gone not in after.split
     assert set(after.serving) <= set(serving) - {gone}
+
+
+def test_null_features_from_duckdb_are_nan_not_zero() -> None:
+    import duckdb
+
+    conn = duckdb.connect()
+    column = conn.execute("SELECT * FROM (VALUES (1.5::DOUBLE), (NULL), (3.0)) t(c)").fetchnumpy()
+    values = drift.as_floats(column["c"])
+    assert values[0] == 1.5
+    assert np.isnan(values[1])
+    assert values[2] == 3.0
