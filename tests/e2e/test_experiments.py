@@ -180,6 +180,20 @@ def test_experiment_report_counts_exposures_and_outcomes_exactly(
         assert 0 <= c["auc"] <= 1
         assert sum(b["players"] for b in c["reliability"]) == c["players"]
 
+    now = datetime.now(UTC)
+    days = {
+        "from": (now - timedelta(days=1)).date().isoformat(),
+        "to": (now + timedelta(days=1)).date().isoformat(),
+    }
+    around = admin.get(f"/v1/admin/models/{model}/experiment", params=days).json()
+    assert around["rows"] == body["rows"]
+    before = admin.get(f"/v1/admin/models/{model}/experiment", params={"to": "2020-01-01"}).json()
+    assert before["rows"] == []
+    assert admin.get(f"/v1/admin/models/{model}/experiment?from=soon").status_code == 400
+    unknown = admin.get(f"/v1/admin/models/{model}/experiment", params={"control": 9})
+    assert unknown.status_code == 409
+    assert "control" in unknown.json()["error"]
+
     # The CLI prints the same report, and draws it.
     plot = tmp_path / "experiment.png"
     out = server.cli(
