@@ -10,6 +10,7 @@ announced to every process), so all processes stop serving the version together.
 from __future__ import annotations
 
 import math
+import random
 from dataclasses import dataclass, field
 
 
@@ -81,12 +82,29 @@ def judge(
     return Breach(version, requests, errors, slowest, "; ".join(reasons))
 
 
+LATENCY_SAMPLES = 10_000
+"""Most latencies a window keeps: past that, a uniform sample of them (memory stays flat
+however busy the version is; the p99 of 10,000 samples is within a fraction of a
+percentile of the true one)."""
+
+
 @dataclass(slots=True)
 class _Window:
     started: float
     requests: int = 0
     errors: int = 0
+    answered: int = 0
     latencies_ms: list[float] = field(default_factory=list)
+
+    def add_latency(self, latency_ms: float, rng: random.Random) -> None:
+        # Reservoir sampling (Vitter's algorithm R): each latency is kept with equal odds.
+        self.answered += 1
+        if len(self.latencies_ms) < LATENCY_SAMPLES:
+            self.latencies_ms.append(latency_ms)
+            return
+        slot = rng.randrange(self.answered)
+        if slot < LATENCY_SAMPLES:
+            self.latencies_ms[slot] = latency_ms
 
 
 class GuardWatch:
@@ -96,6 +114,7 @@ class GuardWatch:
         self.window_s = window_s
         self.min_requests = min_requests
         self._windows: dict[tuple[str, int], _Window] = {}
+        self._rng = random.Random(0)
 
     def record(
         self, key: str, version: int, guard: Guard, ok: bool, latency_ms: float, now: float
@@ -115,7 +134,7 @@ class GuardWatch:
             window = self._windows[slot] = _Window(started=now)
         window.requests += 1
         if ok:
-            window.latencies_ms.append(latency_ms)
+            window.add_latency(latency_ms, self._rng)
         else:
             window.errors += 1
         return breach

@@ -296,3 +296,19 @@ def test_null_features_from_duckdb_are_nan_not_zero() -> None:
     assert values[0] == 1.5
     assert np.isnan(values[1])
     assert values[2] == 3.0
+
+
+def test_a_busy_window_keeps_a_bounded_sample_of_latencies() -> None:
+    from app.domain.guard import LATENCY_SAMPLES
+
+    watch = GuardWatch(window_s=10, min_requests=1)
+    guard = Guard(max_p99_ms=50)
+    n = LATENCY_SAMPLES * 5
+    for i in range(n):  # 2% of the predictions take 100 ms: the p99 is over the limit
+        watch.record("g/m", 1, guard, True, 100.0 if i % 50 == 0 else 1.0, now=0.0)
+    [window] = watch._windows.values()
+    assert len(window.latencies_ms) == LATENCY_SAMPLES
+    breach = watch.record("g/m", 1, guard, True, 1.0, now=10.0)
+    assert breach is not None
+    assert breach.requests == n
+    assert breach.p99_ms == 100.0
