@@ -21,7 +21,9 @@ from app.db.reads import FastReads
 from app.db.repositories import MODEL_CHANNEL
 from app.domain.events import EventRecord
 from app.domain.features import FeatureSet, load_features
+from app.domain.guard import GuardWatch
 from app.domain.predictions import PredictionRecord
+from app.experiments import ExperimentService
 from app.ingest import Ingestor
 from app.keys import KeyService
 from app.log import get_logger
@@ -50,6 +52,7 @@ class Services:
     profiles: ProfileService
     failed_events: FailedEventService
     registry: ModelRegistry
+    experiments: ExperimentService
     producer: EventProducer
     ingestor: Ingestor
     folder: ProfileFolder
@@ -139,7 +142,13 @@ async def open_services(settings: Settings) -> Services:
     )
     prediction_log = PredictionLog(producer, settings.predictions_topic)
     registry = ModelRegistry(
-        engine, features, max_bytes=settings.model_max_bytes, log_prediction=prediction_log
+        engine,
+        features,
+        max_bytes=settings.model_max_bytes,
+        log_prediction=prediction_log,
+        # Each worker judges the traffic it serves; a removal goes through the database,
+        # so every worker and copy follows it (see app/domain/guard.py).
+        guard_watch=GuardWatch(settings.guard_window_s, settings.guard_min_requests),
     )
     stream_app = create_stream_app(
         settings,
@@ -166,6 +175,7 @@ async def open_services(settings: Settings) -> Services:
         profiles=ProfileService(reads, features),
         failed_events=FailedEventService(engine),
         registry=registry,
+        experiments=ExperimentService(engine, LakeLocation.of(settings)),
         producer=producer,
         ingestor=Ingestor(
             producer,

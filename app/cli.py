@@ -6,6 +6,7 @@ import asyncio
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import click
@@ -254,21 +255,22 @@ def _with_registry(action: Any) -> Any:
             await engine.dispose()
 
     from app.domain.rollout import RolloutError
-    from app.models.registry import UnknownModel
+    from app.models.registry import ModelRejected, UnknownModel
 
     with _database(settings) as url:
         try:
             return asyncio.run(run(url))
         except UnknownModel as exc:
             raise click.ClickException(f"model {exc} has no version in this game") from None
-        except RolloutError as exc:
+        except (RolloutError, ModelRejected) as exc:
             raise click.ClickException(str(exc)) from None
 
 
 def _show_rollout(rollout: Any) -> None:
     split = ", ".join(f"v{v}: {p}%" for v, p in sorted(rollout.split.items()))
     shadow = f"; shadow v{rollout.shadow}" if rollout.shadow is not None else ""
-    click.echo(f"serving {split}{shadow}")
+    guard = f"; guard {rollout.guard.as_dict()}" if rollout.guard is not None else ""
+    click.echo(f"serving {split}{shadow}{guard}")
 
 
 @models.command("list")
@@ -323,18 +325,120 @@ def models_rollback(game: str, name: str) -> None:
     _show_rollout(_with_registry(lambda registry: registry.rollback(game, name)))
 
 
+@models.command("upload")
+@click.option("--game", required=True)
+@click.argument("name")
+@click.argument("model_path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--manifest",
+    "manifest_path",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The manifest (JSON): inputs, defaults, probability.",
+)
+@click.option(
+    "--training",
+    "training_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="The training set (Parquet or CSV, one column per input feature): its bins per "
+    "feature are stored for drift reports.",
+)
+@click.option(
+    "--training-stats",
+    "stats_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help='Or those bins as JSON: {"features": {NAME: {"edges": [...], "counts": [...]}}}.',
+)
+@click.option("--activate/--no-activate", default=True, help="Serve it to every player.")
+def models_upload(
+    game: str,
+    name: str,
+    model_path: Path,
+    manifest_path: Path,
+    training_path: Path | None,
+    stats_path: Path | None,
+    activate: bool,
+) -> None:
+    """Upload MODEL_PATH (ONNX) as the next version of NAME; print the version."""
+    import msgspec
+
+    from app.domain.drift import DriftError
+    from app.models.runtime import ModelRejected, parse_manifest
+
+    if training_path and stats_path:
+        raise click.UsageError("give --training or --training-stats, not both")
+    manifest = manifest_path.read_bytes()
+    stats: bytes | None = stats_path.read_bytes() if stats_path else None
+    if training_path is not None:
+        from app.analytics.drift import stats_from_table
+
+        try:
+            inputs = [f for names in parse_manifest(manifest).inputs.values() for f in names]
+            stats = msgspec.json.encode(stats_from_table(training_path, sorted(set(inputs))))
+        except (ModelRejected, DriftError) as exc:
+            raise click.ClickException(str(exc)) from None
+    raw = model_path.read_bytes()
+    version = _with_registry(
+        lambda registry: registry.upload(
+            game, name, raw, manifest, activate=activate, training_stats=stats
+        )
+    )
+    click.echo(f"{name} version {version}")
+
+
+@models.command("outcome")
+@click.option("--game", required=True)
+@click.argument("name")
+@click.option("--event", required=True, help="The event type that is the outcome, e.g. purchase.")
+@click.option("--within", required=True, help="How long after the exposure it counts: 24h, 7d.")
+@click.option("--value", default="any", show_default=True, help="any, count or sum:FIELD.")
+def models_outcome(game: str, name: str, event: str, within: str, value: str) -> None:
+    """Set what counts as NAME's outcome in experiment reports."""
+    from app.domain.outcome import Outcome, OutcomeError
+
+    try:
+        outcome = Outcome.parse(event, within, value)
+    except OutcomeError as exc:
+        raise click.BadParameter(str(exc)) from None
+    _with_registry(lambda registry: registry.set_outcome(game, name, outcome))
+    click.echo(f"{name}: outcome {outcome.event} within {outcome.within} ({outcome.value})")
+
+
 @models.command("rollout")
 @click.option("--game", required=True)
 @click.argument("name")
 @click.option("--split", "split_text", required=True, help="VERSION=PERCENT,... e.g. 1=90,2=10")
 @click.option("--shadow", type=int, default=None, help="A version to run and log, never answer.")
-def models_rollout(game: str, name: str, split_text: str, shadow: int | None) -> None:
-    """Split NAME's players between versions (sticky per player), with an optional shadow."""
+@click.option(
+    "--max-error-rate", type=float, default=None, help="Guard: most failed predictions (0.01)."
+)
+@click.option("--max-p99-ms", type=float, default=None, help="Guard: slowest p99 latency (ms).")
+def models_rollout(
+    game: str,
+    name: str,
+    split_text: str,
+    shadow: int | None,
+    max_error_rate: float | None,
+    max_p99_ms: float | None,
+) -> None:
+    """Split NAME's players between versions (sticky per player), with an optional shadow.
+
+    With a guard, a version breaking it over a window of traffic leaves the split.
+    """
+    from app.domain.guard import Guard, GuardError
     from app.domain.rollout import Rollout, RolloutError
 
     try:
+        guard = None
+        if max_error_rate is not None or max_p99_ms is not None:
+            guard = Guard(max_error_rate, max_p99_ms)
+    except GuardError as exc:
+        raise click.BadParameter(str(exc), param_hint="--max-error-rate/--max-p99-ms") from None
+    try:
         split = {int(v): int(p) for v, p in (part.split("=", 1) for part in split_text.split(","))}
-        rollout = Rollout(split, shadow)
+        rollout = Rollout(split, shadow, guard)
     except (ValueError, RolloutError) as exc:
         raise click.BadParameter(str(exc), param_hint="--split") from None
     _show_rollout(_with_registry(lambda registry: registry.set_rollout(game, name, rollout)))

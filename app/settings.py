@@ -93,6 +93,11 @@ class Settings:
     """PLAYERPULSE_MODEL_MAX_BYTES: largest ONNX upload."""
     key_cache_s: float = 30.0
     """PLAYERPULSE_KEY_CACHE_S: how long a resolved API key is trusted without a lookup."""
+    guard_window_s: float = 60.0
+    """PLAYERPULSE_GUARD_WINDOW_S: the traffic window a rollout guard judges a version on."""
+    guard_min_requests: int = 100
+    """PLAYERPULSE_GUARD_MIN_REQUESTS: fewest predictions of a version in a window (in one
+    worker) for the guard to judge it; quieter windows are not judged."""
 
     @property
     def lake_dir(self) -> Path:
@@ -145,6 +150,10 @@ class Settings:
             )
         if settings.broker not in ("kafka", "memory"):
             raise SettingsError(f"{PREFIX}BROKER must be kafka or memory, not {settings.broker!r}")
+        if settings.guard_window_s <= 0 or settings.guard_min_requests < 1:
+            raise SettingsError(
+                f"{PREFIX}GUARD_WINDOW_S must be positive and {PREFIX}GUARD_MIN_REQUESTS at least 1"
+            )
         if settings.workers < 0:
             raise SettingsError(f"{PREFIX}WORKERS must be 0 (one per core) or more")
         if settings.log_format not in ("console", "json"):

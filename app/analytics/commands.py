@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -101,8 +101,25 @@ def compact(target_rows: int | None, cold_after_days: int | None, fmt: str) -> N
 
 
 @click.command("report")
-@click.argument("name", type=click.Choice(["dau", "mau", "retention", "funnel", "arpdau"]))
+@click.argument(
+    "name",
+    type=click.Choice(["dau", "mau", "retention", "funnel", "arpdau", "experiment", "drift"]),
+)
 @click.option("--game", required=True, help="The game to report on.")
+@click.option("--model", default=None, help="experiment, drift: the model.")
+@click.option(
+    "--control",
+    type=int,
+    default=None,
+    help="experiment: the version the others are compared with [the lowest serving].",
+)
+@click.option(
+    "--version",
+    "model_version",
+    type=int,
+    default=None,
+    help="drift: the version [the newest with training statistics].",
+)
 @click.option("--from", "start", type=_DAY, default=None, help="First day (UTC), YYYY-MM-DD.")
 @click.option("--to", "end", type=_DAY, default=None, help="Last day (UTC), YYYY-MM-DD.")
 @click.option("--steps", default=None, help="funnel: event types in order, comma-separated.")
@@ -135,6 +152,9 @@ def compact(target_rows: int | None, cold_after_days: int | None, fmt: str) -> N
 def report(
     name: str,
     game: str,
+    model: str | None,
+    control: int | None,
+    model_version: int | None,
     start: datetime | None,
     end: datetime | None,
     steps: str | None,
@@ -143,7 +163,14 @@ def report(
     fmt: str,
     plot: Path | None,
 ) -> None:
-    """Reports: dau, mau (30 days), retention (day 1/7/30 by first-seen cohort), funnel, arpdau."""
+    """Reports: dau, mau (30 days), retention (day 1/7/30 by first-seen cohort), funnel, arpdau;
+    experiment (outcomes per model version) and drift (PSI of live features)."""
+    if name in ("experiment", "drift"):
+        if not model:
+            raise click.UsageError(f"the {name} report needs --model")
+        first, last = (start.date() if start else None), (end.date() if end else None)
+        _model_report(name, game, model, first, last, control, model_version, fmt, plot)
+        return
     from app.analytics.location import LakeLocation, connect_lake
     from app.analytics.query import render
     from app.analytics.reports import ReportError, ReportRequest, run_report
@@ -248,3 +275,130 @@ def training_set(
         f"in {stats.seconds:.1f}s",
         err=True,
     )
+
+
+def _model_report(
+    name: str,
+    game: str,
+    model: str,
+    first: date | None,
+    last: date | None,
+    control: int | None,
+    version: int | None,
+    fmt: str,
+    plot: Path | None,
+) -> None:
+    """The experiment or drift report of a model (settings from the database)."""
+    import asyncio
+
+    from app.analytics.location import LakeLocation
+    from app.cli import _database
+    from app.db.engine import create_engine
+    from app.experiments import ExperimentService, Period, ReportUnavailable, UnknownModelName
+
+    settings = _settings()
+
+    async def run(url: str) -> Any:
+        engine = create_engine(url, pool_size=1)
+        try:
+            service = ExperimentService(engine, LakeLocation.of(settings))
+            period = Period.of_days(first, last)
+            if name == "experiment":
+                return await service.experiment(game, model, period, control)
+            return await service.drift(game, model, period, version)
+        finally:
+            await engine.dispose()
+
+    with _database(settings) as url:
+        try:
+            with _lake_errors():
+                result = asyncio.run(run(url))
+        except UnknownModelName:
+            raise click.ClickException(f"model {model!r} has no version in game {game!r}") from None
+        except ReportUnavailable as exc:
+            raise click.ClickException(str(exc)) from None
+    if plot is not None:
+        _plot_model_report(name, result, plot)
+    _print_model_report(name, result, fmt)
+
+
+def _plot_model_report(name: str, result: Any, path: Path) -> None:
+    if name != "experiment":
+        raise click.UsageError("--plot draws the experiment report only")
+    from app.analytics.experiment import plot_experiment
+
+    try:
+        plot_experiment(result, path)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _print_model_report(name: str, result: Any, fmt: str) -> None:
+    import msgspec
+
+    from app.analytics.query import QueryResult, render
+
+    if fmt == "json":
+        click.echo(msgspec.json.encode(result, enc_hook=str).decode())
+        return
+    if name == "experiment":
+        columns, rows = result.table()
+        render(QueryResult(columns, [_rounded(r) for r in rows]), fmt, sys.stdout)
+        if fmt == "table":
+            _print_experiment_extras(result)
+    else:
+        rows = [(r.feature, round(r.psi, 4), r.flagged, r.live, r.training) for r in result.rows]
+        render(
+            QueryResult(["feature", "psi", "flagged", "live", "training"], rows), fmt, sys.stdout
+        )
+    for warning in result.warnings:
+        click.echo(f"warning: {warning}", err=True)
+
+
+def _rounded(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    return tuple(round(v, 4) if isinstance(v, float) else v for v in row)
+
+
+def _print_experiment_extras(report: Any) -> None:
+    from app.analytics.query import QueryResult, render
+
+    outcome = report.outcome
+    click.echo(
+        f"outcome: {outcome['event']} within {outcome['within']} ({outcome['value']}); "
+        f"control: v{report.control}"
+    )
+    if report.srm is not None and report.srm.p_value is not None:
+        verdict = "ok" if report.srm.ok else "MISMATCH"
+        click.echo(f"sample ratio: chi-square p = {report.srm.p_value:.4g} ({verdict})")
+    if report.calibration:
+        rows = [
+            (
+                c.version,
+                c.players,
+                round(c.brier, 4),
+                round(c.log_loss, 4),
+                None if c.auc is None else round(c.auc, 4),
+            )
+            for c in report.calibration
+        ]
+        render(
+            QueryResult(["version", "players", "brier", "log_loss", "auc"], rows),
+            "table",
+            sys.stdout,
+        )
+        bins = [
+            (
+                c.version,
+                f"{b.low:.1f}-{b.high:.1f}",
+                b.players,
+                round(b.mean_predicted, 4),
+                round(b.observed_rate, 4),
+            )
+            for c in report.calibration
+            for b in c.reliability
+        ]
+        render(
+            QueryResult(["version", "bin", "players", "mean_predicted", "observed_rate"], bins),
+            "table",
+            sys.stdout,
+        )

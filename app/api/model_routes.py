@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from datetime import datetime
+from dataclasses import asdict
+from datetime import date, datetime
 from typing import Annotated, Any
 
 import msgspec
@@ -11,7 +12,7 @@ from litestar import Request, Response, get, post, put
 from litestar.datastructures import UploadFile
 from litestar.enums import RequestEncodingType
 from litestar.handlers import HTTPRouteHandler
-from litestar.params import Body
+from litestar.params import Body, Parameter
 from litestar.status_codes import (
     HTTP_200_OK,
     HTTP_201_CREATED,
@@ -23,7 +24,10 @@ from litestar.status_codes import (
 from app import metrics
 from app.bootstrap import Services
 from app.domain.access import Principal, Role
+from app.domain.guard import Guard, GuardError
+from app.domain.outcome import Outcome, OutcomeError
 from app.domain.rollout import Rollout, RolloutError
+from app.experiments import Period, ReportUnavailable, UnknownModelName
 from app.models.registry import ModelInfo, Prediction, UnknownModel
 from app.models.runtime import ModelRejected, PredictionFailed
 from app.settings import Settings
@@ -73,11 +77,40 @@ class PredictRequest(msgspec.Struct, forbid_unknown_fields=True):
     players: list[str] | None = None
 
 
+class GuardBody(msgspec.Struct, forbid_unknown_fields=True):
+    """Limits a serving version must keep over a window of its traffic."""
+
+    max_error_rate: float | None = None
+    max_p99_ms: float | None = None
+
+
 class RolloutBody(msgspec.Struct, forbid_unknown_fields=True):
-    """Versions by share of players (percent, summing to 100), and an optional shadow."""
+    """Versions by share of players (percent, summing to 100), a shadow and a guard."""
 
     split: dict[int, int]
     shadow: int | None = None
+    guard: GuardBody | None = None
+
+
+class OutcomeBody(msgspec.Struct, forbid_unknown_fields=True):
+    """What counts as a model's outcome: an event type in a time after the exposure."""
+
+    event: str
+    within: str
+    value: str = "any"
+
+
+class GuardEventReply(msgspec.Struct):
+    """A version a guard took out of the split."""
+
+    version: int
+    reason: str
+    requests: int
+    errors: int
+    p99_ms: float
+    split_before: dict[int, int]
+    split_after: dict[int, int]
+    at: datetime | None
 
 
 class ActivateBody(msgspec.Struct, forbid_unknown_fields=True):
@@ -96,19 +129,22 @@ class VersionInfo(msgspec.Struct):
     created_at: datetime
 
 
-class RolloutReply(msgspec.Struct):
-    """Which versions serve, and the shadow."""
+class RolloutReply(msgspec.Struct, omit_defaults=True):
+    """Which versions serve, the shadow, and the guard (only when one is set)."""
 
     split: dict[int, int]
     shadow: int | None
+    guard: dict[str, float] | None = None
 
 
 class ModelReply(msgspec.Struct):
-    """A model: its versions and its rollout."""
+    """A model: its versions, its rollout, its outcome and what its guard did."""
 
     name: str
     versions: list[VersionInfo]
     rollout: RolloutReply | None
+    outcome: OutcomeBody | None = None
+    guard_events: list[GuardEventReply] = msgspec.field(default_factory=list)
 
 
 class ModelsReply(msgspec.Struct):
@@ -125,11 +161,20 @@ def _model_reply(info: ModelInfo) -> ModelReply:
             for v in info.versions
         ],
         rollout=_rollout_reply(info.rollout) if info.rollout is not None else None,
+        outcome=_outcome_reply(info.outcome) if info.outcome is not None else None,
+        guard_events=[GuardEventReply(**asdict(e)) for e in info.guard_events],
     )
 
 
+def _outcome_reply(outcome: Outcome) -> OutcomeBody:
+    return OutcomeBody(event=outcome.event, within=outcome.within, value=outcome.value)
+
+
 def _rollout_reply(rollout: Rollout) -> RolloutReply:
-    return RolloutReply(split=dict(sorted(rollout.split.items())), shadow=rollout.shadow)
+    guard = rollout.guard.as_dict() if rollout.guard is not None else None
+    return RolloutReply(
+        split=dict(sorted(rollout.split.items())), shadow=rollout.shadow, guard=guard
+    )
 
 
 def _reply(prediction: Prediction, player_id: str | None = None) -> PredictionReply:
@@ -153,6 +198,9 @@ async def upload_model(
 ) -> ModelVersionReply:
     """Upload a new version of ``name``: a file part ``model`` (ONNX) and ``manifest``.
 
+    An optional part ``training_stats`` (JSON) holds the training set's bins per feature,
+    which drift reports compare live features with.
+
     The new version serves every player unless ``activate=false`` (the first always does).
     """
     model = data.get("model")
@@ -163,9 +211,11 @@ async def upload_model(
         raise ApiError(HTTP_422_UNPROCESSABLE_ENTITY, "manifest: missing part 'manifest'")
     raw = await model.read() if isinstance(model, UploadFile) else str(model).encode()
     manifest_raw = await manifest.read() if isinstance(manifest, UploadFile) else manifest
+    stats = data.get("training_stats")
+    stats_raw = await stats.read() if isinstance(stats, UploadFile) else stats
     try:
         version = await services.registry.upload(
-            request.user.game, name, raw, manifest_raw, activate=activate
+            request.user.game, name, raw, manifest_raw, activate=activate, training_stats=stats_raw
         )
     except ModelRejected as exc:
         raise ApiError(HTTP_422_UNPROCESSABLE_ENTITY, str(exc)) from None
@@ -309,10 +359,73 @@ async def set_rollout(
 ) -> RolloutReply:
     """Split players between versions (sticky per player) and set or clear a shadow."""
     try:
-        rollout = Rollout(dict(data.split), data.shadow)
-    except RolloutError as exc:
+        guard = Guard(**msgspec.to_builtins(data.guard)) if data.guard is not None else None
+        rollout = Rollout(dict(data.split), data.shadow, guard)
+    except (RolloutError, GuardError) as exc:
         raise ApiError(HTTP_422_UNPROCESSABLE_ENTITY, str(exc)) from None
     return await _change(services.registry.set_rollout(request.user.game, name, rollout), name)
+
+
+async def set_outcome(
+    name: str, data: OutcomeBody, request: Request[Principal, Any, Any], services: Services
+) -> OutcomeBody:
+    """Set what counts as the model's outcome, for its experiment report."""
+    try:
+        outcome = Outcome.parse(data.event, data.within, data.value)
+    except OutcomeError as exc:
+        raise ApiError(HTTP_422_UNPROCESSABLE_ENTITY, str(exc)) from None
+    try:
+        await services.registry.set_outcome(request.user.game, name, outcome)
+    except UnknownModel:
+        raise ApiError(HTTP_404_NOT_FOUND, f"model {name!r} has no version in this game") from None
+    return _outcome_reply(outcome)
+
+
+def _period(start: date | None, end: date | None) -> Period:
+    try:
+        return Period.of_days(start, end)
+    except ReportUnavailable as exc:
+        raise ApiError(HTTP_422_UNPROCESSABLE_ENTITY, str(exc)) from None
+
+
+async def _report(report: Any, name: str) -> dict[str, Any]:
+    try:
+        result = await report
+    except UnknownModelName:
+        raise ApiError(HTTP_404_NOT_FOUND, f"model {name!r} has no version in this game") from None
+    except ReportUnavailable as exc:
+        raise ApiError(HTTP_409_CONFLICT, str(exc)) from None
+    built: dict[str, Any] = msgspec.to_builtins(result)
+    return built
+
+
+async def experiment_report(
+    name: str,
+    request: Request[Principal, Any, Any],
+    services: Services,
+    start: Annotated[date | None, Parameter(query="from")] = None,
+    end: Annotated[date | None, Parameter(query="to")] = None,
+    control: int | None = None,
+) -> dict[str, Any]:
+    """Exposed players, outcomes and rates per version; uplift against the control with
+    its 95% interval and p-value; the sample-ratio check; calibration of classifiers."""
+    period = _period(start, end)
+    return await _report(
+        services.experiments.experiment(request.user.game, name, period, control), name
+    )
+
+
+async def drift_report(
+    name: str,
+    request: Request[Principal, Any, Any],
+    services: Services,
+    start: Annotated[date | None, Parameter(query="from")] = None,
+    end: Annotated[date | None, Parameter(query="to")] = None,
+    version: int | None = None,
+) -> dict[str, Any]:
+    """PSI of each feature of logged predictions against the training statistics."""
+    period = _period(start, end)
+    return await _report(services.experiments.drift(request.user.game, name, period, version), name)
 
 
 async def _change(change: Any, name: str) -> RolloutReply:
@@ -373,6 +486,21 @@ def model_routes(settings: Settings) -> list[HTTPRouteHandler]:
             summary="Split traffic and set a shadow",
             **admin,
         )(set_rollout),
+        put(
+            "/v1/admin/models/{name:str}/outcome",
+            summary="Set the outcome experiment reports count",
+            **admin,
+        )(set_outcome),
+        get(
+            "/v1/admin/models/{name:str}/experiment",
+            summary="Experiment report: outcomes per version against the control",
+            **admin,
+        )(experiment_report),
+        get(
+            "/v1/admin/models/{name:str}/drift",
+            summary="Drift report: PSI of live features against the training set",
+            **admin,
+        )(drift_report),
         get(
             "/v1/players/{player_id:str}/predictions/{name:str}",
             guards=[requires(Role.READ)],

@@ -13,12 +13,23 @@ from operator import attrgetter
 from typing import Any
 
 from sqlalchemy import func, insert, select, text
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.domain.access import Role
+from app.domain.guard import Guard
+from app.domain.outcome import Outcome
 from app.domain.rollout import Rollout
 
-from .tables import api_keys, failed_events, feature_defs, model_rollouts, models
+from .tables import (
+    api_keys,
+    failed_events,
+    feature_defs,
+    model_guard_events,
+    model_outcomes,
+    model_rollouts,
+    models,
+)
 
 PlayerKey = tuple[str, str]
 """(game, player_id)"""
@@ -344,6 +355,28 @@ class StoredModel(ModelVersionInfo):
     onnx: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class GuardEvent:
+    """A version a guard took out of the split: why, on what traffic, and the change."""
+
+    version: int
+    reason: str
+    requests: int
+    errors: int
+    p99_ms: float
+    split_before: dict[int, int]
+    split_after: dict[int, int]
+    at: datetime | None = None
+
+
+def _rollout(split: dict[str, Any], shadow: int | None, guard: dict[str, Any] | None) -> Rollout:
+    return Rollout(
+        {int(v): int(p) for v, p in split.items()},
+        shadow,
+        Guard(**guard) if guard else None,
+    )
+
+
 class ModelRepository:
     """ONNX model versions, numbered from 1 per game and name, and their rollouts."""
 
@@ -381,7 +414,7 @@ class ModelRepository:
         """The current rollout of a model, or None if it has none."""
         row = (
             await conn.execute(
-                select(model_rollouts.c.split, model_rollouts.c.shadow)
+                select(model_rollouts.c.split, model_rollouts.c.shadow, model_rollouts.c.guard)
                 .where(model_rollouts.c.game == game, model_rollouts.c.name == name)
                 .order_by(model_rollouts.c.id.desc())
                 .limit(1)
@@ -389,7 +422,25 @@ class ModelRepository:
         ).first()
         if row is None:
             return None
-        return Rollout({int(v): int(p) for v, p in row.split.items()}, row.shadow)
+        return _rollout(row.split, row.shadow, row.guard)
+
+    async def rollout_history(
+        self, conn: AsyncConnection, game: str, name: str
+    ) -> list[tuple[datetime, Rollout]]:
+        """Every rollout of a model with the time it was made, oldest first."""
+        rows = (
+            await conn.execute(
+                select(
+                    model_rollouts.c.created_at,
+                    model_rollouts.c.split,
+                    model_rollouts.c.shadow,
+                    model_rollouts.c.guard,
+                )
+                .where(model_rollouts.c.game == game, model_rollouts.c.name == name)
+                .order_by(model_rollouts.c.id)
+            )
+        ).all()
+        return [(r.created_at, _rollout(r.split, r.shadow, r.guard)) for r in rows]
 
     async def set_rollout(
         self, conn: AsyncConnection, game: str, name: str, rollout: Rollout
@@ -401,6 +452,7 @@ class ModelRepository:
                 name=name,
                 split={str(v): p for v, p in sorted(rollout.split.items())},
                 shadow=rollout.shadow,
+                guard=rollout.guard.as_dict() if rollout.guard is not None else None,
             )
         )
         await self.notify(conn, game, name)
@@ -439,6 +491,7 @@ class ModelRepository:
         onnx: bytes,
         manifest: dict[str, Any],
         sha256: str,
+        training_stats: dict[str, Any] | None = None,
     ) -> int:
         """Store the next version of ``name`` and return its number.
 
@@ -460,9 +513,92 @@ class ModelRepository:
                 manifest=manifest,
                 sha256=sha256,
                 size_bytes=len(onnx),
+                training_stats=training_stats,
             )
         )
         return version
+
+    async def training_stats(
+        self, conn: AsyncConnection, game: str, name: str
+    ) -> dict[int, dict[str, Any]]:
+        """The training feature statistics of each version that has them."""
+        rows = (
+            await conn.execute(
+                select(models.c.version, models.c.training_stats).where(
+                    models.c.game == game,
+                    models.c.name == name,
+                    models.c.training_stats.is_not(None),
+                )
+            )
+        ).all()
+        return {r.version: r.training_stats for r in rows}
+
+    async def set_outcome(
+        self, conn: AsyncConnection, game: str, name: str, outcome: Outcome
+    ) -> None:
+        """Set (or replace) what counts as the model's outcome."""
+        values = {"event": outcome.event, "within_s": outcome.within_s, "value": outcome.value}
+        statement = pg_insert(model_outcomes).values(game=game, name=name, **values)
+        await conn.execute(
+            statement.on_conflict_do_update(
+                index_elements=["game", "name"], set_={**values, "updated_at": func.now()}
+            )
+        )
+
+    async def outcome(self, conn: AsyncConnection, game: str, name: str) -> Outcome | None:
+        """The model's outcome, if one was set."""
+        row = (
+            await conn.execute(
+                select(model_outcomes).where(
+                    model_outcomes.c.game == game, model_outcomes.c.name == name
+                )
+            )
+        ).first()
+        if row is None:
+            return None
+        kind, _, field = row.value.partition(":")
+        return Outcome(row.event, row.within_s, kind, field or None)
+
+    async def add_guard_event(
+        self, conn: AsyncConnection, game: str, name: str, event: GuardEvent
+    ) -> None:
+        """Record that a guard took a version out of a split."""
+        await conn.execute(
+            insert(model_guard_events).values(
+                game=game,
+                name=name,
+                version=event.version,
+                reason=event.reason,
+                requests=event.requests,
+                errors=event.errors,
+                p99_ms=event.p99_ms,
+                split_before={str(v): p for v, p in sorted(event.split_before.items())},
+                split_after={str(v): p for v, p in sorted(event.split_after.items())},
+            )
+        )
+
+    async def guard_events(self, conn: AsyncConnection, game: str, name: str) -> list[GuardEvent]:
+        """Every removal by a guard, oldest first."""
+        rows = (
+            await conn.execute(
+                select(model_guard_events)
+                .where(model_guard_events.c.game == game, model_guard_events.c.name == name)
+                .order_by(model_guard_events.c.id)
+            )
+        ).all()
+        return [
+            GuardEvent(
+                version=r.version,
+                reason=r.reason,
+                requests=r.requests,
+                errors=r.errors,
+                p99_ms=r.p99_ms,
+                split_before={int(v): int(p) for v, p in r.split_before.items()},
+                split_after={int(v): int(p) for v, p in r.split_after.items()},
+                at=r.created_at,
+            )
+            for r in rows
+        ]
 
     async def load(
         self, conn: AsyncConnection, game: str, name: str, version: int

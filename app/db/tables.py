@@ -7,6 +7,7 @@ from sqlalchemy import (
     CheckConstraint,
     Column,
     DateTime,
+    Float,
     Identity,
     Index,
     Integer,
@@ -90,6 +91,8 @@ models = Table(
     Column("sha256", Text, nullable=False),
     Column("size_bytes", BigInteger, nullable=False),
     Column("created_at", TZ, nullable=False, server_default=func.now()),
+    # Per feature, the training set's bins: what live features are compared with (drift).
+    Column("training_stats", JSONB(none_as_null=True)),
 )
 
 # The fingerprint of each feature the stored profiles were built with: when the features
@@ -112,6 +115,37 @@ model_rollouts = Table(
     Column("name", Text, nullable=False),
     Column("split", JSONB, nullable=False),
     Column("shadow", Integer),
+    Column("guard", JSONB(none_as_null=True)),
+    Column("created_at", TZ, nullable=False, server_default=func.now()),
+    Index(None, "game", "name", "id"),
+)
+
+# What counts as a model's outcome (experiment reports): one row per model.
+model_outcomes = Table(
+    "model_outcomes",
+    metadata,
+    Column("game", Text, primary_key=True),
+    Column("name", Text, primary_key=True),
+    Column("event", Text, nullable=False),
+    Column("within_s", Integer, nullable=False),
+    Column("value", Text, nullable=False),
+    Column("updated_at", TZ, nullable=False, server_default=func.now()),
+)
+
+# Versions a guard took out of a split, and why.
+model_guard_events = Table(
+    "model_guard_events",
+    metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("game", Text, nullable=False),
+    Column("name", Text, nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("requests", BigInteger, nullable=False),
+    Column("errors", BigInteger, nullable=False),
+    Column("p99_ms", Float, nullable=False),
+    Column("split_before", JSONB, nullable=False),
+    Column("split_after", JSONB, nullable=False),
     Column("created_at", TZ, nullable=False, server_default=func.now()),
     Index(None, "game", "name", "id"),
 )

@@ -5,6 +5,8 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass, field
 
+from .guard import Guard
+
 
 class RolloutError(ValueError):
     """A rollout that cannot be applied; the message says why."""
@@ -14,11 +16,13 @@ class RolloutError(ValueError):
 class Rollout:
     """Versions serving a model, as percentages of players, and an optional shadow.
 
-    The shadow runs on every prediction and is logged, but never answers.
+    The shadow runs on every prediction and is logged, but never answers. A guard, if
+    any, takes a serving version that breaks it out of the split (see ``app.domain.guard``).
     """
 
     split: dict[int, int]
     shadow: int | None = None
+    guard: Guard | None = None
     _ladder: tuple[tuple[int, int], ...] = field(default=(), compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -38,9 +42,32 @@ class Rollout:
         object.__setattr__(self, "_ladder", tuple(ladder))
 
     @classmethod
-    def only(cls, version: int, shadow: int | None = None) -> Rollout:
+    def only(cls, version: int, shadow: int | None = None, guard: Guard | None = None) -> Rollout:
         """Everything to one version."""
-        return cls({version: 100}, shadow)
+        return cls({version: 100}, shadow, guard)
+
+    @property
+    def serving(self) -> list[int]:
+        """The versions with a share of players, in order."""
+        return sorted(v for v, p in self.split.items() if p)
+
+    def without(self, version: int) -> Rollout:
+        """This rollout with ``version`` out of the split; its share goes to the others.
+
+        The others keep their proportions (largest remainders round to whole percents).
+        Raises RolloutError if no other version serves.
+        """
+        rest = {v: p for v, p in self.split.items() if v != version and p}
+        if not rest:
+            raise RolloutError(f"version {version} is the only one serving; it cannot leave")
+        total = sum(rest.values())
+        exact = {v: p * 100 / total for v, p in rest.items()}
+        shares = {v: int(x) for v, x in exact.items()}
+        by_remainder = sorted(rest, key=lambda v: (-(exact[v] - shares[v]), v))
+        for v in by_remainder[: 100 - sum(shares.values())]:
+            shares[v] += 1
+        shadow = None if self.shadow == version else self.shadow
+        return Rollout(shares, shadow, self.guard)
 
     @property
     def main(self) -> int:

@@ -9,6 +9,7 @@ NOTIFY, and every process forgets its copy of that rollout within moments.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import re
 import time
@@ -19,13 +20,16 @@ from typing import Any
 import msgspec
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.db.repositories import ModelRepository, ModelVersionInfo
+from app.db.repositories import GuardEvent, ModelRepository, ModelVersionInfo
+from app.domain.drift import DriftError, parse_stats
 from app.domain.features import FeatureSet
+from app.domain.guard import Breach, GuardWatch
+from app.domain.outcome import Outcome
 from app.domain.predictions import PredictionRecord
 from app.domain.rollout import Rollout, RolloutError
 from app.log import get_logger
 
-from .runtime import LoadedModel, Manifest, ModelRejected, parse_manifest
+from .runtime import LoadedModel, Manifest, ModelRejected, PredictionFailed, parse_manifest
 
 log = get_logger(__name__)
 
@@ -52,6 +56,8 @@ class ModelInfo:
     name: str
     versions: list[ModelVersionInfo]
     rollout: Rollout | None
+    outcome: Outcome | None = None
+    guard_events: list[GuardEvent] = dataclasses.field(default_factory=list)
 
 
 class ModelRegistry:
@@ -65,6 +71,7 @@ class ModelRegistry:
         max_bytes: int,
         repository: ModelRepository | None = None,
         log_prediction: Callable[[PredictionRecord], None] | None = None,
+        guard_watch: GuardWatch | None = None,
     ) -> None:
         self.engine = engine
         self.features = features
@@ -77,6 +84,8 @@ class ModelRegistry:
         # database is cached only if no change was announced while it was being read.
         self._changes: dict[tuple[str, str], int] = {}
         self._forgot_all = 0
+        self.guard_watch = guard_watch
+        self._removals: set[asyncio.Task[None]] = set()
 
     # -- changes ------------------------------------------------------------------------
 
@@ -88,6 +97,7 @@ class ModelRegistry:
         manifest_raw: bytes | str,
         *,
         activate: bool = True,
+        training_stats: bytes | str | dict[str, Any] | None = None,
     ) -> int:
         """Validate and store a new version of ``name``; return its number.
 
@@ -104,6 +114,13 @@ class ModelRegistry:
         if len(raw) > self.max_bytes:
             raise ModelRejected(f"model: {len(raw)} bytes, more than the {self.max_bytes} allowed")
         manifest = parse_manifest(manifest_raw)
+        stats = None
+        if training_stats is not None:
+            inputs = [f for names in manifest.inputs.values() for f in names]
+            try:
+                stats = msgspec.to_builtins(parse_stats(training_stats, inputs))
+            except DriftError as exc:
+                raise ModelRejected(str(exc)) from None
         loaded = await asyncio.to_thread(LoadedModel, raw, manifest, self.features)
         async with self.engine.begin() as conn:
             version = await self.repository.add(
@@ -113,11 +130,13 @@ class ModelRegistry:
                 onnx=raw,
                 manifest=msgspec.to_builtins(manifest),
                 sha256=hashlib.sha256(raw).hexdigest(),
+                training_stats=stats,
             )
             current = await self.repository.rollout(conn, game, name)
             if activate or current is None:
                 shadow = current.shadow if current is not None else None
-                rollout = Rollout.only(version, shadow if shadow != version else None)
+                guard = current.guard if current is not None else None
+                rollout = Rollout.only(version, shadow if shadow != version else None, guard)
                 await self.repository.set_rollout(conn, game, name, rollout)
             else:
                 await self.repository.notify(conn, game, name)
@@ -147,9 +166,57 @@ class ModelRegistry:
         """Serve ``version`` to every player (a shadow stays, unless it is that version)."""
         current = await self.rollout(game, name)
         shadow = current.shadow if current is not None else None
+        guard = current.guard if current is not None else None
         return await self.set_rollout(
-            game, name, Rollout.only(version, shadow if shadow != version else None)
+            game, name, Rollout.only(version, shadow if shadow != version else None, guard)
         )
+
+    async def set_outcome(self, game: str, name: str, outcome: Outcome) -> None:
+        """Set what counts as the model's outcome; raises UnknownModel."""
+        async with self.engine.begin() as conn:
+            if await self.repository.rollout(conn, game, name) is None:
+                raise UnknownModel(name)
+            await self.repository.set_outcome(conn, game, name, outcome)
+        log.info("model outcome", game=game, model=name, outcome=outcome.value, on=outcome.event)
+
+    async def remove_version(self, game: str, name: str, breach: Breach) -> Rollout | None:
+        """Take a version that broke its guard out of the split, and record why.
+
+        Nothing changes (None) if it no longer serves or is the only version serving.
+        """
+        async with self.engine.begin() as conn:
+            await self.repository.lock(conn, game, name)
+            current = await self.repository.rollout(conn, game, name)
+            if current is None or breach.version not in current.serving:
+                return None
+            try:
+                after = current.without(breach.version)
+            except RolloutError as exc:
+                log.warning(
+                    "guard breached", game=game, model=name, reason=breach.reason, kept=str(exc)
+                )
+                return None
+            await self.repository.set_rollout(conn, game, name, after)
+            event = GuardEvent(
+                version=breach.version,
+                reason=breach.reason,
+                requests=breach.requests,
+                errors=breach.errors,
+                p99_ms=breach.p99_ms,
+                split_before=dict(current.split),
+                split_after=dict(after.split),
+            )
+            await self.repository.add_guard_event(conn, game, name, event)
+        self.forget(f"{game}/{name}")
+        log.warning(
+            "guard removed a version",
+            game=game,
+            model=name,
+            version=breach.version,
+            reason=breach.reason,
+            split=after.split,
+        )
+        return after
 
     async def rollback(self, game: str, name: str) -> Rollout:
         """Return to the rollout before the current one; raises RolloutError if none."""
@@ -202,8 +269,17 @@ class ModelRegistry:
         async with self.engine.connect() as conn:
             versions = await self.repository.versions(conn, game, name)
             names = sorted({v.name for v in versions})
-            rollouts = {n: await self.repository.rollout(conn, game, n) for n in names}
-        return [ModelInfo(n, [v for v in versions if v.name == n], rollouts[n]) for n in names]
+            infos = [
+                ModelInfo(
+                    n,
+                    [v for v in versions if v.name == n],
+                    await self.repository.rollout(conn, game, n),
+                    await self.repository.outcome(conn, game, n),
+                    await self.repository.guard_events(conn, game, n),
+                )
+                for n in names
+            ]
+        return infos
 
     # -- predicting ---------------------------------------------------------------------
 
@@ -217,13 +293,43 @@ class ModelRegistry:
         version = rollout.choose(f"{game}/{name}", player_id)
         model = await self._load(game, name, version)
         started = time.perf_counter_ns()
-        outputs = model.run(values)
+        try:
+            outputs = model.run(values)
+        except PredictionFailed:
+            if rollout.guard is not None:
+                self._watch(game, name, rollout, version, False, started)
+            raise
+        if rollout.guard is not None:
+            self._watch(game, name, rollout, version, True, started)
         latency_us = (time.perf_counter_ns() - started) // 1000
         if self.log_prediction is not None:
             self._log(game, name, version, player_id, values, outputs, latency_us, False)
         if rollout.shadow is not None and rollout.shadow != version:
             await self._shadow(game, name, rollout.shadow, player_id, values)
         return Prediction(model=name, version=version, outputs=outputs)
+
+    def _watch(
+        self, game: str, name: str, rollout: Rollout, version: int, ok: bool, started_ns: int
+    ) -> None:
+        """Count a served prediction against the guard; a breach starts the removal."""
+        if self.guard_watch is None or rollout.guard is None:
+            return
+        now = time.perf_counter_ns()
+        breach = self.guard_watch.record(
+            f"{game}/{name}", version, rollout.guard, ok, (now - started_ns) / 1e6, now / 1e9
+        )
+        if breach is not None:
+            self.guard_watch.reset(f"{game}/{name}", version)
+            task = asyncio.create_task(self._remove(game, name, breach))
+            self._removals.add(task)
+            task.add_done_callback(self._removals.discard)
+
+    async def _remove(self, game: str, name: str, breach: Breach) -> None:
+        # Off the request path; a failure is logged, and the next breached window retries.
+        try:
+            await self.remove_version(game, name, breach)
+        except Exception:
+            log.exception("guard removal failed", game=game, model=name, version=breach.version)
 
     async def _shadow(
         self, game: str, name: str, version: int, player_id: str | None, values: Mapping[str, Any]

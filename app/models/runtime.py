@@ -21,6 +21,7 @@ import onnxruntime as ort
 from onnx import external_data_helper
 
 from app.domain.features import FeatureSet
+from app.domain.predictions import ProbabilitySpec, positive_probability
 
 
 class ModelRejected(ValueError):
@@ -36,6 +37,8 @@ class Manifest(msgspec.Struct, forbid_unknown_fields=True):
 
     inputs: dict[str, list[str]]
     defaults: dict[str, float | int | bool | str] = msgspec.field(default_factory=dict)
+    probability: ProbabilitySpec | None = None
+    """Classifiers: where the positive class's probability is (for calibration reports)."""
 
 
 _DTYPES: dict[str, Any] = {
@@ -129,9 +132,11 @@ class LoadedModel:
         self.bindings = _bind(self.session, manifest, features)
         self.output_names = [o.name for o in self.session.get_outputs()]
         try:
-            self.run({name: features[name].empty_value for name in features.names})
+            outputs = self.run({name: features[name].empty_value for name in features.names})
         except PredictionFailed as exc:
             raise ModelRejected(f"model failed a test run on default features: {exc}") from None
+        if manifest.probability is not None:
+            _check_probability(manifest.probability, outputs)
 
     def run(self, values: Mapping[str, Any]) -> dict[str, Any]:
         """Outputs for one player, as plain JSON values, by output name."""
@@ -166,6 +171,19 @@ class LoadedModel:
                 raise PredictionFailed(f"feature {name!r} has no value and no default")
             value = math.nan
         return value
+
+
+def _check_probability(spec: ProbabilitySpec, outputs: dict[str, Any]) -> None:
+    if spec.output not in outputs:
+        raise ModelRejected(
+            f"manifest.probability.output: {spec.output!r} is not an output of the model; "
+            f"its outputs are {sorted(outputs)}"
+        )
+    if positive_probability(outputs, spec) is None:
+        raise ModelRejected(
+            f"manifest.probability: output {spec.output!r} holds {outputs[spec.output]!r} on "
+            f"a test run, with no number for class {spec.class_!r}"
+        )
 
 
 def _bind(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -417,3 +418,33 @@ def test_to_json_turns_non_finite_numpy_scalars_into_null(value: Any) -> None:
 )
 def test_to_json_handles_a_one_row_string_tensor(value: Any) -> None:
     assert to_json(value) in ("stay", "x")
+
+
+def test_a_manifest_may_name_the_positive_class_probability(tree_classifier: bytes) -> None:
+    manifest = parse_manifest(
+        '{"inputs": {"float_input": ["spend_total", "purchases_7d", "sessions_7d"]},'
+        ' "probability": {"output": "output_probability", "class": "1"}}'
+    )
+    assert manifest.probability is not None
+    assert manifest.probability.class_ == "1"
+    LoadedModel(tree_classifier, manifest, FEATURES)
+
+
+@pytest.mark.parametrize(
+    ("probability", "reason"),
+    [
+        ('{"output": "nope"}', "manifest.probability.output: 'nope' is not an output"),
+        ('{"output": "output_probability", "class": "7"}', "no number for class '7'"),
+        ('{"output": "output_label"}', "no number for class None"),
+        ('{"output": "output_probability", "klass": "1"}', "manifest: Object contains unknown"),
+    ],
+)
+def test_a_probability_the_outputs_do_not_hold_is_refused(
+    tree_classifier: bytes, probability: str, reason: str
+) -> None:
+    raw = (
+        '{"inputs": {"float_input": ["spend_total", "purchases_7d", "sessions_7d"]},'
+        f' "probability": {probability}}}'
+    )
+    with pytest.raises(ModelRejected, match=re.escape(reason)):
+        LoadedModel(tree_classifier, parse_manifest(raw), FEATURES)

@@ -1,6 +1,6 @@
 """Fold progress per partition of the events topic, for read-your-writes.
 
-Revision ID: 0005r
+Revision ID: 0005
 Revises: 0004
 Create Date: 2026-11-27
 """
@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0005r"
+revision: str = "0005"
 down_revision: str | None = "0004"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
