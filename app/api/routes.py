@@ -24,6 +24,7 @@ from .auth import requires
 from .errors import ApiError
 from .ingest_routes import ingest_routes
 from .model_routes import model_routes
+from .privacy_routes import privacy_routes
 
 # -- response bodies -------------------------------------------------------------------
 
@@ -155,4 +156,5 @@ def build_routes(settings: Settings) -> list[HTTPRouteHandler]:
             summary="Events the fold could not apply",
         )(list_failed_events),
         *model_routes(settings),
+        *privacy_routes(),
     ]
