@@ -15,6 +15,7 @@ from app.domain.events import EventRecord
 from app.domain.predictions import PredictionRecord
 from app.domain.privacy import TombstoneSet, player_key
 from app.streams.lake import write_events, write_predictions
+from tests.support import parquet_holds
 
 pytestmark = pytest.mark.unit
 
@@ -31,20 +32,7 @@ def _events(game: str, player: str, count: int, day: int) -> list[EventRecord]:
 
 
 def holds(path: Path, needle: str) -> bool:
-    """The raw bytes, every value read back, and every column statistic."""
-    if needle.encode() in path.read_bytes():
-        return True
-    table = pq.read_table(path)
-    for column in table.columns:
-        if any(needle in str(value) for value in column.to_pylist() if value is not None):
-            return True
-    meta = pq.ParquetFile(path).metadata
-    for group in range(meta.num_row_groups):
-        for index in range(meta.num_columns):
-            stats = meta.row_group(group).column(index).statistics
-            if stats is not None and stats.has_min_max and needle in f"{stats.min}{stats.max}":
-                return True
-    return False
+    return bool(parquet_holds(path, needle))
 
 
 def test_erase_rewrites_hot_cold_and_prediction_files(tmp_path: Path) -> None:
