@@ -236,13 +236,60 @@ def test_erasure_reaches_every_store_and_outlasts_replay_and_compaction(tmp_path
     again.start()
     try:
         with again.client(ingest) as client:
-            resend = {"events": [event("now1", victim, now), event("after-x", victim, now)]}
-            assert client.post("/v1/events", json=resend).json()["accepted"] == 2
+            marker = event("marker-2", other, now)
+            resend = [event("now1", victim, now), event("after-x", victim, now), marker]
+            assert client.post("/v1/events", json={"events": resend}).json()["accepted"] == 3
+        other_sent.append(marker)
         with again.client(read) as client:
             wait_for(lambda: dropped_total(client) >= 2)
             assert client.get(f"/v1/players/{victim}").status_code == 404
             assert client.get(f"/v1/players/{other}").json()["events_applied"] == len(other_sent)
+        wait_for(lambda: lake_count(again, game, other) == len(other_sent), timeout=60, interval=1)
+        assert lake_holds([lake, cold], victim) == {}
         assert database_holds(database_url(again), victim) == []
+        command_line(again, game, victim, other, erasure, other_sent)
+        retention(again, game, other, old, len(other_sent))
+
+        # Only an explicit call lets the id count again.
+        with again.client(admin) as client:
+            reuse = client.post(f"/v1/admin/players/{victim}/reuse")
+            assert reuse.json() == {"player_id": victim, "erasures_lifted": 1}
+            assert client.post(f"/v1/admin/players/{victim}/reuse").status_code == 404
+        with again.client(ingest) as client:
+            reborn = {"events": [event("reborn", victim, datetime.now(UTC))]}
+            assert client.post("/v1/events", json=reborn).json()["accepted"] == 1
+        with again.client(read) as client:
+            wait_for(lambda: client.get(f"/v1/players/{victim}").json().get("events_applied") == 1)
     finally:
         assert again.stop() == 0, again.log()
-    assert lake_holds([lake, cold], victim) == {}
+
+
+def command_line(
+    server: ServeProcess,
+    game: str,
+    victim: str,
+    other: str,
+    erasure: str,
+    sent: list[dict[str, Any]],
+) -> None:
+    """`players erase` returns the erasure in force; `players export` the same document."""
+    receipt = json.loads(server.cli("players", "erase", "--game", game, victim).stdout)
+    assert (receipt["erasure_id"], receipt["status"]) == (erasure, "done")
+    document = json.loads(server.cli("players", "export", "--game", game, other).stdout)
+    assert sorted((e["event_id"], e["props"]) for e in document["events"]) == sorted(
+        (e["event_id"], e["props"]) for e in sent
+    )
+    assert document["profile"]["events_applied"] == len(sent)
+
+
+def retention(server: ServeProcess, game: str, other: str, old: datetime, held: int) -> None:
+    """`lake retention` reports the old partition, leaves it on a dry run, then drops it."""
+    args = ("lake", "retention", "--days", "30", "--format", "json")
+    planned = json.loads(server.cli(*args, "--dry-run").stdout)
+    mine = [p for p in planned["partitions"] if p["game"] == game]
+    assert [(p["kind"], p["date"]) for p in mine] == [("events", old.date().isoformat())]
+    assert lake_count(server, game, other) == held
+    done = json.loads(server.cli(*args).stdout)
+    assert done["dry_run"] is False
+    assert [p for p in done["partitions"] if p["game"] == game] == mine
+    assert lake_count(server, game, other) == held - 10
