@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from app.domain.privacy import player_key
 
 TOMBSTONE_LOCK = "playerpulse:tombstones"
+"""Also named in ``playerpulse_tombstone_revision()`` (migration 0005p)."""
 ERASER_LOCK = "playerpulse:eraser"
 ERASURE_CHANNEL = "playerpulse_erasures"
 """NOTIFY channel: the payload is the id of an erasure just recorded."""
@@ -56,10 +57,9 @@ class ErasureRepository:
 
     async def hold_shared(self, conn: AsyncConnection) -> int:
         """Take the tombstone lock shared (until commit); return the ledger's revision."""
-        await conn.execute(
-            text("SELECT pg_advisory_xact_lock_shared(hashtext(:k))"), {"k": TOMBSTONE_LOCK}
-        )
-        revision = await conn.scalar(text("SELECT coalesce(max(revision), 0) FROM player_erasures"))
+        # One round trip: a function of the migration takes the lock, then reads the
+        # revision with a fresh snapshot (so it sees an erasure that held the lock).
+        revision = await conn.scalar(text("SELECT playerpulse_tombstone_revision()"))
         return int(revision or 0)
 
     async def active_keys(self, conn: AsyncConnection) -> dict[str, set[str]]:

@@ -3,6 +3,7 @@ events once the erasure is recorded, the eraser empties every store, reuse is ex
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from pathlib import Path
@@ -12,6 +13,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.analytics.location import LakeLocation, connect_lake
+from app.db.privacy import ErasureRepository
 from app.db.reads import FastReads
 from app.domain.events import EventRecord, encode_record
 from app.domain.features import FeatureSet
@@ -82,3 +84,38 @@ async def test_erasure_in_force_at_once_then_carried_out(
         await privacy.allow_reuse(game, victim)
     await folder.fold_batch([encode_record(r) for r in records(game, victim, "new", 2)])
     assert (await privacy.profiles.get(game, victim)).events_applied == 2  # type: ignore[union-attr]
+
+
+async def test_recording_an_erasure_waits_for_writes_that_read_the_ledger(
+    engine: AsyncEngine, tmp_path: Path
+) -> None:
+    repository = ErasureRepository()
+    privacy = PrivacyService(engine, LakeLocation(str(tmp_path)))
+    game = f"g-{uuid.uuid4().hex[:8]}"
+
+    async def waiting_on_lock() -> int:
+        async with engine.connect() as conn:
+            return int(
+                await conn.scalar(
+                    text(
+                        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+                    )
+                )
+                or 0
+            )
+
+    async with engine.connect() as writer:
+        await writer.begin()
+        before = await repository.hold_shared(writer)  # a fold transaction, in flight
+        erase = asyncio.create_task(privacy.erase(game, "p1"))
+        deadline = time.monotonic() + 30
+        while not await waiting_on_lock():
+            assert time.monotonic() < deadline, "the erasure never waited for the lock"
+            await asyncio.sleep(0.05)
+        assert not erase.done()
+        await writer.commit()  # the write that did not see the erasure is finished first
+        erasure = await asyncio.wait_for(erase, 30)
+    async with engine.begin() as later:
+        assert await repository.hold_shared(later) > before
+        keys = await repository.active_keys(later)
+    assert erasure.player_key in keys[game]

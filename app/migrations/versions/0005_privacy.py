@@ -50,8 +50,23 @@ def upgrade() -> None:
         ["requested_at"],
         postgresql_where=sa.text("status = 'pending'"),
     )
+    # One round trip for the fold: take the tombstone lock shared, then read the revision.
+    # A VOLATILE function takes a fresh snapshot per statement, so the revision read is
+    # the one after any erasure that held the lock exclusively has committed.
+    op.execute(
+        """
+        CREATE FUNCTION playerpulse_tombstone_revision() RETURNS bigint
+        LANGUAGE plpgsql VOLATILE AS $$
+        BEGIN
+            PERFORM pg_advisory_xact_lock_shared(hashtext('playerpulse:tombstones'));
+            RETURN (SELECT coalesce(max(revision), 0) FROM player_erasures);
+        END
+        $$
+        """
+    )
 
 
 def downgrade() -> None:
+    op.execute("DROP FUNCTION playerpulse_tombstone_revision()")
     op.drop_table("player_erasures")
     op.execute("DROP SEQUENCE player_erasures_revision")
