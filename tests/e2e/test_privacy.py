@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -108,72 +109,98 @@ def lake_count(server: ServeProcess, game: str, player: str) -> int:
     return int(json.loads(out)[0]["n"])
 
 
-def test_erasure_reaches_every_store_and_outlasts_replay_and_compaction(tmp_path: Path) -> None:
-    cold = tmp_path / "cold"
-    env = {
-        "PLAYERPULSE_WORKERS": "2",
-        "PLAYERPULSE_LAKE_FLUSH_S": "3",  # events wait in the archive buffers meanwhile
-        "PLAYERPULSE_LAKE_COMPACT_INTERVAL_S": "0",
-        "PLAYERPULSE_LAKE_COLD_URL": str(cold),
-    }
-    server = ServeProcess(tmp_path, env).start()
-    lake = Path(server.env["PLAYERPULSE_DATA_DIR"]) / "lake"
-    game = unique("game")
-    victim, other = unique("victim"), unique("other")
-    ingest, read, admin = (server.key(game, role) for role in ("ingest", "read", "admin"))
-    stranger = server.key(unique("game"), "admin")
-    old, now = datetime.now(UTC) - timedelta(days=40), datetime.now(UTC)
+@dataclass
+class Scene:
+    """One game on a running server: keys, the player to erase, and another one."""
+
+    server: ServeProcess
+    cold: Path
+    game: str = field(default_factory=lambda: unique("game"))
+    victim: str = field(default_factory=lambda: unique("victim"))
+    other: str = field(default_factory=lambda: unique("other"))
+    old: datetime = field(default_factory=lambda: datetime.now(UTC) - timedelta(days=40))
+    now: datetime = field(default_factory=lambda: datetime.now(UTC))
+    other_sent: list[dict[str, Any]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        roles = ("ingest", "read", "admin")
+        self.ingest, self.read, self.admin = (self.server.key(self.game, r) for r in roles)
+
+    @property
+    def lake(self) -> Path:
+        return Path(self.server.env["PLAYERPULSE_DATA_DIR"]) / "lake"
+
+    def send(self, events: list[dict[str, Any]]) -> None:
+        with self.server.client(self.ingest) as client:
+            reply = client.post("/v1/events", json={"events": events})
+        assert reply.json()["accepted"] == len(events), reply.text
+        self.other_sent += [e for e in events if e["player_id"] == self.other]
+
+    def holds_nothing(self) -> None:
+        assert database_holds(database_url(self.server), self.victim) == []
+        assert lake_holds([self.lake, self.cold], self.victim) == {}
+
+
+def seed(scene: Scene) -> None:
+    """Both players' history, hot and cold; a poison event; a logged prediction."""
+    server, victim = scene.server, scene.victim
     history = [
         event(f"{label}{i}", p, t)
-        for p in (victim, other)
-        for label, t in (("old", old), ("now", now))
+        for p in (victim, scene.other)
+        for label, t in (("old", scene.old), ("now", scene.now))
         for i in range(10)
     ]
-    history.append(event("poison", victim, now, amount="not a number"))
-    with server.client(ingest) as client:
-        assert client.post("/v1/events", json={"events": history}).json()["accepted"] == 41
-    with server.client(read) as client:
+    scene.send([*history, event("poison", victim, scene.now, amount="not a number")])
+    with server.client(scene.read) as client:
         wait_for(lambda: client.get(f"/v1/players/{victim}").json().get("events_applied") == 20)
-    wait_for(lambda: lake_count(server, game, victim) == 21, timeout=60, interval=1)
+    wait_for(lambda: lake_count(server, scene.game, victim) == 21, timeout=60, interval=1)
     server.cli("lake", "compact")  # the old day moves to the cold root
-    assert lake_holds([cold], victim)
-
-    with server.client(admin) as client:
-        name = "spend"
+    assert lake_holds([scene.cold], victim)
+    with server.client(scene.admin) as client:
         reply = client.post(
-            f"/v1/admin/models/{name}",
+            "/v1/admin/models/spend",
             files={"model": ("m.onnx", m.sklearn_regressor()), "manifest": (None, m.MANIFEST)},
         )
         assert reply.status_code == 201, reply.text
-    with server.client(read) as client:
-        assert client.get(f"/v1/players/{victim}/predictions/{name}").status_code == 200
-    wait_for(lambda: lake_holds([lake / "predictions"], victim), timeout=60, interval=0.5)
+    with server.client(scene.read) as client:
+        assert client.get(f"/v1/players/{victim}/predictions/spend").status_code == 200
+    wait_for(lambda: lake_holds([scene.lake / "predictions"], victim), timeout=60, interval=0.5)
 
-    # Erase while the player's events keep arriving (some in the broker, some buffered).
-    with server.client(ingest) as sending, server.client(admin) as client:
-        sender = Sender(sending, victim, other)
+
+def erase_while_sending(scene: Scene) -> str:
+    """Erase while the player's events keep arriving (some in the broker, some buffered)."""
+    server, victim = scene.server, scene.victim
+    with server.client(scene.ingest) as sending, server.client(scene.admin) as client:
+        sender = Sender(sending, victim, scene.other)
         sender.start()
         wait_for(lambda: sender.batches >= 5)
         started = client.delete(f"/v1/admin/players/{victim}")
         assert started.status_code == 202, started.text
         body = started.json()
         assert body == {"erasure_id": body["erasure_id"], "player_id": victim, "status": "pending"}
-        again = client.delete(f"/v1/admin/players/{victim}").json()
-        assert again["erasure_id"] == body["erasure_id"]
+        assert client.delete(f"/v1/admin/players/{victim}").json() == body
         wait_for(lambda: sender.batches >= 25)
         sender.stop.set()
         sender.join(30)
-        erasure = body["erasure_id"]
+    scene.other_sent += sender.other_events
+    return str(body["erasure_id"])
 
-        with server.client(read) as reader:
-            assert reader.delete(f"/v1/admin/players/{victim}").status_code == 403
-        with server.client(stranger) as outsider:
-            assert outsider.get(f"/v1/admin/erasures/{erasure}").status_code == 404
+
+def refusals(scene: Scene, erasure: str) -> None:
+    """A read key cannot erase; another game sees no erasure; an unknown id is named."""
+    with scene.server.client(scene.read) as reader:
+        assert reader.delete(f"/v1/admin/players/{scene.victim}").status_code == 403
+    with scene.server.client(scene.server.key(unique("game"), "admin")) as outsider:
+        assert outsider.get(f"/v1/admin/erasures/{erasure}").status_code == 404
+    with scene.server.client(scene.admin) as client:
         unknown = client.get("/v1/admin/erasures/nope")
-        assert unknown.status_code == 404
-        assert "nope" in unknown.json()["error"]
+    assert unknown.status_code == 404
+    assert "nope" in unknown.json()["error"]
 
-        receipt = wait_for(
+
+def receipt_when_done(scene: Scene, erasure: str) -> dict[str, Any]:
+    with scene.server.client(scene.admin) as client:
+        receipt: dict[str, Any] = wait_for(
             lambda: (
                 (r := client.get(f"/v1/admin/erasures/{erasure}").json())["status"] == "done" and r
             ),
@@ -184,84 +211,103 @@ def test_erasure_reaches_every_store_and_outlasts_replay_and_compaction(tmp_path
     assert all(store["status"] == "done" for store in receipt["stores"].values())
     assert receipt["player_id"] is None  # the ledger no longer holds the id
     assert receipt["completed_at"] >= receipt["requested_at"]
-    assert receipt["stores"]["lake_cold"]["rows_removed"] == 10
-    assert receipt["stores"]["predictions"]["rows_removed"] >= 1
-    assert receipt["stores"]["failed_events"]["rows_removed"] == 1
-    assert receipt["stores"]["profiles"]["rows_removed"] == 1
+    stores = receipt["stores"]
+    assert stores["lake_cold"]["rows_removed"] == 10
+    assert stores["predictions"]["rows_removed"] >= 1
+    assert stores["failed_events"]["rows_removed"] == 1
+    assert stores["profiles"]["rows_removed"] == 1
+    return receipt
 
-    with server.client(read) as client:
-        assert client.get(f"/v1/players/{victim}").status_code == 404
+
+def later_events_dropped(scene: Scene, marker_id: str, resent: list[dict[str, Any]]) -> None:
+    """Events for the erased player are dropped and counted; the other player's fold on."""
+    server = scene.server
+    with server.client(scene.read) as client:
+        assert client.get(f"/v1/players/{scene.victim}").status_code == 404
         before = dropped_total(client)
-    # Later events (a resend of old ones, new ones) are dropped and counted.
-    with server.client(ingest) as client:
-        late = [event(f"now{i}", victim, now) for i in range(5)] + [
-            event(f"after-{i}", victim, datetime.now(UTC)) for i in range(5)
-        ]
-        marker = event("marker", other, datetime.now(UTC))
-        assert client.post("/v1/events", json={"events": [*late, marker]}).json()["accepted"] == 11
-    other_sent = [e for e in history if e["player_id"] == other] + sender.other_events + [marker]
-    with server.client(read) as client:
+    scene.send([*resent, event(marker_id, scene.other, datetime.now(UTC))])
+    with server.client(scene.read) as client:
+        expected = len(scene.other_sent)
         wait_for(
             lambda: (
-                client.get(f"/v1/players/{other}").json().get("events_applied") == len(other_sent)
+                client.get(f"/v1/players/{scene.other}").json().get("events_applied") == expected
             )
         )
-        wait_for(lambda: dropped_total(client) >= before + 10)
-        assert client.get(f"/v1/players/{victim}").status_code == 404
-    wait_for(lambda: lake_count(server, game, other) == len(other_sent), timeout=60, interval=1)
+        wait_for(lambda: dropped_total(client) >= before + len(resent))
+        assert client.get(f"/v1/players/{scene.victim}").status_code == 404
+    wait_for(
+        lambda: lake_count(server, scene.game, scene.other) == expected, timeout=60, interval=1
+    )
 
-    # The export holds exactly what the service holds.
-    with server.client(admin) as client:
-        exported = client.get(f"/v1/admin/players/{other}/export").json()
-        nothing = client.get(f"/v1/admin/players/{victim}/export").json()
-    assert exported["player_id"] == other
-    assert exported["profile"]["events_applied"] == len(other_sent)
+
+def export_matches(scene: Scene) -> None:
+    """The export holds exactly what the service holds: every event sent, the profile."""
+    with scene.server.client(scene.admin) as client:
+        exported = client.get(f"/v1/admin/players/{scene.other}/export").json()
+        nothing = client.get(f"/v1/admin/players/{scene.victim}/export").json()
+    assert exported["player_id"] == scene.other
+    assert exported["profile"]["events_applied"] == len(scene.other_sent)
     assert sorted((e["event_id"], e["props"]) for e in exported["events"]) == sorted(
-        (e["event_id"], e["props"]) for e in other_sent
+        (e["event_id"], e["props"]) for e in scene.other_sent
     )
     assert exported["failed_events"] == []
     assert (nothing["profile"], nothing["events"], nothing["predictions"]) == (None, [], [])
     assert nothing["failed_events"] == []
 
-    assert database_holds(database_url(server), victim) == []
-    assert lake_holds([lake, cold], victim) == {}
-    assert server.stop() == 0
 
-    # Neither a replay nor a compaction brings anything back.
-    server.cli("replay")
-    server.cli("lake", "compact", "--cold-after-days", "0")
-    assert lake_holds([lake, cold], victim) == {}
-    again = ServeProcess(tmp_path, env)
-    again.env = {**server.env}
-    again.start()
+def test_erasure_reaches_every_store_and_outlasts_replay_and_compaction(tmp_path: Path) -> None:
+    cold = tmp_path / "cold"
+    env = {
+        "PLAYERPULSE_WORKERS": "2",
+        "PLAYERPULSE_LAKE_FLUSH_S": "3",  # events wait in the archive buffers meanwhile
+        "PLAYERPULSE_LAKE_COMPACT_INTERVAL_S": "0",
+        "PLAYERPULSE_LAKE_COLD_URL": str(cold),
+    }
+    scene = Scene(ServeProcess(tmp_path, env).start(), cold)
+    seed(scene)
+    erasure = erase_while_sending(scene)
+    refusals(scene, erasure)
+    receipt_when_done(scene, erasure)
+    victim, now = scene.victim, scene.now
+    resent = [event(f"now{i}", victim, now) for i in range(5)]
+    later_events_dropped(
+        scene, "marker", resent + [event(f"after-{i}", victim, now) for i in range(5)]
+    )
+    export_matches(scene)
+    scene.holds_nothing()
+    first = scene.server
+    assert first.stop() == 0
+
+    # Neither a replay nor a compaction brings anything back, nor does a restart.
+    first.cli("replay")
+    first.cli("lake", "compact", "--cold-after-days", "0")
+    assert lake_holds([scene.lake, cold], victim) == {}
+    scene.server = ServeProcess(tmp_path, env)
+    scene.server.env = {**first.env}
+    scene.server.start()
     try:
-        with again.client(ingest) as client:
-            marker = event("marker-2", other, now)
-            resend = [event("now1", victim, now), event("after-x", victim, now), marker]
-            assert client.post("/v1/events", json={"events": resend}).json()["accepted"] == 3
-        other_sent.append(marker)
-        with again.client(read) as client:
-            wait_for(lambda: dropped_total(client) >= 2)
-            assert client.get(f"/v1/players/{victim}").status_code == 404
-            assert client.get(f"/v1/players/{other}").json()["events_applied"] == len(other_sent)
-        wait_for(lambda: lake_count(again, game, other) == len(other_sent), timeout=60, interval=1)
-        assert lake_holds([lake, cold], victim) == {}
-        assert database_holds(database_url(again), victim) == []
-        command_line(again, game, victim, other, erasure, other_sent)
-        retention(again, game, other, old, len(other_sent))
-
-        # Only an explicit call lets the id count again.
-        with again.client(admin) as client:
-            reuse = client.post(f"/v1/admin/players/{victim}/reuse")
-            assert reuse.json() == {"player_id": victim, "erasures_lifted": 1}
-            assert client.post(f"/v1/admin/players/{victim}/reuse").status_code == 404
-        with again.client(ingest) as client:
-            reborn = {"events": [event("reborn", victim, datetime.now(UTC))]}
-            assert client.post("/v1/events", json=reborn).json()["accepted"] == 1
-        with again.client(read) as client:
-            wait_for(lambda: client.get(f"/v1/players/{victim}").json().get("events_applied") == 1)
+        later_events_dropped(
+            scene, "marker-2", [event("now1", victim, now), event("x", victim, now)]
+        )
+        scene.holds_nothing()
+        command_line(scene.server, scene.game, victim, scene.other, erasure, scene.other_sent)
+        retention(scene.server, scene.game, scene.other, scene.old, len(scene.other_sent))
+        reuse(scene)
     finally:
-        assert again.stop() == 0, again.log()
+        assert scene.server.stop() == 0, scene.server.log()
+
+
+def reuse(scene: Scene) -> None:
+    """Only an explicit call lets the id count again."""
+    with scene.server.client(scene.admin) as client:
+        lifted = client.post(f"/v1/admin/players/{scene.victim}/reuse")
+        assert lifted.json() == {"player_id": scene.victim, "erasures_lifted": 1}
+        assert client.post(f"/v1/admin/players/{scene.victim}/reuse").status_code == 404
+    scene.send([event("reborn", scene.victim, datetime.now(UTC))])
+    with scene.server.client(scene.read) as client:
+        wait_for(
+            lambda: client.get(f"/v1/players/{scene.victim}").json().get("events_applied") == 1
+        )
 
 
 def command_line(
