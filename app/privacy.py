@@ -98,6 +98,10 @@ _BROKER_DETAIL = (
     "records still in the topics are dropped when consumed; they stay in the broker's "
     "log files until its retention deletes them"
 )
+_BUFFERS_DETAIL = (
+    "buffered records are dropped when their file is written; every record buffered when "
+    "the erasure started has been written or dropped"
+)
 _TRAINING_DETAIL = "training sets are built from the lake, which no longer holds the player"
 
 
@@ -160,7 +164,7 @@ class Eraser:
             passed = await asyncio.to_thread(self.broker.passed, ends)
         status = "done" if passed else "pending"
         stores["broker"] = _store(status, None, _BROKER_DETAIL)
-        stores["archive_buffers"] = _store(status, None, _BROKER_DETAIL.split(";")[0])
+        stores["archive_buffers"] = _store(status, None, _BUFFERS_DETAIL)
         stores["training_sets"] = _store("done", 0, _TRAINING_DETAIL)
         if not passed:
             async with self.engine.begin() as conn:
