@@ -211,6 +211,8 @@ def receipt_when_done(scene: Scene, erasure: str) -> dict[str, Any]:
     assert all(store["status"] == "done" for store in receipt["stores"].values())
     assert receipt["player_id"] is None  # the ledger no longer holds the id
     assert receipt["completed_at"] >= receipt["requested_at"]
+    with scene.server.client(scene.read) as client:
+        assert dropped_total(client) > 0  # sent during the erasure: dropped, not folded
     stores = receipt["stores"]
     assert stores["lake_cold"]["rows_removed"] == 10
     assert stores["predictions"]["rows_removed"] >= 1
