@@ -6,6 +6,7 @@ HTTP handlers, stream agents, the CLI and tests all get their services from here
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
@@ -15,8 +16,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.analytics.compaction import compaction_tick
 from app.analytics.location import LakeLocation
+from app.analytics.privacy import apply_retention
 from app.db.engine import create_engine
 from app.db.notify import ChangeListener
+from app.db.privacy import ERASURE_CHANNEL
 from app.db.reads import FastReads
 from app.db.repositories import MODEL_CHANNEL
 from app.domain.events import EventRecord
@@ -28,6 +31,7 @@ from app.ingest import Ingestor
 from app.keys import KeyService
 from app.log import get_logger
 from app.models.registry import ModelRegistry
+from app.privacy import BrokerView, Eraser, PrivacyService
 from app.profiles import FailedEventService, ProfileService, ReadYourWrites
 from app.replay import hold_serving_lock, sync_features
 from app.settings import Settings
@@ -37,6 +41,7 @@ from app.streams.lag import LagProbe
 from app.streams.lake import LakeArchiver, write_events, write_predictions
 from app.streams.prediction_log import PredictionLog
 from app.streams.producer import EventProducer, ensure_topic
+from app.streams.tombstones import TombstoneWatch
 
 log = get_logger(__name__)
 
@@ -64,7 +69,11 @@ class Services:
     stream_app: faust.App
     lag: LagProbe
     read_your_writes: ReadYourWrites
+    privacy: PrivacyService
+    eraser: Eraser
+    erasure_notices: ChangeListener
     _release_serving_lock: Callable[[], Awaitable[None]] | None = None
+    _eraser_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Get ready to serve, before the stream app starts.
@@ -83,6 +92,8 @@ class Services:
         self._release_serving_lock = await hold_serving_lock(self.engine)
         await self.model_changes.start()
         self.prediction_log.start()
+        await self.erasure_notices.start()
+        self._eraser_task = asyncio.create_task(self.eraser.run_forever(), name="eraser")
 
     async def flush(self) -> None:
         """At stop: write out (and so acknowledge) what the archive buffers hold.
@@ -100,6 +111,11 @@ class Services:
         if self._release_serving_lock is not None:
             await self._release_serving_lock()
         await self.model_changes.stop()
+        if self._eraser_task is not None:
+            self._eraser_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._eraser_task
+        await self.erasure_notices.stop()
         await self.reads.close()
         await asyncio.to_thread(self.lag.close)
         await self.producer.close()
@@ -127,18 +143,31 @@ async def open_services(settings: Settings) -> Services:
             ensure_topic, brokers, topic, settings.topic_partitions, settings.topic_replication
         )
     producer = EventProducer(brokers, timeout_s=settings.produce_timeout_s)
-    folder = ProfileFolder(engine, features, topic=settings.events_topic)
+    tombstones = TombstoneWatch(engine)
+    folder = ProfileFolder(engine, features, topic=settings.events_topic, tombstones=tombstones)
     archiver = LakeArchiver(
         settings.lake_dir,
         flush_s=settings.lake_flush_s,
         flush_events=settings.lake_flush_events,
         writer=write_events,
+        tombstones=tombstones,
     )
     prediction_archiver = LakeArchiver(
         settings.lake_dir,
         flush_s=settings.lake_flush_s,
         flush_events=settings.lake_flush_events,
         writer=write_predictions,
+        tombstones=tombstones,
+    )
+    location = LakeLocation.of(settings)
+    eraser = Eraser(
+        engine,
+        location,
+        BrokerView(
+            brokers,
+            settings.consumer_group,
+            (settings.events_topic, settings.predictions_topic),
+        ),
     )
     prediction_log = PredictionLog(producer, settings.predictions_topic)
     registry = ModelRegistry(
@@ -166,13 +195,19 @@ async def open_services(settings: Settings) -> Services:
         async def compact_lake() -> None:
             # One copy (the group leader) compacts; it never raises (errors are logged).
             await compaction_tick(settings)
+            if settings.lake_retention_days is not None:
+                try:
+                    await asyncio.to_thread(apply_retention, location, settings.lake_retention_days)
+                except Exception:
+                    log.exception("lake retention failed; will try again")
 
+    profiles = ProfileService(reads, features)
     return Services(
         settings=settings,
         features=features,
         engine=engine,
         keys=KeyService(engine, cache_s=settings.key_cache_s, reads=reads),
-        profiles=ProfileService(reads, features),
+        profiles=profiles,
         failed_events=FailedEventService(engine),
         registry=registry,
         experiments=ExperimentService(engine, LakeLocation.of(settings)),
@@ -194,4 +229,7 @@ async def open_services(settings: Settings) -> Services:
         read_your_writes=ReadYourWrites(
             reads, partial(producer.partition_count, settings.events_topic), settings.events_topic
         ),
+        privacy=PrivacyService(engine, location, profiles),
+        eraser=eraser,
+        erasure_notices=ChangeListener(settings.database_url or "", ERASURE_CHANNEL, eraser.notice),
     )

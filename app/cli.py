@@ -444,6 +444,92 @@ def models_rollout(
     _show_rollout(_with_registry(lambda registry: registry.set_rollout(game, name, rollout)))
 
 
+@main.group()
+def players() -> None:
+    """Player privacy: erasure and export."""
+
+
+def _with_privacy(action: Any) -> Any:
+    from app.analytics.location import LakeLocation
+    from app.db.engine import create_engine
+    from app.privacy import PrivacyService
+
+    settings = _settings("warning")
+
+    async def run(url: str) -> Any:
+        engine = create_engine(url, pool_size=2)
+        try:
+            return await action(PrivacyService(engine, LakeLocation.of(settings)))
+        finally:
+            await engine.dispose()
+
+    with _database(settings) as url:
+        return asyncio.run(run(url))
+
+
+@players.command("erase")
+@click.option("--game", required=True)
+@click.argument("player_id")
+@click.option("--wait", "wait_s", type=float, default=0.0, help="Seconds to wait for done.")
+def players_erase(game: str, player_id: str, wait_s: float) -> None:
+    """Erase PLAYER_ID everywhere (carried out by `serve`); print the receipt as JSON."""
+    import time
+
+    import msgspec
+
+    from app.privacy import receipt
+
+    async def erase(privacy: Any) -> Any:
+        erasure = await privacy.erase(game, player_id)
+        deadline = time.monotonic() + wait_s
+        while erasure.status != "done" and time.monotonic() < deadline:
+            await asyncio.sleep(0.5)
+            erasure = await privacy.erasure(game, erasure.id)
+        return receipt(erasure, player_id)
+
+    click.echo(msgspec.json.encode(_with_privacy(erase)).decode())
+
+
+@players.command("export")
+@click.option("--game", required=True)
+@click.argument("player_id")
+def players_export(game: str, player_id: str) -> None:
+    """Print everything held about PLAYER_ID as one JSON document."""
+    from app.db.reads import FastReads
+    from app.domain.features import load_features
+    from app.profiles import ProfileService
+
+    settings = _settings("warning")
+
+    async def export(privacy: Any) -> None:
+        reads = await FastReads.open(str(privacy.engine.url.render_as_string(False)), size=1)
+        try:
+            privacy.profiles = ProfileService(reads, load_features(settings.features_path))
+            async for piece in privacy.export(game, player_id):
+                sys.stdout.buffer.write(piece)
+            sys.stdout.buffer.write(b"\n")
+        finally:
+            await reads.close()
+
+    _with_privacy(export)
+
+
+@players.command("reuse")
+@click.option("--game", required=True)
+@click.argument("player_id")
+def players_reuse(game: str, player_id: str) -> None:
+    """Lift the done erasure of PLAYER_ID: its events count again from now on."""
+    from app.privacy import ErasurePending, NoErasure
+
+    try:
+        lifted = _with_privacy(lambda privacy: privacy.allow_reuse(game, player_id))
+    except ErasurePending:
+        raise click.ClickException("the player's erasure is still pending") from None
+    except NoErasure:
+        raise click.ClickException(f"no erasure in force for {player_id!r}") from None
+    click.echo(f"lifted {lifted} erasure(s): {player_id} may be used again")
+
+
 from app.analytics.commands import lake, report, training_set  # noqa: E402
 
 main.add_command(lake)

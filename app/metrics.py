@@ -80,6 +80,10 @@ LATE_EVENTS = Counter(
     "playerpulse_late_events",
     "Events older than the longest window when folded: they count only in unwindowed features.",
 )
+ERASED_EVENTS_DROPPED = Counter(
+    "playerpulse_erased_events_dropped",
+    "Events of erased players dropped: never folded, archived or served.",
+)
 EVENTS_ARCHIVED = Counter("playerpulse_events_archived", "Events written to the Parquet lake.")
 FOLD_BATCH_SECONDS = Histogram(
     "playerpulse_fold_batch_seconds",

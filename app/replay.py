@@ -19,12 +19,15 @@ from pathlib import Path
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app import metrics
 from app.analytics.lake import PlayerEvents, count_players, player_events
 from app.analytics.location import LakeLocation
+from app.db.privacy import ErasureRepository
 from app.db.repositories import FeatureDefRepository, ProfileRepository, ProfileWrite
 from app.domain.events import from_micros, maybe_from_micros
 from app.domain.features import FeatureSet
 from app.domain.fold import PoisonEvent, ProfileState, encode_state, fold_event, prune_windows
+from app.domain.privacy import TombstoneSet
 from app.log import get_logger
 
 log = get_logger(__name__)
@@ -40,6 +43,8 @@ class ReplayStats:
     players: int = 0
     events: int = 0
     poison: int = 0
+    erased: int = 0
+    """Events of erased players found in the lake and left out (an erasure in progress)."""
     seconds: float = 0.0
 
 
@@ -62,6 +67,8 @@ async def rebuild_profiles(
     total = await asyncio.to_thread(count_players, lake_dir)
     repository = ProfileRepository()
     keep_ids_after_us = (time.time() - retention_s) * 1_000_000
+    async with engine.connect() as conn:
+        tombstones = TombstoneSet(await ErasureRepository().active_keys(conn))
     stream = player_events(lake_dir)
     while True:
         chunk = await asyncio.to_thread(_take, stream, players_per_commit)
@@ -71,6 +78,10 @@ async def rebuild_profiles(
         writes: list[ProfileWrite] = []
         applied = []
         for game, player, events in chunk:
+            if tombstones.erased(game, player):
+                stats.erased += len(events)
+                metrics.ERASED_EVENTS_DROPPED.inc(len(events))
+                continue
             state = ProfileState()
             for event in events:
                 try:

@@ -85,6 +85,8 @@ class Settings:
     """PLAYERPULSE_LAKE_COMPACT_INTERVAL_S: how often `serve` compacts the lake; 0: never."""
     lake_compact_target_rows: int = 1_000_000
     """PLAYERPULSE_LAKE_COMPACT_TARGET_ROWS: most rows per compacted file."""
+    lake_retention_days: int | None = None
+    """PLAYERPULSE_LAKE_RETENTION_DAYS: partitions dated longer ago are dropped; unset: kept."""
     revenue_event: str = "purchase"
     """PLAYERPULSE_REVENUE_EVENT: the event type the arpdau report sums."""
     revenue_field: str = "amount"
@@ -154,6 +156,8 @@ class Settings:
             raise SettingsError(
                 f"{PREFIX}GUARD_WINDOW_S must be positive and {PREFIX}GUARD_MIN_REQUESTS at least 1"
             )
+        if settings.lake_retention_days is not None and settings.lake_retention_days < 0:
+            raise SettingsError(f"{PREFIX}LAKE_RETENTION_DAYS must be 0 or more (unset: keep)")
         if settings.workers < 0:
             raise SettingsError(f"{PREFIX}WORKERS must be 0 (one per core) or more")
         if settings.log_format not in ("console", "json"):
@@ -170,6 +174,8 @@ class Settings:
 def _convert(key: str, raw: str, kind: type, name: str) -> Any:
     if name in ("database_url", "kafka_brokers", "lake_url", "lake_cold_url"):
         return raw
+    if name == "lake_retention_days":  # optional: unset keeps everything
+        kind = int
     try:
         if kind is bool:
             return raw.lower() in ("1", "true", "yes", "on")

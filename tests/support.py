@@ -174,3 +174,71 @@ class ServeProcess:
         """An HTTP client for the server, authenticated with ``key`` if given."""
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         return httpx.Client(base_url=self.url, headers=headers, timeout=30)
+
+
+def parquet_holds(path: Path, needle: str) -> list[str]:
+    """Where a Parquet file holds ``needle``: raw bytes, a value read back, a statistic.
+
+    Pages are compressed, so the raw bytes alone prove nothing: every value is read back
+    too (dictionaries decoded), and every column chunk's min/max statistics looked at.
+    """
+    import pyarrow.parquet as pq
+
+    found = []
+    if needle.encode() in path.read_bytes():
+        found.append("raw bytes")
+    table = pq.read_table(path)
+    for name, column in zip(table.column_names, table.columns, strict=True):
+        if any(needle in str(value) for value in column.to_pylist() if value is not None):
+            found.append(f"column {name}")
+    meta = pq.ParquetFile(path).metadata
+    for group in range(meta.num_row_groups):
+        for index in range(meta.num_columns):
+            stats = meta.row_group(group).column(index).statistics
+            if stats is not None and stats.has_min_max and needle in f"{stats.min}|{stats.max}":
+                found.append(f"statistics of column {index}")
+    if needle in str(meta.metadata or {}):
+        found.append("key-value metadata")
+    return found
+
+
+def database_holds(url: str, needle: str) -> list[str]:
+    """Every table of the database whose rows hold ``needle``, as text or in a bytea."""
+    import asyncio
+
+    import asyncpg
+
+    async def scan() -> list[str]:
+        conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://", 1))
+        try:
+            found = []
+            tables = await conn.fetch(
+                "SELECT schemaname, tablename FROM pg_tables "
+                "WHERE schemaname NOT IN ('pg_catalog', 'information_schema')"
+            )
+            for schema, table in tables:
+                name = f'"{schema}"."{table}"'
+                rows = await conn.fetchval(
+                    f"SELECT count(*) FROM {name} t WHERE position($1 in t::text) > 0", needle
+                )
+                if rows:
+                    found.append(f"{name}: {rows} rows")
+                columns = await conn.fetch(
+                    "SELECT column_name FROM information_schema.columns WHERE table_schema = $1 "
+                    "AND table_name = $2 AND data_type = 'bytea'",
+                    schema,
+                    table,
+                )
+                for (column,) in columns:
+                    rows = await conn.fetchval(
+                        f"SELECT count(*) FROM {name} WHERE position(convert_to($1, 'UTF8') "
+                        f'in "{column}") > 0',
+                        needle,
+                    )
+                    if rows:
+                        found.append(f"{name}.{column}: {rows} rows")
+            return found
+        finally:
+            await conn.close()
+
+    return asyncio.run(scan())

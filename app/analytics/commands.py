@@ -59,7 +59,7 @@ def _lake_errors() -> Iterator[None]:
 
 @click.group()
 def lake() -> None:
-    """The Parquet lake: compaction and tiering."""
+    """The Parquet lake: compaction, tiering and retention."""
 
 
 @lake.command("compact")
@@ -98,6 +98,46 @@ def compact(target_rows: int | None, cold_after_days: int | None, fmt: str) -> N
         click.echo(stats.describe())
     if stats.skipped:
         sys.exit(75)  # EX_TEMPFAIL: try again later
+
+
+@lake.command("retention")
+@click.option(
+    "--days",
+    type=click.IntRange(0),
+    default=None,
+    help="Drop partitions dated more than this many days ago [PLAYERPULSE_LAKE_RETENTION_DAYS].",
+)
+@click.option("--dry-run", is_flag=True, help="Only report what would be dropped.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
+def retention(days: int | None, dry_run: bool, fmt: str) -> None:
+    """Report the partitions (hot and cold) older than the retention, and drop them."""
+    import dataclasses
+
+    import msgspec
+
+    from app.analytics.location import LakeLocation
+    from app.analytics.privacy import apply_retention
+
+    settings = _settings()
+    keep = days if days is not None else settings.lake_retention_days
+    if keep is None:
+        raise click.UsageError(
+            "no retention: set PLAYERPULSE_LAKE_RETENTION_DAYS or pass --days "
+            "(unset, the lake keeps everything)"
+        )
+    with _lake_errors():
+        expired = apply_retention(LakeLocation.of(settings), keep, dry_run=dry_run)
+    verb = "would drop" if dry_run else "dropped"
+    if fmt == "json":
+        rows = [dataclasses.asdict(part) for part in expired]
+        click.echo(msgspec.json.encode({"dry_run": dry_run, "days": keep, "partitions": rows}))
+        return
+    for part in expired:
+        click.echo(
+            f"{verb} {part.kind} game={part.game} date={part.date} ({part.files} files, "
+            f"{part.bytes} bytes) in {part.root}"
+        )
+    click.echo(f"{verb} {len(expired)} partitions older than {keep} days")
 
 
 @click.command("report")

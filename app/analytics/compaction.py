@@ -422,8 +422,12 @@ def _move(files: list[LakeFile], cold_root: str, stats: CompactionStats) -> None
 
 
 @contextlib.contextmanager
-def _exclusive(hot_root: str) -> Iterator[bool]:
-    """Hold the lake's compaction lock (local roots); yields False if another run has it."""
+def _exclusive(hot_root: str, *, wait: bool = False) -> Iterator[bool]:
+    """Hold the lake's compaction lock (local roots); yields False if another run has it.
+
+    With ``wait``, waits for it instead (erasure and retention rewrite files too: they
+    must not interleave with a compaction that read those files before).
+    """
     if is_url(hot_root):
         yield True
         return
@@ -431,7 +435,7 @@ def _exclusive(hot_root: str) -> Iterator[bool]:
     Path(base).mkdir(parents=True, exist_ok=True)
     with open(Path(base) / ".compaction.lock", "a+") as handle:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(handle, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             yield False
             return
@@ -439,3 +443,7 @@ def _exclusive(hot_root: str) -> Iterator[bool]:
             yield True
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+lake_lock = _exclusive
+"""The lake's rewrite lock, for the other rewriters of files (erasure, retention)."""

@@ -24,6 +24,7 @@ from .dashboard import dashboard_routes
 from .errors import ApiError
 from .ingest_routes import ingest_routes
 from .model_routes import model_routes
+from .privacy_routes import privacy_routes
 from .read_your_writes import After, WaitMs, await_token
 
 # -- response bodies -------------------------------------------------------------------
@@ -163,4 +164,5 @@ def build_routes(settings: Settings) -> list[Any]:
         )(list_failed_events),
         *model_routes(settings),
         *dashboard_routes(),
+        *privacy_routes(),
     ]

@@ -13,6 +13,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     MetaData,
+    Sequence,
     Table,
     Text,
     func,
@@ -160,4 +161,29 @@ fold_progress = Table(
     Column("partition", Integer, primary_key=True),
     Column("committed_offset", BigInteger, nullable=False),
     Column("updated_at", TZ, nullable=False, server_default=func.now()),
+)
+
+# The erasure ledger: one row per erasure request, and the tombstone that keeps it in
+# force. The player is named by ``player_key`` (a hash of game and id); the id itself is
+# kept only while the erasure is pending (its stores are searched by it), then cleared.
+erasure_revision = Sequence("player_erasures_revision", metadata=metadata)
+
+player_erasures = Table(
+    "player_erasures",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("game", Text, nullable=False),
+    Column("player_key", Text, nullable=False),
+    Column("player_id", Text),
+    Column("status", Text, nullable=False),
+    Column("stores", JSONB, nullable=False, server_default="{}"),
+    Column("broker_ends", JSONB),
+    Column("requested_at", TZ, nullable=False, server_default=func.now()),
+    Column("completed_at", TZ),
+    Column("lifted_at", TZ),
+    # Bumped on every change of the ledger: a process compares the newest with its own.
+    Column("revision", BigInteger, erasure_revision, nullable=False),
+    CheckConstraint("status IN ('pending', 'done')", name="status"),
+    Index(None, "game", "player_key"),
+    Index(None, "revision"),
 )

@@ -36,6 +36,8 @@ from app.domain.fold import (
 )
 from app.log import get_logger
 
+from .tombstones import TombstoneWatch
+
 log = get_logger(__name__)
 
 Failure = tuple[str | None, str | None, str | None, str, bytes]
@@ -84,6 +86,7 @@ class FoldStats:
     failed: int = 0
     late: int = 0
     batches: int = 0
+    erased: int = 0
 
 
 @dataclass(slots=True)
@@ -94,6 +97,7 @@ class _Outcome:
     duplicates: int = 0
     failed: int = 0
     late: int = 0
+    erased: int = 0
     received_at: list[int] = field(default_factory=list)
     event_ts: list[int] = field(default_factory=list)
     states: dict[PlayerKey, ProfileState] = field(default_factory=dict)
@@ -114,6 +118,7 @@ class ProfileFolder:
         cache_size: int = 100_000,
         transaction_events: int = 2000,
         topic: str = "events",
+        tombstones: TombstoneWatch | None = None,
     ) -> None:
         self.engine = engine
         self.topic = topic
@@ -122,6 +127,9 @@ class ProfileFolder:
         self.retry_max_s = retry_max_s
         self.transaction_events = transaction_events
         self.stats = FoldStats()
+        # Erased players' events are dropped before anything is claimed or folded.
+        self.tombstones = tombstones
+        self._tombstone_revision = -1
         # Partition-owned state cache: the states this process wrote last, by version.
         # PostgreSQL stays the truth: each batch sends the versions it holds and gets
         # back only the states that changed elsewhere (after a rebalance, a replay).
@@ -233,6 +241,9 @@ class ProfileFolder:
         self.stats.duplicates += outcome.duplicates
         self.stats.failed += outcome.failed
         self.stats.late += outcome.late
+        self.stats.erased += outcome.erased
+        if outcome.erased:
+            metrics.ERASED_EVENTS_DROPPED.inc(outcome.erased)
         metrics.EVENTS_FOLDED.inc(outcome.applied)
         metrics.EVENTS_DUPLICATE.inc(outcome.duplicates)
         metrics.EVENTS_FAILED.inc(outcome.failed)
@@ -264,6 +275,22 @@ class ProfileFolder:
                 raw = encode_record(record)
                 await self._with_retry([], [(None, None, None, reason[:2000], raw)])
 
+    async def _screen(
+        self, conn: AsyncConnection, records: Sequence[EventRecord], outcome: _Outcome
+    ) -> Sequence[EventRecord]:
+        """Drop the events of erased players (read under the tombstone lock, held to commit)."""
+        if self.tombstones is None:
+            return records
+        tombstones = await self.tombstones.refresh(conn)
+        if tombstones.revision != self._tombstone_revision:
+            # An erasure (or a lifted one): no state held in memory may outlive it.
+            self._cache.clear()
+            self._versions.clear()
+            self._tombstone_revision = tombstones.revision
+        kept = TombstoneWatch.screen(tombstones, records)
+        outcome.erased = len(records) - len(kept)
+        return kept
+
     async def _apply(
         self,
         conn: AsyncConnection,
@@ -272,6 +299,7 @@ class ProfileFolder:
     ) -> _Outcome:
         repo = self.repository
         outcome = _Outcome()
+        records = await self._screen(conn, records, outcome)
         claimed = await repo.claim_events(
             conn, [(r.game, r.player_id, r.event_id) for r in records]
         )

@@ -27,6 +27,8 @@ from app.domain.predictions import PredictionRecord
 from app.lake_layout import EVENTS_SCHEMA, PREDICTIONS_SCHEMA, TIMESTAMP, event_date
 from app.log import get_logger
 
+from .tombstones import TombstoneWatch
+
 R = TypeVar("R")
 
 log = get_logger(__name__)
@@ -113,13 +115,17 @@ class LakeArchiver(Generic[R]):
         flush_s: float,
         flush_events: int,
         writer: Callable[[Path, list[R]], list[Path]],
+        tombstones: TombstoneWatch | None = None,
     ) -> None:
         self.lake_dir = lake_dir
         self.writer = writer
+        self.tombstones = tombstones
+        """When set, records of erased players are dropped at write time (never archived)."""
         self.flush_s = flush_s
         self.flush_events = flush_events
         self.seen = 0
         self.archived = 0
+        self.erased = 0
         self._records: list[R] = []
         self._acks: list[Callable[[], object]] = []
         self._oldest: float | None = None
@@ -151,8 +157,17 @@ class LakeArchiver(Generic[R]):
             oldest, self._oldest = self._oldest, None
             if not records and not acks:
                 return
+            dropped = 0
             try:
-                await asyncio.to_thread(self.writer, self.lake_dir, records)
+                if self.tombstones is None:
+                    await asyncio.to_thread(self.writer, self.lake_dir, records)
+                else:
+                    dropped = await self.tombstones.write_screened(
+                        self.writer,  # type: ignore[type-var]
+                        self.lake_dir,
+                        records,
+                    )
+                    self.erased += dropped
             except Exception:
                 log.exception("lake write failed; will retry", events=len(records))
                 self._records = records + self._records
@@ -161,6 +176,6 @@ class LakeArchiver(Generic[R]):
                 return
             for ack in acks:
                 ack()
-            self.archived += len(records)
+            self.archived += len(records) - dropped
             if self.writer is write_events:
-                metrics.EVENTS_ARCHIVED.inc(len(records))
+                metrics.EVENTS_ARCHIVED.inc(len(records) - dropped)

@@ -85,6 +85,8 @@ def test_each_variable_is_parsed_to_the_type_of_its_field(name: str) -> None:
     expected: object
     if isinstance(default, Path):
         raw, expected = "/tmp/elsewhere", Path("/tmp/elsewhere")
+    elif name == "lake_retention_days":  # an optional number: unset keeps everything
+        raw, expected = "17", 17
     elif default is None:
         raw, expected = "a-url-or-brokers", "a-url-or-brokers"
     else:
@@ -103,6 +105,7 @@ def test_each_variable_is_parsed_to_the_type_of_its_field(name: str) -> None:
         ("PLAYERPULSE_MAX_BODY_BYTES", "5MB", "int"),
         ("PLAYERPULSE_PRODUCE_TIMEOUT_S", "ten", "float"),
         ("PLAYERPULSE_LAKE_FLUSH_S", "10s", "float"),
+        ("PLAYERPULSE_LAKE_RETENTION_DAYS", "30d", "int"),
     ],
 )
 def test_an_invalid_number_names_the_variable(variable: str, raw: str, kind: str) -> None:
@@ -163,3 +166,9 @@ def test_broker_and_workers_settings() -> None:
     assert Settings.from_env({}).worker_count == len(os.sched_getaffinity(0))
     with pytest.raises(SettingsError, match="PLAYERPULSE_WORKERS"):
         Settings.from_env({"PLAYERPULSE_WORKERS": "-1"})
+
+
+def test_a_negative_retention_is_refused() -> None:
+    with pytest.raises(SettingsError, match="PLAYERPULSE_LAKE_RETENTION_DAYS"):
+        Settings.from_env({"PLAYERPULSE_LAKE_RETENTION_DAYS": "-1"})
+    assert Settings.from_env({}).lake_retention_days is None

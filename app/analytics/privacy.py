@@ -1,0 +1,205 @@
+"""The lake's side of privacy: rewrite files without a player; drop old partitions.
+
+An erased player's rows are removed from the files themselves (hot and cold, events
+and logged predictions), not filtered at read time: each file holding the player is
+read, written again without the player's rows (its statistics and dictionaries then
+come from the rows left) under a dot-name, and renamed over the original (one PUT on
+object stores); a file left empty is deleted. Both run under the lake's rewrite lock,
+so they never interleave with a compaction that read the same files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from app.log import get_logger
+
+from .compaction import ROW_GROUP_ROWS, lake_lock
+from .location import LakeLocation, enable_object_store, filesystem, is_url
+
+log = get_logger(__name__)
+
+KINDS = ("events", "predictions")
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionFile:
+    """One Parquet file of a partition, under any root and kind."""
+
+    root: str
+    kind: str
+    game: str
+    date: str
+    path: str
+    """The file's path on its filesystem (as :func:`filesystem` gives it)."""
+    size: int
+
+
+def partition_files(root: str, kind: str, game: str | None = None) -> list[PartitionFile]:
+    """The Parquet files of ``root/kind/game=*/date=*/`` (of one game if named)."""
+    fs, base = filesystem(root)
+    top = f"{base}/{kind}"
+    found = []
+    selector = pafs.FileSelector(top, recursive=True, allow_not_found=True)
+    for info in fs.get_file_info(selector):
+        if info.type != pafs.FileType.File:
+            continue
+        parts = info.path[len(top) + 1 :].split("/")
+        if (
+            len(parts) != 3
+            or not parts[0].startswith("game=")
+            or not parts[1].startswith("date=")
+            or not parts[2].endswith(".parquet")
+            or parts[2].startswith(".")
+        ):
+            continue
+        if game is not None and parts[0][5:] != game:
+            continue
+        found.append(
+            PartitionFile(root, kind, parts[0][5:], parts[1][5:], info.path, info.size or 0)
+        )
+    return found
+
+
+def _roots(location: LakeLocation, kind: str) -> tuple[str, ...]:
+    # Logged predictions are never tiered: they live in the hot root only.
+    return location.roots if kind == "events" else (location.hot,)
+
+
+def _holding(files: list[PartitionFile], player_id: str) -> list[PartitionFile]:
+    """The files with at least one row of the player (DuckDB prunes by row-group stats)."""
+    if not files:
+        return []
+    conn = duckdb.connect(":memory:")
+    try:
+        if any(is_url(f.root) for f in files):
+            enable_object_store(conn)
+        by_name = {_duckdb_path(f): f for f in files}
+        rows = conn.execute(
+            "SELECT DISTINCT filename FROM read_parquet(?, filename = true, union_by_name = true) "
+            "WHERE player_id = ?",
+            [list(by_name), player_id],
+        ).fetchall()
+    finally:
+        conn.close()
+    return [by_name[name] for (name,) in rows if name in by_name]
+
+
+def _duckdb_path(f: PartitionFile) -> str:
+    if is_url(f.root):
+        scheme = f.root.split("://", 1)[0]
+        return f"{scheme}://{f.path}"
+    return f.path
+
+
+def _rewrite_without(f: PartitionFile, player_id: str) -> int:
+    """Rewrite one file without the player's rows; return how many were removed."""
+    fs, _ = filesystem(f.root)
+    with fs.open_input_file(f.path) as handle:
+        table = pq.read_table(handle)
+    keep = pc.fill_null(pc.not_equal(table.column("player_id"), pa.scalar(player_id)), True)
+    kept = table.filter(keep)
+    removed = int(table.num_rows - kept.num_rows)
+    if removed == 0:
+        return 0
+    if kept.num_rows == 0:
+        with contextlib.suppress(FileNotFoundError):
+            fs.delete_file(f.path)
+        return removed
+    options = {"compression": "zstd", "row_group_size": ROW_GROUP_ROWS}
+    if is_url(f.root):  # one PUT: the object is replaced whole
+        with fs.open_output_stream(f.path) as out:
+            pq.write_table(kept, out, **options)
+    else:
+        folder, name = f.path.rsplit("/", 1)
+        temporary = f"{folder}/.{name}.erase.tmp"
+        with fs.open_output_stream(temporary) as out:
+            pq.write_table(kept, out, **options)
+        fs.move(temporary, f.path)
+    return removed
+
+
+def erase_player(location: LakeLocation, game: str, player_id: str) -> dict[str, int]:
+    """Remove the player's rows from every lake file; rows removed by store.
+
+    Stores: ``lake_hot`` and ``lake_cold`` (events), ``predictions`` (logged predictions).
+    """
+    removed = {"lake_hot": 0, "lake_cold": 0, "predictions": 0}
+    with lake_lock(location.hot, wait=True):
+        for kind in KINDS:
+            for root in _roots(location, kind):
+                files = partition_files(root, kind, game)
+                for f in _holding(files, player_id):
+                    count = _rewrite_without(f, player_id)
+                    if kind == "predictions":
+                        removed["predictions"] += count
+                    elif root == location.hot:
+                        removed["lake_hot"] += count
+                    else:
+                        removed["lake_cold"] += count
+    return removed
+
+
+@dataclass(frozen=True, slots=True)
+class ExpiredPartition:
+    """A partition older than the retention."""
+
+    root: str
+    kind: str
+    game: str
+    date: str
+    files: int
+    bytes: int
+
+
+def expired_partitions(
+    location: LakeLocation, days: int, today: date | None = None
+) -> list[ExpiredPartition]:
+    """Partitions (hot and cold, events and predictions) dated more than ``days`` ago."""
+    cutoff = (today or datetime.now(UTC).date()) - timedelta(days=days)
+    grouped: dict[tuple[str, str, str, str], list[PartitionFile]] = {}
+    for kind in KINDS:
+        for root in _roots(location, kind):
+            for f in partition_files(root, kind):
+                try:
+                    day = date.fromisoformat(f.date)
+                except ValueError:
+                    continue
+                if day < cutoff:
+                    grouped.setdefault((root, kind, f.game, f.date), []).append(f)
+    return [
+        ExpiredPartition(root, kind, game, day, len(files), sum(f.size for f in files))
+        for (root, kind, game, day), files in sorted(grouped.items())
+    ]
+
+
+def apply_retention(
+    location: LakeLocation, days: int, *, today: date | None = None, dry_run: bool = False
+) -> list[ExpiredPartition]:
+    """Delete every partition older than ``days`` (unless ``dry_run``); return them."""
+    if days < 0:
+        raise ValueError("retention days must be 0 or more")
+    with lake_lock(location.hot, wait=True):
+        expired = expired_partitions(location, days, today)
+        if dry_run:
+            return expired
+        for part in expired:
+            fs, base = filesystem(part.root)
+            folder = f"{base}/{part.kind}/game={part.game}/date={part.date}"
+            if is_url(part.root):
+                fs.delete_dir(folder)
+            else:
+                shutil.rmtree(Path(folder), ignore_errors=True)
+    if expired:
+        log.info("lake retention dropped partitions", partitions=len(expired), days=days)
+    return expired
