@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 import threading
 import uuid
 from datetime import UTC, datetime
@@ -12,12 +10,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-from playwright.sync_api import Page, sync_playwright
+from playwright.sync_api import Page
 
+from tests.browser import dashboard, screenshot
 from tests.support import ROOT, ServeProcess, unique
 
-CHROMIUM = os.environ.get("PLAYERPULSE_TEST_CHROMIUM") or shutil.which("chromium") or ""
-ARTIFACTS = Path(os.environ.get("PLAYERPULSE_TEST_ARTIFACTS") or ROOT / "test-artifacts")
 EXAMPLES = ROOT / "examples"
 
 
@@ -74,7 +71,6 @@ def _wait_for_live_numbers(page: Page) -> None:
 
 
 def test_dashboard_shows_live_numbers_offline(tmp_path: Path) -> None:
-    assert CHROMIUM, "no Chromium: install Debian's package (apt-get install chromium)"
     server = ServeProcess(tmp_path).start()
     stop = threading.Event()
     sender: threading.Thread | None = None
@@ -91,15 +87,10 @@ def test_dashboard_shows_live_numbers_offline(tmp_path: Path) -> None:
             )
             assert uploaded.status_code == 201, uploaded.text
 
-        requests: list[str] = []
-        with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=CHROMIUM)
-            page = browser.new_page(viewport={"width": 1400, "height": 1300})
-            page.on("request", lambda request: requests.append(request.url))
+        with dashboard(server.url) as (page, requests):
             errors: list[str] = []
             page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
             page.on("pageerror", lambda exc: errors.append(str(exc)))
-            page.goto(f"{server.url}/dashboard")
             assert page.is_visible("#key-form")
             assert not page.is_visible("#board")
 
@@ -107,9 +98,9 @@ def test_dashboard_shows_live_numbers_offline(tmp_path: Path) -> None:
             page.click("#key-form button")
             page.wait_for_function("document.getElementById('key-error').textContent !== ''")
             assert "key refused (401)" in page.inner_text("#key-error")
-            assert errors == [
-                "Failed to load resource: the server responded with a status of 401 (Unauthorized)"
-            ]
+            unauthorized = "the server responded with a status of 401 (Unauthorized)"
+            assert errors, "the refused data calls show in the console"
+            assert all(unauthorized in error for error in errors), errors
             errors.clear()
 
             page.fill("#key", read)
@@ -118,18 +109,19 @@ def test_dashboard_shows_live_numbers_offline(tmp_path: Path) -> None:
             sender = threading.Thread(target=_traffic, args=(server, ingest, read, stop))
             sender.start()
             # Live numbers: rates over the last poll interval, and charts drawn.
-            ARTIFACTS.mkdir(parents=True, exist_ok=True)
             try:
                 _wait_for_live_numbers(page)
             except Exception as exc:
-                page.screenshot(path=str(ARTIFACTS / "dashboard-failed.png"), full_page=True)
+                screenshot(page, "dashboard-failed.png")
                 tiles = page.inner_text("main")
                 raise AssertionError(f"no live numbers; errors {errors}; page: {tiles}") from exc
-            assert not errors, errors
-            page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+            # A read key sees everything but the admin reports, and is told so.
+            forbidden = "the server responded with a status of 403 (Forbidden)"
+            assert all(forbidden in error for error in errors), errors
+            assert "need an admin key" in page.inner_text("#reports-note")
+            screenshot(page, "dashboard.png")
             row = [cell.inner_text() for cell in page.query_selector_all("#models tbody td")]
             accepted = _number(page, "tile-accepted")
-            browser.close()
         stop.set()
         sender.join(timeout=60)
 

@@ -15,6 +15,7 @@ import pytest
 
 from app.domain.rollout import Rollout
 from tests import onnx_models as m
+from tests.browser import dashboard, screenshot
 from tests.support import ServeProcess, unique, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -217,6 +218,15 @@ def test_experiment_report_counts_exposures_and_outcomes_exactly(
     assert "sample ratio" in table
     assert "brier" in table
 
+    # The dashboard shows the same report to an admin key.
+    with dashboard(server.url, admin.headers["authorization"].split()[1]) as (page, _):
+        page.wait_for_selector(f'.report[data-model="{model}"] table', timeout=60_000)
+        cells = page.locator(f'.report[data-model="{model}"] table').first.inner_text()
+        screenshot(page, "dashboard-experiment.png")
+    for v in (1, 2):
+        assert f"{exposed[v]:,}\t{converted[v]:,}" in cells, cells
+    assert "control" in cells
+
 
 def test_a_sixty_forty_imbalance_trips_the_sample_ratio_check(
     server: ServeProcess, game: tuple[str, Any]
@@ -312,6 +322,11 @@ def test_drift_flags_only_the_shifted_feature(
     assert psi["purchases_7d"] < 0.1
     assert psi["sessions_7d"] < 0.1
     assert admin.get(f"/v1/admin/models/{model}/drift").json()["flagged"] == ["spend_total"]
+    with dashboard(server.url, admin.headers["authorization"].split()[1]) as (page, _):
+        page.wait_for_selector(f'.report[data-model="{model}"] table', timeout=60_000)
+        flagged = page.locator(f'.report[data-model="{model}"] td.flagged').all_inner_texts()
+    assert "drifted (PSI > 0.2)" in flagged, flagged
+    assert len(flagged) == 2, flagged  # the PSI and the verdict of spend_total only
     rejected = admin.post(
         f"/v1/admin/models/{model}",
         files={

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from app.embedded.postgres import EmbeddedPostgres
 from tests import onnx_models as m
@@ -23,6 +24,8 @@ from tests.support import (
     unique,
     wait_for,
 )
+
+pytestmark = pytest.mark.kafka  # erasure against a separate Apache Kafka too
 
 STORES = {
     "profiles",

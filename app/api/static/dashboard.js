@@ -182,15 +182,135 @@ async function poll() {
   setText("status", `live, updated ${new Date(now.time * 1000).toLocaleTimeString()}`);
 }
 
+// Experiment and drift reports (admin routes: shown when the key is an admin key).
+const REPORTS_MS = 30000;
+
+function cell(row, text, className) {
+  const td = document.createElement("td");
+  td.textContent = text;
+  if (className) td.className = className;
+  row.appendChild(td);
+}
+
+function table(headers, rows) {
+  const t = document.createElement("table");
+  const head = document.createElement("tr");
+  for (const h of headers) {
+    const th = document.createElement("th");
+    th.textContent = h;
+    head.appendChild(th);
+  }
+  t.appendChild(head);
+  for (const values of rows) {
+    const row = document.createElement("tr");
+    for (const [text, className] of values) cell(row, text, className);
+    t.appendChild(row);
+  }
+  return t;
+}
+
+function pct(value, digits = 2) { return value === null ? "-" : `${fmt(value * 100, digits)} %`; }
+
+function experimentBlock(report) {
+  const block = document.createElement("div");
+  const rows = report.rows.map((r) => [[String(r.version)], [r.share === null ? "-" : `${r.share} %`],
+    [fmt(r.players)], [fmt(r.converted)], [pct(r.rate)], [fmt(r.mean_value, 3)],
+    [r.uplift === null ? "control" : pct(r.uplift)],
+    [r.ci_low === null ? "-" : `${pct(r.ci_low)} .. ${pct(r.ci_high)}`],
+    [r.p_value === null ? "-" : fmt(r.p_value, 4)]]);
+  block.appendChild(table(["version", "share", "players", "converted", "rate", "mean value",
+    "uplift", "95% interval", "p-value"], rows));
+  const srm = document.createElement("p");
+  if (report.srm) {
+    srm.textContent = `sample ratio check: p = ${fmt(report.srm.p_value, 4)}` +
+      (report.srm.ok ? " (the split exposed players as set)" : "");
+  }
+  block.appendChild(srm);
+  for (const warning of report.warnings) {
+    const w = document.createElement("p");
+    w.className = "warning";
+    w.textContent = warning;
+    block.appendChild(w);
+  }
+  return block;
+}
+
+function driftBlock(report) {
+  const rows = report.rows.map((f) => [[f.feature], [fmt(f.psi, 3), f.flagged ? "flagged" : ""],
+    [f.flagged ? "drifted (PSI > 0.2)" : "stable", f.flagged ? "flagged" : ""], [fmt(f.live)]]);
+  return table(["feature", "PSI", "", "live values"], rows);
+}
+
+async function report(path) {
+  const reply = await fetch(path, { headers: { Authorization: `Bearer ${state.key}` } });
+  const body = await reply.json().catch(() => ({}));
+  return { status: reply.status, body };
+}
+
+async function pollReports() {
+  const note = document.getElementById("reports-note");
+  const out = document.getElementById("reports-body");
+  const models = await report("/v1/admin/models");
+  if (models.status === 403) {
+    note.textContent = "Experiment and drift reports need an admin key (a read key shows the rest).";
+    out.replaceChildren();
+    return;
+  }
+  if (models.status !== 200) {
+    note.textContent = `models: HTTP ${models.status}`;
+    return;
+  }
+  const blocks = [];
+  for (const model of models.body.models) {
+    const name = encodeURIComponent(model.name);
+    const section = document.createElement("div");
+    section.className = "report";
+    section.dataset.model = model.name;
+    const title = document.createElement("h3");
+    title.textContent = `${model.name}: experiment`;
+    section.appendChild(title);
+    const experiment = await report(`/v1/admin/models/${name}/experiment`);
+    if (experiment.status === 200) {
+      section.appendChild(experimentBlock(experiment.body));
+    } else {
+      const p = document.createElement("p");
+      p.className = "note";
+      p.textContent = experiment.body.error || `HTTP ${experiment.status}`;
+      section.appendChild(p);
+    }
+    const driftTitle = document.createElement("h3");
+    driftTitle.textContent = `${model.name}: drift of live features`;
+    section.appendChild(driftTitle);
+    const drift = await report(`/v1/admin/models/${name}/drift`);
+    if (drift.status === 200) {
+      section.appendChild(driftBlock(drift.body));
+    } else {
+      const p = document.createElement("p");
+      p.className = "note";
+      p.textContent = drift.body.error || `HTTP ${drift.status}`;
+      section.appendChild(p);
+    }
+    blocks.push(section);
+  }
+  note.textContent = blocks.length ? `Updated every ${REPORTS_MS / 1000} s, over the lake.`
+    : "No model in this game yet.";
+  out.replaceChildren(...blocks);
+}
+
 function start() {
   if (state.timer) clearInterval(state.timer);
+  if (state.reportsTimer) clearInterval(state.reportsTimer);
   poll();
   state.timer = setInterval(poll, POLL_MS);
+  pollReports();
+  state.reportsTimer = setInterval(pollReports, REPORTS_MS);
 }
 
 function stop(message) {
   if (state.timer) clearInterval(state.timer);
+  if (state.reportsTimer) clearInterval(state.reportsTimer);
   state.timer = null;
+  state.reportsTimer = null;
   state.key = null;
   sessionStorage.removeItem("playerpulse-read-key");
   document.getElementById("board").hidden = true;
