@@ -11,6 +11,7 @@ import math
 import os
 from bisect import bisect_left
 from collections.abc import Sequence
+from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, multiprocess
 
@@ -24,20 +25,29 @@ def registry() -> CollectorRegistry:
     return collected
 
 
-def observe_all(histogram: Histogram, values: Sequence[float]) -> None:
-    """``histogram.observe(v)`` for each value, with one update per bucket touched.
-
-    Under ``serve`` every update of a metric writes a memory-mapped file (multiprocess
-    mode): per event, that was about 5% of the fold's time. Falls back to ``observe`` if
-    the client library's internals ever differ.
-    """
+def _internals(histogram: Histogram) -> tuple[Any, Any, Any] | None:
+    """A histogram child's bucket bounds, bucket values and sum, for bulk updates; None
+    if the client library's internals ever differ (callers then fall back to observe)."""
     bounds = getattr(histogram, "_upper_bounds", None)
     buckets = getattr(histogram, "_buckets", None)
     total = getattr(histogram, "_sum", None)
     if bounds is None or buckets is None or total is None or len(bounds) != len(buckets):
+        return None
+    return bounds, buckets, total
+
+
+def observe_all(histogram: Histogram, values: Sequence[float]) -> None:
+    """``histogram.observe(v)`` for each value, with one update per bucket touched.
+
+    Under ``serve`` every update of a metric writes a memory-mapped file (multiprocess
+    mode): per event, that was about 5% of the fold's time.
+    """
+    parts = _internals(histogram)
+    if parts is None:
         for value in values:
             histogram.observe(value)
         return
+    bounds, buckets, total = parts
     if not values:
         return
     counts = [0] * len(bounds)
@@ -51,13 +61,12 @@ def observe_all(histogram: Histogram, values: Sequence[float]) -> None:
 
 def observe_times(histogram: Histogram, value: float, times: int) -> None:
     """``histogram.observe(value)`` ``times`` times, in one update (a request's events)."""
-    bounds = getattr(histogram, "_upper_bounds", None)
-    buckets = getattr(histogram, "_buckets", None)
-    total = getattr(histogram, "_sum", None)
-    if bounds is None or buckets is None or total is None or len(bounds) != len(buckets):
+    parts = _internals(histogram)
+    if parts is None:
         for _ in range(times):
             histogram.observe(value)
         return
+    bounds, buckets, total = parts
     if times > 0:
         total.inc(value * times)
         buckets[bisect_left(bounds, value)].inc(times)

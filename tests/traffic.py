@@ -9,13 +9,39 @@ from __future__ import annotations
 
 import random
 import threading
+import uuid
 from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 
 from tests.reference import expected_profiles
-from tests.support import ServeProcess
+from tests.support import ROOT, ServeProcess
+
+EXAMPLES = ROOT / "examples"
+
+
+def purchase(player: str, amount: float = 1.0) -> dict[str, Any]:
+    """A purchase by ``player`` now, with a new event id."""
+    return {
+        "event_id": uuid.uuid4().hex,
+        "player_id": player,
+        "type": "purchase",
+        "ts": datetime.now(UTC).isoformat(),
+        "props": {"amount": amount},
+    }
+
+
+def upload_example_model(admin: httpx.Client, name: str = "offers") -> None:
+    """Upload the README's example model (examples/) as ``name``, with an admin client."""
+    uploaded = admin.post(
+        f"/v1/admin/models/{name}",
+        files={
+            "model": ("m.onnx", (EXAMPLES / "offer_model.onnx").read_bytes()),
+            "manifest": (None, (EXAMPLES / "offer_model.manifest.json").read_text()),
+        },
+    )
+    assert uploaded.status_code == 201, uploaded.text
 
 
 def batches(events: list[dict[str, Any]], size: int, seed: int) -> list[list[dict[str, Any]]]:

@@ -16,7 +16,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import duckdb
 import pyarrow.fs as pafs
@@ -89,15 +89,26 @@ def filesystem(root: str) -> tuple[pafs.FileSystem, str]:
     return pafs.LocalFileSystem(), str(Path(local).resolve())
 
 
-def lake_files(root: str) -> Iterator[LakeFile]:
-    """Every Parquet file under ``root/events`` in the partition layout (not temporary ones)."""
+class PartitionEntry(NamedTuple):
+    """A Parquet file found in the partition layout: its partition, name, path and size."""
+
+    game: str
+    date: str
+    name: str
+    path: str
+    """The file's path on its filesystem (as :func:`filesystem` gives it)."""
+    size: int
+
+
+def partition_entries(root: str, kind: str) -> Iterator[PartitionEntry]:
+    """Every Parquet file under ``root/kind/game=*/date=*/`` (not temporary ones)."""
     fs, base = filesystem(root)
-    events = f"{base}/events"
-    selector = pafs.FileSelector(events, recursive=True, allow_not_found=True)
+    top = f"{base}/{kind}"
+    selector = pafs.FileSelector(top, recursive=True, allow_not_found=True)
     for info in fs.get_file_info(selector):
         if info.type != pafs.FileType.File:
             continue
-        parts = info.path[len(events) + 1 :].split("/")
+        parts = info.path[len(top) + 1 :].split("/")
         if (
             len(parts) != 3
             or not parts[0].startswith("game=")
@@ -106,7 +117,13 @@ def lake_files(root: str) -> Iterator[LakeFile]:
             or parts[2].startswith(".")
         ):
             continue
-        yield LakeFile(root, parts[0][5:], parts[1][5:], parts[2], info.size or 0)
+        yield PartitionEntry(parts[0][5:], parts[1][5:], parts[2], info.path, info.size or 0)
+
+
+def lake_files(root: str) -> Iterator[LakeFile]:
+    """Every Parquet file under ``root/events`` in the partition layout (not temporary ones)."""
+    for entry in partition_entries(root, "events"):
+        yield LakeFile(root, entry.game, entry.date, entry.name, entry.size)
 
 
 def has_files(root: str) -> bool:

@@ -19,13 +19,12 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from app.log import get_logger
 
 from .compaction import ROW_GROUP_ROWS, lake_lock
-from .location import LakeLocation, enable_object_store, filesystem, is_url
+from .location import LakeLocation, enable_object_store, filesystem, is_url, partition_entries
 
 log = get_logger(__name__)
 
@@ -47,28 +46,11 @@ class PartitionFile:
 
 def partition_files(root: str, kind: str, game: str | None = None) -> list[PartitionFile]:
     """The Parquet files of ``root/kind/game=*/date=*/`` (of one game if named)."""
-    fs, base = filesystem(root)
-    top = f"{base}/{kind}"
-    found = []
-    selector = pafs.FileSelector(top, recursive=True, allow_not_found=True)
-    for info in fs.get_file_info(selector):
-        if info.type != pafs.FileType.File:
-            continue
-        parts = info.path[len(top) + 1 :].split("/")
-        if (
-            len(parts) != 3
-            or not parts[0].startswith("game=")
-            or not parts[1].startswith("date=")
-            or not parts[2].endswith(".parquet")
-            or parts[2].startswith(".")
-        ):
-            continue
-        if game is not None and parts[0][5:] != game:
-            continue
-        found.append(
-            PartitionFile(root, kind, parts[0][5:], parts[1][5:], info.path, info.size or 0)
-        )
-    return found
+    return [
+        PartitionFile(root, kind, entry.game, entry.date, entry.path, entry.size)
+        for entry in partition_entries(root, kind)
+        if game is None or entry.game == game
+    ]
 
 
 def _roots(location: LakeLocation, kind: str) -> tuple[str, ...]:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import threading
-import uuid
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -13,9 +11,8 @@ import httpx
 from playwright.sync_api import Page
 
 from tests.browser import dashboard, screenshot
-from tests.support import ROOT, ServeProcess, unique
-
-EXAMPLES = ROOT / "examples"
+from tests.support import ServeProcess, unique
+from tests.traffic import purchase, upload_example_model
 
 
 def _traffic(server: ServeProcess, ingest: str, read: str, stop: threading.Event) -> None:
@@ -23,17 +20,7 @@ def _traffic(server: ServeProcess, ingest: str, read: str, stop: threading.Event
     players = [f"p{i}" for i in range(50)]
     with httpx.Client(base_url=server.url, timeout=30) as client:
         while not stop.is_set():
-            now = datetime.now(UTC).isoformat()
-            events = [
-                {
-                    "event_id": uuid.uuid4().hex,
-                    "player_id": player,
-                    "type": "purchase",
-                    "ts": now,
-                    "props": {"amount": 4.99},
-                }
-                for player in players
-            ]
+            events = [purchase(player, 4.99) for player in players]
             sent = client.post("/v1/events", json={"events": events}, headers=_auth(ingest))
             assert sent.status_code == 202, sent.text
             assert sent.json()["accepted"] == len(events), sent.text
@@ -78,14 +65,7 @@ def test_dashboard_shows_live_numbers_offline(tmp_path: Path) -> None:
         game = unique("game")
         ingest, read, admin = (server.key(game, role) for role in ("ingest", "read", "admin"))
         with server.client(admin) as client:
-            uploaded = client.post(
-                "/v1/admin/models/offers",
-                files={
-                    "model": ("m.onnx", (EXAMPLES / "offer_model.onnx").read_bytes()),
-                    "manifest": (None, (EXAMPLES / "offer_model.manifest.json").read_text()),
-                },
-            )
-            assert uploaded.status_code == 201, uploaded.text
+            upload_example_model(client)
 
         with dashboard(server.url) as (page, requests):
             errors: list[str] = []

@@ -2,44 +2,22 @@
 
 from __future__ import annotations
 
-import uuid
-from datetime import UTC, datetime
-from pathlib import Path
-
 from tests.support import ServeProcess, unique
-
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-
-
-def _purchase(player: str) -> dict[str, object]:
-    return {
-        "event_id": uuid.uuid4().hex,
-        "player_id": player,
-        "type": "purchase",
-        "ts": datetime.now(UTC).isoformat(),
-        "props": {"amount": 1.0},
-    }
+from tests.traffic import purchase, upload_example_model
 
 
 def test_every_read_after_its_token_reflects_its_write(serve: ServeProcess) -> None:
     game = unique("game")
     ingest, read, admin = (serve.key(game, role) for role in ("ingest", "read", "admin"))
     with serve.client(admin) as client:
-        uploaded = client.post(
-            "/v1/admin/models/offers",
-            files={
-                "model": ("m.onnx", (EXAMPLES / "offer_model.onnx").read_bytes()),
-                "manifest": (None, (EXAMPLES / "offer_model.manifest.json").read_text()),
-            },
-        )
-        assert uploaded.status_code == 201, uploaded.text
+        upload_example_model(client)
     players = [f"p{i}" for i in range(20)]
     sent = dict.fromkeys(players, 0)
     with serve.client(ingest) as writer, serve.client(read) as reader:
         for i in range(200):
             player = players[i % len(players)]
             # Other players' events in the same request: the token covers them too.
-            events = [_purchase(player), _purchase(players[(i + 7) % len(players)])]
+            events = [purchase(player), purchase(players[(i + 7) % len(players)])]
             reply = writer.post("/v1/events", json={"events": events})
             assert reply.status_code == 202, reply.text
             for event in events:
