@@ -1,16 +1,28 @@
 """Fold benchmark: throughput (events/s per process) and event-to-profile freshness.
 
-    python bench/fold.py [--events 200000] [--rate 10000] [--seconds 20]
+    python bench/fold.py [--events 200000] [--single-events 50000] [--rate 10000]
+                         [--seconds 20]
 
-Starts an embedded PostgreSQL and Tansu broker (or uses PLAYERPULSE_DATABASE_URL and
-PLAYERPULSE_KAFKA_BROKERS), then, all in this one process as in `playerpulse serve`:
+Starts an embedded PostgreSQL and the embedded Apache Kafka broker (or uses
+PLAYERPULSE_DATABASE_URL and PLAYERPULSE_KAFKA_BROKERS), then, all in this one process
+as in one `playerpulse serve` worker:
 
-1. baseline: raw aiokafka consumption of a preloaded topic, decoded (no Faust, no database);
-2. throughput: the Faust fold agent folding the same preloaded events into PostgreSQL;
+1. baseline: raw aiokafka consumption of a preloaded topic, decoded (no Faust, no
+   database), the events counted only once decoded;
+2. throughput: the Faust fold agent folding the same preloaded events into PostgreSQL,
+   counted when the fold applied them (its transaction committed).
+   Both 1 and 2 run for two message shapes, each on its own topic:
+   (a) grouped: ``--events`` events produced by the service's producer in 500-event
+       requests, so each message holds the events of one request for one partition
+       (about 60 events), what ``POST /v1/events`` with batches produces;
+   (b) one event per message: ``--single-events`` events, each its own message, what
+       one-event requests (``POST /v1/track``, ``/v1/segment/track``) produce when the
+       requests of an event-loop turn do not share messages; the Faust consumer's
+       messages/s is then the ceiling.
 3. freshness: events produced at a steady rate while the fold runs; percentiles of
    (profile change committed) - (event received), per event.
 
-Prints figures and the fold/baseline ratio measured in this same run.
+Prints figures and the fold/baseline ratio of each shape, measured in this same run.
 """
 
 from __future__ import annotations
@@ -24,6 +36,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import confluent_kafka
 from aiokafka import AIOKafkaConsumer
 from faust.contrib.asgi import faust_app_running
 
@@ -35,6 +48,7 @@ from app.embedded.kafka import EmbeddedKafka
 from app.embedded.postgres import EmbeddedPostgres
 from app.log import configure_logging
 from app.settings import Settings
+from app.streams.producer import group_messages
 
 TYPES = ("purchase", "session_start", "level_complete", "purchase", "session_start")
 
@@ -75,6 +89,29 @@ async def produce(services, topic: str, events: list[EventRecord], batch: int = 
     await asyncio.gather(*sends)
 
 
+def produce_single(brokers: str, topic: str, events: list[EventRecord], partitions: int) -> None:
+    """Each event its own message, as the service frames it, through a raw producer."""
+    producer = confluent_kafka.Producer(
+        {"bootstrap.servers": brokers, "acks": "all", "linger.ms": 2, "compression.type": "lz4"}
+    )
+    failures: list[object] = []
+
+    def on_delivery(err: object, _msg: object) -> None:
+        if err is not None:
+            failures.append(err)
+
+    for record in events:
+        for partition, value in group_messages([record], partitions):
+            while True:
+                try:
+                    producer.produce(topic, value, partition=partition, on_delivery=on_delivery)
+                    break
+                except BufferError:
+                    producer.poll(0.01)
+    if producer.flush(120) or failures:
+        raise RuntimeError(f"one-event messages not all acknowledged: {failures[:3]}")
+
+
 async def raw_consume(brokers: str, topic: str, count: int) -> float:
     consumer = AIOKafkaConsumer(
         topic,
@@ -105,17 +142,29 @@ def pct(samples: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def bench(settings: Settings, args: argparse.Namespace) -> None:
-    assert settings.kafka_brokers is not None
-    game = "bench"
-    # 1 + 2: preload, then raw consume and fold the same events.
-    preload = settings.with_endpoints(
-        database_url=settings.database_url or "", kafka_brokers=settings.kafka_brokers
+def _renamed(settings: Settings, suffix: str) -> Settings:
+    """The same settings on a topic and consumer group of their own."""
+    return Settings(
+        **{
+            **_fields(settings),
+            "events_topic": f"{settings.events_topic}-{suffix}",
+            "consumer_group": f"{settings.consumer_group}-{suffix}",
+        }
     )
-    services = await open_services(preload)
-    events = make_events(args.events, args.players, seed=1, game=game)
+
+
+async def throughput(settings: Settings, events: list[EventRecord], single: bool) -> dict:  # type: ignore[type-arg]
+    """Preload ``events`` on a topic of their own, then time raw consumption and the fold."""
+    assert settings.kafka_brokers is not None
+    services = await open_services(settings)
     t = time.perf_counter()
-    await produce(services, settings.events_topic, events)
+    if single:
+        partitions = await services.producer.partition_count(settings.events_topic)
+        await asyncio.to_thread(
+            produce_single, settings.kafka_brokers, settings.events_topic, events, partitions
+        )
+    else:
+        await produce(services, settings.events_topic, events)
     produce_s = time.perf_counter() - t
     raw_s = await raw_consume(settings.kafka_brokers, settings.events_topic, len(events))
     async with faust_app_running(services.stream_app, stop_timeout=60):
@@ -125,17 +174,31 @@ async def bench(settings: Settings, args: argparse.Namespace) -> None:
         fold_s = time.perf_counter() - t
         await services.flush()
     await services.close()
+    return {"n": len(events), "produce_s": produce_s, "raw_s": raw_s, "fold_s": fold_s}
+
+
+async def bench(settings: Settings, args: argparse.Namespace) -> None:
+    assert settings.kafka_brokers is not None
+    game = "bench"
+    # 1 + 2: preload, then raw consume and fold the same events, for each message shape.
+    shapes = {
+        "grouped (about 60 events a message)": await throughput(
+            _renamed(settings, "grouped"),
+            make_events(args.events, args.players, seed=1, game=game),
+            single=False,
+        ),
+        "one event per message": await throughput(
+            _renamed(settings, "single"),
+            make_events(args.single_events, args.players, seed=3, game=game),
+            single=True,
+        ),
+    }
 
     # 3: steady load while folding.
-    steady = Settings(
-        **{
-            **_fields(settings),
-            "events_topic": settings.events_topic + "-steady",
-            "consumer_group": settings.consumer_group + "-steady",
-        }
-    )
+    steady = _renamed(settings, "steady")
     services = await open_services(steady)
-    services.folder.freshness_samples = samples = []
+    samples: list[float] = []
+    services.folder.freshness_samples = samples
     batch_sum0 = metrics.FOLD_BATCH_SECONDS._sum.get()
     batches0 = services.folder.stats.batches
     live = make_events(args.rate * args.seconds, args.players, seed=2, game=game)
@@ -162,14 +225,15 @@ async def bench(settings: Settings, args: argparse.Namespace) -> None:
         await services.flush()
     await services.close()
 
-    n = len(events)
     print(f"\nfold benchmark ({os.cpu_count()} cores, broker and PostgreSQL on this machine)")
-    print(f"  produced {n} events in {produce_s:.2f}s ({n / produce_s:,.0f}/s)")
-    print(f"  baseline raw aiokafka consume: {n / raw_s:,.0f} events/s")
-    print(
-        f"  fold into PostgreSQL:          {n / fold_s:,.0f} events/s per process "
-        f"(ratio to baseline {raw_s / fold_s:.2f})"
-    )
+    for label, run in shapes.items():
+        n = run["n"]
+        print(f"  {label}: {n} events produced in {run['produce_s']:.2f}s")
+        print(f"    baseline raw aiokafka consume: {n / run['raw_s']:,.0f} events/s")
+        print(
+            f"    fold into PostgreSQL:          {n / run['fold_s']:,.0f} events/s per process "
+            f"(ratio to baseline {run['raw_s'] / run['fold_s']:.2f})"
+        )
     print(
         f"  steady load {len(live) / sent_s:,.0f} events/s for {sent_s:.1f}s: freshness "
         f"p50 {pct(samples, 0.5) * 1000:.1f} ms, p90 {pct(samples, 0.9) * 1000:.1f} ms, "
@@ -188,7 +252,10 @@ def _fields(settings: Settings) -> dict:  # type: ignore[type-arg]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--events", type=int, default=200_000, help="grouped-shape events")
+    parser.add_argument(
+        "--single-events", type=int, default=50_000, help="one-event-message events"
+    )
     parser.add_argument("--players", type=int, default=20_000)
     parser.add_argument("--rate", type=int, default=10_000)
     parser.add_argument("--seconds", type=int, default=20)
