@@ -14,6 +14,7 @@ from functools import partial
 import faust
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app import metrics
 from app.analytics.compaction import compaction_tick
 from app.analytics.location import LakeLocation
 from app.analytics.privacy import apply_retention
@@ -151,6 +152,7 @@ async def open_services(settings: Settings) -> Services:
         flush_events=settings.lake_flush_events,
         writer=write_events,
         tombstones=tombstones,
+        counter=metrics.EVENTS_ARCHIVED,
     )
     prediction_archiver = LakeArchiver(
         settings.lake_dir,

@@ -10,15 +10,18 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import date, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
+
+if TYPE_CHECKING:
+    from app.settings import Settings
 
 _FORMATS = click.Choice(["table", "csv", "json"])
 _DAY = click.DateTime(formats=["%Y-%m-%d"])
 
 
-def _settings() -> Any:
+def _settings() -> Settings:
     from app.log import configure_logging
     from app.settings import Settings, SettingsError
 
@@ -223,8 +226,8 @@ def report(
         start=start.date() if start else None,
         end=end.date() if end else None,
         steps=tuple(s.strip() for s in steps.split(",") if s.strip()) if steps else (),
-        purchase_event=str(purchase_event or getattr(settings, "revenue_event", "purchase")),
-        revenue_field=str(revenue_field or getattr(settings, "revenue_field", "amount")),
+        purchase_event=str(purchase_event or settings.revenue_event),
+        revenue_field=str(revenue_field or settings.revenue_field),
     )
     try:
         with _lake_errors():

@@ -45,8 +45,9 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from app.lake_layout import EVENTS_SCHEMA
+from app.lake_layout import EVENT_COLUMNS, EVENTS_SCHEMA, FIRST_RECEIVED
 from app.log import get_logger
+from app.settings import Settings
 
 from .location import LakeFile, LakeLocation, filesystem, is_url, join, lake_files
 
@@ -149,21 +150,19 @@ def compact_lake(
     return stats
 
 
-def compact_from_settings(settings: Any, **overrides: Any) -> CompactionStats:
+def compact_from_settings(settings: Settings, **overrides: Any) -> CompactionStats:
     """:func:`compact_lake` with the lake location and options the settings name."""
-    cold_after_days = getattr(settings, "lake_cold_after_days", None)
+    cold_after_days = settings.lake_cold_after_days
     options: dict[str, Any] = {
-        "target_rows": getattr(settings, "lake_compact_target_rows", DEFAULT_TARGET_ROWS),
+        "target_rows": settings.lake_compact_target_rows,
         # Negative: never tier. Tiering also needs a cold root (lake_cold_url).
-        "cold_after_days": None
-        if cold_after_days is None or cold_after_days < 0
-        else cold_after_days,
+        "cold_after_days": None if cold_after_days < 0 else cold_after_days,
     }
     options.update(overrides)
     return compact_lake(LakeLocation.of(settings), **options)
 
 
-async def compaction_tick(settings: Any) -> CompactionStats | None:
+async def compaction_tick(settings: Settings) -> CompactionStats | None:
     """One compaction run off the event loop, for a timer in ``serve``; never raises."""
     try:
         stats = await asyncio.to_thread(compact_from_settings, settings, threads=1)
@@ -181,23 +180,6 @@ async def compaction_tick(settings: Any) -> CompactionStats | None:
             seconds=round(stats.seconds, 3),
         )
     return stats
-
-
-async def compact_periodically(settings: Any, interval_s: float | None = None) -> None:
-    """Run :func:`compaction_tick` every ``interval_s`` (setting ``lake_compact_interval_s``).
-
-    Runs until cancelled; an interval of 0 or less turns it off.
-    """
-    interval = (
-        interval_s
-        if interval_s is not None
-        else getattr(settings, "lake_compact_interval_s", 600.0)
-    )
-    if interval <= 0:
-        return
-    while True:
-        await asyncio.sleep(interval)
-        await compaction_tick(settings)
 
 
 class _Compactor:
@@ -296,11 +278,10 @@ class _Compactor:
         conn.register("batch_rows", table)
         try:
             kept = conn.sql(
-                """
-                SELECT event_id, player_id, type, ts, props, received_at, device_ts FROM (
+                f"""
+                SELECT {EVENT_COLUMNS} FROM (
                     SELECT *, row_number() OVER (
-                        PARTITION BY player_id, event_id
-                        ORDER BY received_at, ts, type, props) AS copy
+                        PARTITION BY player_id, event_id {FIRST_RECEIVED}) AS copy
                     FROM batch_rows
                 ) WHERE copy = 1
                 ORDER BY player_id, ts, event_id

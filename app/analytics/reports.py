@@ -22,6 +22,8 @@ from typing import Any
 
 import duckdb
 
+from app.lake_layout import FIRST_RECEIVED
+
 from .query import QueryResult
 
 REPORTS = ("dau", "mau", "retention", "funnel", "arpdau")
@@ -237,8 +239,7 @@ def _arpdau(conn: duckdb.DuckDBPyConnection, r: ReportRequest) -> tuple[str | No
         purchases AS (
             SELECT date AS day, player_id, json_extract(props, $path) AS amount FROM (
                 SELECT *, row_number() OVER (
-                    PARTITION BY player_id, event_id
-                    ORDER BY received_at, ts, type, props) AS copy
+                    PARTITION BY player_id, event_id {FIRST_RECEIVED}) AS copy
                 FROM lake_rows
                 WHERE game = $game AND type = $event AND date BETWEEN $start AND $end
             ) WHERE copy = 1

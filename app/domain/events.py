@@ -16,8 +16,9 @@ PlayerId = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
 EventType = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 DeviceTime = Annotated[datetime, msgspec.Meta(tz=True)]
 
-GAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
-"""A game id: it names a lake partition, so it stays path- and URL-safe."""
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+"""A game id or a model name: each names a lake partition or a URL segment, so it stays
+path- and URL-safe. The one definition of both rules."""
 
 
 class IncomingEvent(msgspec.Struct, forbid_unknown_fields=False, gc=False):

@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.db.repositories import GuardEvent, ModelRepository, ModelVersionInfo
 from app.domain.drift import DriftError, parse_stats
+from app.domain.events import NAME_PATTERN
 from app.domain.features import FeatureSet
 from app.domain.guard import Breach, GuardWatch
 from app.domain.outcome import Outcome
@@ -33,7 +34,7 @@ from .runtime import LoadedModel, Manifest, ModelRejected, PredictionFailed, par
 
 log = get_logger(__name__)
 
-MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+MODEL_NAME = re.compile(NAME_PATTERN)
 
 
 class UnknownModel(LookupError):

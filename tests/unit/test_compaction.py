@@ -6,7 +6,6 @@ import fcntl
 import random
 from datetime import date
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pyarrow.parquet as pq
@@ -16,6 +15,7 @@ from app.analytics.compaction import compact_lake, compaction_tick
 from app.analytics.location import LakeLocation, connect_lake, lake_files
 from app.analytics.reports import ReportRequest, run_report
 from app.domain.events import EventRecord
+from app.settings import Settings
 from app.streams.lake import write_events
 
 pytestmark = pytest.mark.unit
@@ -221,11 +221,11 @@ async def test_the_serve_timer_tick_compacts_with_the_settings(tmp_path: Path) -
     lake = tmp_path / "var" / "lake"
     for i in range(3):
         write_events(lake, [EventRecord("g", f"e{i}", "p", "login", T0 + i, T0 + i)])
-    settings = SimpleNamespace(data_dir=tmp_path / "var", lake_dir=lake)
+    settings = Settings(data_dir=tmp_path / "var")
     stats = await compaction_tick(settings)
     assert stats is not None
     assert (stats.files_removed, stats.files_written) == (3, 1)
-    broken = SimpleNamespace(lake_dir=tmp_path / "file")
+    broken = Settings(lake_url=str(tmp_path / "file"))
     (tmp_path / "file").write_text("not a directory")
     assert await compaction_tick(broken) is None  # logged, not raised
 
