@@ -1,24 +1,27 @@
 """The one place that builds the object graph: settings in, running services out.
 
-HTTP handlers, stream agents, the CLI and tests all get their services from here.
+HTTP handlers and stream agents get theirs from :func:`open_services`; the CLI's
+one-shot commands from :func:`command_services` (over :func:`command_database`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+import functools
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
+from typing import TypeVar
 
 import faust
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import metrics
-from app.analytics.compaction import compaction_tick
 from app.analytics.location import LakeLocation
-from app.analytics.privacy import apply_retention
-from app.db.engine import create_engine
+from app.analytics.privacy import housekeeping_tick
+from app.db.engine import create_engine, migrate
+from app.db.locks import hold_serving_lock
 from app.db.notify import ChangeListener
 from app.db.privacy import ERASURE_CHANNEL
 from app.db.reads import FastReads
@@ -34,7 +37,7 @@ from app.log import get_logger
 from app.models.registry import ModelRegistry
 from app.privacy import BrokerView, Eraser, PrivacyService
 from app.profiles import FailedEventService, ProfileService, ReadYourWrites
-from app.replay import hold_serving_lock, sync_features
+from app.replay import sync_features
 from app.settings import Settings
 from app.streams.app import create_stream_app
 from app.streams.folding import ProfileFolder
@@ -45,6 +48,8 @@ from app.streams.producer import EventProducer, ensure_topic
 from app.streams.tombstones import TombstoneWatch
 
 log = get_logger(__name__)
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -123,6 +128,101 @@ class Services:
         await self.engine.dispose()
 
 
+class CommandServices:
+    """The services of one CLI command, over one small engine, each built on first use
+    (a command that only creates a key never reads the features file)."""
+
+    def __init__(self, settings: Settings, url: str, engine: AsyncEngine) -> None:
+        self.settings = settings
+        self.url = url
+        self.engine = engine
+        self._reads: list[FastReads] = []
+
+    @functools.cached_property
+    def features(self) -> FeatureSet:
+        return load_features(self.settings.features_path)
+
+    @functools.cached_property
+    def location(self) -> LakeLocation:
+        return LakeLocation.of(self.settings)
+
+    @functools.cached_property
+    def keys(self) -> KeyService:
+        return KeyService(self.engine, cache_s=0)
+
+    @functools.cached_property
+    def failed_events(self) -> FailedEventService:
+        return FailedEventService(self.engine)
+
+    @functools.cached_property
+    def registry(self) -> ModelRegistry:
+        return ModelRegistry(self.engine, self.features, max_bytes=self.settings.model_max_bytes)
+
+    @functools.cached_property
+    def experiments(self) -> ExperimentService:
+        return ExperimentService(self.engine, self.location)
+
+    @functools.cached_property
+    def privacy(self) -> PrivacyService:
+        return PrivacyService(self.engine, self.location)
+
+    async def privacy_with_profiles(self) -> PrivacyService:
+        """A privacy service that can also read profiles (for an export)."""
+        reads = await FastReads.open(self.url, size=1)
+        self._reads.append(reads)
+        return PrivacyService(self.engine, self.location, ProfileService(reads, self.features))
+
+    async def close(self) -> None:
+        for reads in self._reads:
+            await reads.close()
+        await self.engine.dispose()
+
+
+@contextlib.contextmanager
+def command_database(settings: Settings) -> Iterator[str]:
+    """A migrated database's URL: the configured one, the running embedded one, or one
+    started for the command (and stopped after it)."""
+    if settings.database_url is not None:
+        url, owned = settings.database_url, None
+    else:
+        from app.embedded.postgres import EmbeddedPostgres
+
+        postgres = EmbeddedPostgres(settings.data_dir)
+        running = postgres.running_url()
+        url, owned = (running, None) if running else (postgres.start(), postgres)
+    try:
+        migrate(url)
+        yield url
+    finally:
+        if owned is not None:
+            owned.stop()
+
+
+@contextlib.asynccontextmanager
+async def command_services(
+    settings: Settings, url: str, *, pool_size: int = 1
+) -> AsyncIterator[CommandServices]:
+    """The services of one CLI command against the database at ``url``; closed after."""
+    services = CommandServices(settings, url, create_engine(url, pool_size=pool_size))
+    try:
+        yield services
+    finally:
+        await services.close()
+
+
+def run_command(
+    settings: Settings, action: Callable[[CommandServices], Awaitable[T]], *, pool_size: int = 1
+) -> T:
+    """Run ``action(services)`` to completion against the command's database."""
+
+    async def run(url: str) -> T:
+        async with command_services(settings, url, pool_size=pool_size) as services:
+            return await action(services)
+
+    with command_database(settings) as url:
+        return asyncio.run(run(url))
+
+
 def open_engine(settings: Settings) -> AsyncEngine:
     """The database engine for these settings (which must name a database URL)."""
     if settings.database_url is None:
@@ -188,21 +288,8 @@ async def open_services(settings: Settings) -> Services:
         folder=folder,
         archiver=archiver,
         prediction_archiver=prediction_archiver,
+        housekeeping=partial(housekeeping_tick, settings),
     )
-    if settings.lake_compact_interval_s > 0:
-
-        @stream_app.timer(  # type: ignore[untyped-decorator]
-            interval=settings.lake_compact_interval_s, on_leader=True, name="lake-compact"
-        )
-        async def compact_lake() -> None:
-            # One copy (the group leader) compacts; it never raises (errors are logged).
-            await compaction_tick(settings)
-            if settings.lake_retention_days is not None:
-                try:
-                    await asyncio.to_thread(apply_retention, location, settings.lake_retention_days)
-                except Exception:
-                    log.exception("lake retention failed; will try again")
-
     profiles = ProfileService(reads, features)
     return Services(
         settings=settings,

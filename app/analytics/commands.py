@@ -332,34 +332,22 @@ def _model_report(
     plot: Path | None,
 ) -> None:
     """The experiment or drift report of a model (settings from the database)."""
-    import asyncio
+    from app.bootstrap import CommandServices, run_command
+    from app.experiments import Period, ReportUnavailable, UnknownModelName
 
-    from app.analytics.location import LakeLocation
-    from app.cli import _database
-    from app.db.engine import create_engine
-    from app.experiments import ExperimentService, Period, ReportUnavailable, UnknownModelName
+    async def run(services: CommandServices) -> Any:
+        period = Period.of_days(first, last)
+        if name == "experiment":
+            return await services.experiments.experiment(game, model, period, control)
+        return await services.experiments.drift(game, model, period, version)
 
-    settings = _settings()
-
-    async def run(url: str) -> Any:
-        engine = create_engine(url, pool_size=1)
-        try:
-            service = ExperimentService(engine, LakeLocation.of(settings))
-            period = Period.of_days(first, last)
-            if name == "experiment":
-                return await service.experiment(game, model, period, control)
-            return await service.drift(game, model, period, version)
-        finally:
-            await engine.dispose()
-
-    with _database(settings) as url:
-        try:
-            with _lake_errors():
-                result = asyncio.run(run(url))
-        except UnknownModelName:
-            raise click.ClickException(f"model {model!r} has no version in game {game!r}") from None
-        except ReportUnavailable as exc:
-            raise click.ClickException(str(exc)) from None
+    try:
+        with _lake_errors():
+            result = run_command(_settings(), run)
+    except UnknownModelName:
+        raise click.ClickException(f"model {model!r} has no version in game {game!r}") from None
+    except ReportUnavailable as exc:
+        raise click.ClickException(str(exc)) from None
     if plot is not None:
         _plot_model_report(name, result, plot)
     _print_model_report(name, result, fmt)
