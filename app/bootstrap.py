@@ -231,65 +231,29 @@ def open_engine(settings: Settings) -> AsyncEngine:
 
 
 async def open_services(settings: Settings) -> Services:
-    """Connect to the database and the broker, and wire every service."""
+    """Connect to the database and the broker, and wire every service.
+
+    Longer than 50 lines on purpose: one flat ``Services(...)`` lists every service and
+    what it is built from, so the whole graph reads in one place; the larger parts are
+    built by the helpers below.
+    """
     brokers = settings.kafka_brokers
     if brokers is None:
         raise RuntimeError("no Kafka brokers: start the embedded broker first")
     features = load_features(settings.features_path)
     engine = open_engine(settings)
-    reads = await FastReads.open(settings.database_url or "")
-    replication = 0
-    for topic in (settings.events_topic, settings.predictions_topic):
-        replication = await asyncio.to_thread(
-            ensure_topic, brokers, topic, settings.topic_partitions, settings.topic_replication
-        )
+    url = settings.database_url or ""
+    reads = await FastReads.open(url)
+    replication = await asyncio.to_thread(_ensure_topics, settings, brokers)
     producer = EventProducer(brokers, timeout_s=settings.produce_timeout_s)
     tombstones = TombstoneWatch(engine)
     folder = ProfileFolder(engine, features, topic=settings.events_topic, tombstones=tombstones)
-    archiver = LakeArchiver(
-        settings.lake_dir,
-        flush_s=settings.lake_flush_s,
-        flush_events=settings.lake_flush_events,
-        writer=write_events,
-        tombstones=tombstones,
-        counter=metrics.EVENTS_ARCHIVED,
-    )
-    prediction_archiver = LakeArchiver(
-        settings.lake_dir,
-        flush_s=settings.lake_flush_s,
-        flush_events=settings.lake_flush_events,
-        writer=write_predictions,
-        tombstones=tombstones,
-    )
+    archiver, prediction_archiver = _archivers(settings, tombstones)
     location = LakeLocation.of(settings)
-    eraser = Eraser(
-        engine,
-        location,
-        BrokerView(
-            brokers,
-            settings.consumer_group,
-            (settings.events_topic, settings.predictions_topic),
-        ),
-    )
+    topics = (settings.events_topic, settings.predictions_topic)
+    eraser = Eraser(engine, location, BrokerView(brokers, settings.consumer_group, topics))
     prediction_log = PredictionLog(producer, settings.predictions_topic)
-    registry = ModelRegistry(
-        engine,
-        features,
-        max_bytes=settings.model_max_bytes,
-        log_prediction=prediction_log,
-        # Each worker judges the traffic it serves; a removal goes through the database,
-        # so every worker and copy follows it (see app/domain/guard.py).
-        guard_watch=GuardWatch(settings.guard_window_s, settings.guard_min_requests),
-    )
-    stream_app = create_stream_app(
-        settings,
-        brokers=brokers,
-        replication=replication,
-        folder=folder,
-        archiver=archiver,
-        prediction_archiver=prediction_archiver,
-        housekeeping=partial(housekeeping_tick, settings),
-    )
+    registry = _registry(settings, engine, features, prediction_log)
     profiles = ProfileService(reads, features)
     return Services(
         settings=settings,
@@ -299,7 +263,7 @@ async def open_services(settings: Settings) -> Services:
         profiles=profiles,
         failed_events=FailedEventService(engine),
         registry=registry,
-        experiments=ExperimentService(engine, LakeLocation.of(settings)),
+        experiments=ExperimentService(engine, location),
         producer=producer,
         ingestor=Ingestor(
             producer,
@@ -311,14 +275,71 @@ async def open_services(settings: Settings) -> Services:
         archiver=archiver,
         prediction_log=prediction_log,
         prediction_archiver=prediction_archiver,
-        model_changes=ChangeListener(settings.database_url or "", MODEL_CHANNEL, registry.forget),
+        model_changes=ChangeListener(url, MODEL_CHANNEL, registry.forget),
         reads=reads,
-        stream_app=stream_app,
+        stream_app=create_stream_app(
+            settings,
+            brokers=brokers,
+            replication=replication,
+            folder=folder,
+            archiver=archiver,
+            prediction_archiver=prediction_archiver,
+            housekeeping=partial(housekeeping_tick, settings),
+        ),
         lag=LagProbe(brokers, settings.consumer_group, settings.events_topic),
         read_your_writes=ReadYourWrites(
             reads, partial(producer.partition_count, settings.events_topic), settings.events_topic
         ),
         privacy=PrivacyService(engine, location, profiles),
         eraser=eraser,
-        erasure_notices=ChangeListener(settings.database_url or "", ERASURE_CHANNEL, eraser.notice),
+        erasure_notices=ChangeListener(url, ERASURE_CHANNEL, eraser.notice),
+    )
+
+
+def _ensure_topics(settings: Settings, brokers: str) -> int:
+    """Create the events and predictions topics if missing; their replication factor."""
+    replication = 0
+    for topic in (settings.events_topic, settings.predictions_topic):
+        replication = ensure_topic(
+            brokers, topic, settings.topic_partitions, settings.topic_replication
+        )
+    return replication
+
+
+def _archivers(
+    settings: Settings, tombstones: TombstoneWatch
+) -> tuple[LakeArchiver[EventRecord], LakeArchiver[PredictionRecord]]:
+    """The lake buffers of events and of predictions (erased players dropped at write)."""
+    events = LakeArchiver(
+        settings.lake_dir,
+        flush_s=settings.lake_flush_s,
+        flush_events=settings.lake_flush_events,
+        writer=write_events,
+        tombstones=tombstones,
+        counter=metrics.EVENTS_ARCHIVED,
+    )
+    predictions = LakeArchiver(
+        settings.lake_dir,
+        flush_s=settings.lake_flush_s,
+        flush_events=settings.lake_flush_events,
+        writer=write_predictions,
+        tombstones=tombstones,
+    )
+    return events, predictions
+
+
+def _registry(
+    settings: Settings,
+    engine: AsyncEngine,
+    features: FeatureSet,
+    prediction_log: PredictionLog,
+) -> ModelRegistry:
+    return ModelRegistry(
+        engine,
+        features,
+        max_bytes=settings.model_max_bytes,
+        log_prediction=prediction_log,
+        # Each worker judges the traffic it serves; a removal goes through the database,
+        # so every worker and copy follows it (see app/domain/guard.py).
+        guard_watch=GuardWatch(settings.guard_window_s, settings.guard_min_requests),
     )

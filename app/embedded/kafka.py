@@ -372,34 +372,8 @@ def _build_class_archive(runtime: KafkaRuntime) -> None:
     try:
         with tempfile.TemporaryDirectory(prefix="playerpulse-kafka-cds-") as tmp:
             class_list = Path(tmp) / "classes.lst"
-            kafka = EmbeddedKafka(Path(tmp))
-            kafka._runtime = runtime
-            kafka._extra_jvm_opts = [f"-XX:DumpLoadedClassList={class_list}"]
-            try:
-                _exercise(kafka.start())
-            finally:
-                kafka.stop()
-            partial = archive.with_name(archive.name + ".tmp")
-            result = subprocess.run(
-                [
-                    str(runtime.java),
-                    "-Xshare:dump",
-                    "-XX:+UseG1GC",
-                    *_MODULE_OPTS,
-                    f"-XX:SharedClassListFile={class_list}",
-                    f"-XX:SharedArchiveFile={partial}",
-                    "-cp",
-                    runtime.classpath_arg,
-                ],
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                timeout=300,
-                check=False,
-            )
-            if result.returncode != 0:
-                output = (result.stdout + result.stderr).decode(errors="replace")
-                raise RuntimeError(f"java -Xshare:dump failed: {output[-2000:]}")
-            os.replace(partial, archive)
+            _record_classes(runtime, Path(tmp), class_list)
+            _dump_archive(runtime, class_list, archive)
     except Exception as exc:
         # Only start-up time depends on the archive: note the failure and carry on.
         archive.with_suffix(".failed").write_text(f"{exc}\n")
@@ -411,6 +385,42 @@ def _build_class_archive(runtime: KafkaRuntime) -> None:
         mb=round(archive.stat().st_size / 2**20),
         seconds=round(time.monotonic() - started, 1),
     )
+
+
+def _record_classes(runtime: KafkaRuntime, work: Path, class_list: Path) -> None:
+    """Run a throwaway broker in ``work`` that lists every class it loads."""
+    kafka = EmbeddedKafka(work)
+    kafka._runtime = runtime
+    kafka._extra_jvm_opts = [f"-XX:DumpLoadedClassList={class_list}"]
+    try:
+        _exercise(kafka.start())
+    finally:
+        kafka.stop()
+
+
+def _dump_archive(runtime: KafkaRuntime, class_list: Path, archive: Path) -> None:
+    """Dump the listed classes to ``archive`` (written aside, then renamed into place)."""
+    partial = archive.with_name(archive.name + ".tmp")
+    result = subprocess.run(
+        [
+            str(runtime.java),
+            "-Xshare:dump",
+            "-XX:+UseG1GC",
+            *_MODULE_OPTS,
+            f"-XX:SharedClassListFile={class_list}",
+            f"-XX:SharedArchiveFile={partial}",
+            "-cp",
+            runtime.classpath_arg,
+        ],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=300,
+        check=False,
+    )
+    if result.returncode != 0:
+        output = (result.stdout + result.stderr).decode(errors="replace")
+        raise RuntimeError(f"java -Xshare:dump failed: {output[-2000:]}")
+    os.replace(partial, archive)
 
 
 def _exercise(address: str) -> None:
