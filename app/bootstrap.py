@@ -310,22 +310,15 @@ def _archivers(
     settings: Settings, tombstones: TombstoneWatch
 ) -> tuple[LakeArchiver[EventRecord], LakeArchiver[PredictionRecord]]:
     """The lake buffers of events and of predictions (erased players dropped at write)."""
-    events = LakeArchiver(
+    buffer = partial(
+        LakeArchiver,
         settings.lake_dir,
         flush_s=settings.lake_flush_s,
         flush_events=settings.lake_flush_events,
-        writer=write_events,
-        tombstones=tombstones,
-        counter=metrics.EVENTS_ARCHIVED,
-    )
-    predictions = LakeArchiver(
-        settings.lake_dir,
-        flush_s=settings.lake_flush_s,
-        flush_events=settings.lake_flush_events,
-        writer=write_predictions,
         tombstones=tombstones,
     )
-    return events, predictions
+    events = buffer(writer=write_events, counter=metrics.EVENTS_ARCHIVED)
+    return events, buffer(writer=write_predictions)
 
 
 def _registry(

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from app.analytics.commands import INPUT_FILE
 from app.domain.access import Role
 from app.log import configure_logging
 from app.settings import Settings, SettingsError
@@ -279,18 +280,18 @@ def models_rollback(game: str, name: str) -> None:
 @models.command("upload")
 @click.option("--game", required=True)
 @click.argument("name")
-@click.argument("model_path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("model_path", type=INPUT_FILE)
 @click.option(
     "--manifest",
     "manifest_path",
     required=True,
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    type=INPUT_FILE,
     help="The manifest (JSON): inputs, defaults, probability.",
 )
 @click.option(
     "--training",
     "training_path",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    type=INPUT_FILE,
     default=None,
     help="The training set (Parquet or CSV, one column per input feature): its bins per "
     "feature are stored for drift reports.",
@@ -298,7 +299,7 @@ def models_rollback(game: str, name: str) -> None:
 @click.option(
     "--training-stats",
     "stats_path",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    type=INPUT_FILE,
     default=None,
     help='Or those bins as JSON: {"features": {NAME: {"edges": [...], "counts": [...]}}}.',
 )

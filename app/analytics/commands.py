@@ -19,6 +19,10 @@ if TYPE_CHECKING:
 
 _FORMATS = click.Choice(["table", "csv", "json"])
 _DAY = click.DateTime(formats=["%Y-%m-%d"])
+INPUT_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
+"""A file the command reads (it must exist)."""
+OUTPUT_FILE = click.Path(dir_okay=False, path_type=Path)
+"""A file the command writes."""
 
 
 def _settings() -> Settings:
@@ -188,7 +192,7 @@ def retention(days: int | None, dry_run: bool, fmt: str) -> None:
 )
 @click.option(
     "--plot",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=OUTPUT_FILE,
     default=None,
     help="Also draw the report to this PNG file (needs matplotlib).",
 )
@@ -248,21 +252,21 @@ def report(
 @click.option(
     "--labels",
     "labels_path",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    type=INPUT_FILE,
     required=True,
     help="CSV or Parquet with player_id, ts (RFC 3339; UTC if no offset) and label columns.",
 )
 @click.option(
     "--out",
     "out_path",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=OUTPUT_FILE,
     required=True,
     help="CSV or Parquet (by extension): the label rows plus one column per feature.",
 )
 @click.option(
     "--features",
     "features_path",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    type=INPUT_FILE,
     default=None,
     help="Features file [PLAYERPULSE_FEATURES].",
 )

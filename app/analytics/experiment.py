@@ -264,49 +264,45 @@ _VALUE_SUM = {
 }
 
 
-def _params(
-    game: str, model: str, outcome: Outcome, start: datetime, end: datetime
-) -> dict[str, Any]:
-    return {
-        "game": game,
-        "model": model,
-        "start": start,
-        "end": end,
-        "first_day": start.date(),
-        "event": outcome.event,
-        "within": outcome.within_s,
-        "path": json_path(tuple((outcome.field or "_").split("."))),
-    }
+@dataclass(frozen=True, slots=True)
+class Exposure:
+    """Which exposures an experiment counts: a game's model, an outcome, a time window."""
+
+    game: str
+    model: str
+    outcome: Outcome
+    start: datetime
+    end: datetime
+
+    def params(self) -> dict[str, Any]:
+        """The query parameters of :data:`_EXPOSED`."""
+        return {
+            "game": self.game,
+            "model": self.model,
+            "start": self.start,
+            "end": self.end,
+            "first_day": self.start.date(),
+            "event": self.outcome.event,
+            "within": self.outcome.within_s,
+            "path": json_path(tuple((self.outcome.field or "_").split("."))),
+        }
 
 
-def exposure_counts(
-    conn: duckdb.DuckDBPyConnection,
-    game: str,
-    model: str,
-    outcome: Outcome,
-    start: datetime,
-    end: datetime,
-) -> list[ArmCounts]:
+def exposure_counts(conn: duckdb.DuckDBPyConnection, exposure: Exposure) -> list[ArmCounts]:
     """Exposed players, converted players and the outcome's total, per version."""
     sql = f"""
         WITH {_EXPOSED}
         SELECT x.version, count(*) AS players, count(h.player_id) AS converted,
-            {_VALUE_SUM[outcome.kind]} AS value_sum
+            {_VALUE_SUM[exposure.outcome.kind]} AS value_sum
         FROM exposed x LEFT JOIN hits h USING (player_id)
         GROUP BY x.version ORDER BY x.version
     """
-    rows = conn.execute(sql, _params(game, model, outcome, start, end)).fetchall()
+    rows = conn.execute(sql, exposure.params()).fetchall()
     return [ArmCounts(int(v), int(n), int(c), float(s)) for v, n, c, s in rows]
 
 
 def exposure_probabilities(
-    conn: duckdb.DuckDBPyConnection,
-    game: str,
-    model: str,
-    outcome: Outcome,
-    start: datetime,
-    end: datetime,
-    specs: dict[int, ProbabilitySpec],
+    conn: duckdb.DuckDBPyConnection, exposure: Exposure, specs: dict[int, ProbabilitySpec]
 ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """Per version with a probability spec: predicted probabilities and outcomes (0/1)."""
     sql = f"""
@@ -315,8 +311,7 @@ def exposure_probabilities(
         FROM exposed x LEFT JOIN hits h USING (player_id)
     """
     decoded: dict[int, tuple[list[float], list[int]]] = {}
-    params = _params(game, model, outcome, start, end)
-    for version, outputs, converted in conn.execute(sql, params).fetchall():
+    for version, outputs, converted in conn.execute(sql, exposure.params()).fetchall():
         spec = specs.get(int(version))
         if spec is None:
             continue
