@@ -7,24 +7,36 @@ replay under way to finish before it folds).
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager, suppress
 
 from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 SERVING_LOCK = "playerpulse:serving"
 
 
-async def hold_serving_lock(engine: AsyncEngine) -> Callable[[], asyncio.Future[None]]:
-    """Take the shared serving lock on a connection of its own; return its releaser."""
+async def hold_serving_lock(engine: AsyncEngine) -> Callable[[], Awaitable[None]]:
+    """Take the shared serving lock on a connection of its own; return its releaser.
+
+    The releaser unlocks before giving the connection back: a session-level lock would
+    otherwise stay held by the connection, idle in the pool.
+    """
     conn = await engine.connect()
     await conn.execute(text("SELECT pg_advisory_lock_shared(hashtext(:k))"), {"k": SERVING_LOCK})
     await conn.commit()
 
-    def release() -> asyncio.Future[None]:
-        return asyncio.ensure_future(conn.close())
+    async def release() -> None:
+        try:
+            # A lost connection has lost its locks too: nothing left to release then.
+            with suppress(SQLAlchemyError, OSError):
+                await conn.execute(
+                    text("SELECT pg_advisory_unlock_shared(hashtext(:k))"), {"k": SERVING_LOCK}
+                )
+                await conn.commit()
+        finally:
+            await conn.close()
 
     return release
 
