@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import random
+import time
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ import pytest
 
 from app.analytics.compaction import compact_lake, compaction_tick
 from app.analytics.location import LakeLocation, connect_lake, lake_files
+from app.analytics.privacy import housekeeping_tick
 from app.analytics.reports import ReportRequest, run_report
 from app.domain.events import EventRecord
 from app.settings import Settings
@@ -256,3 +258,18 @@ def test_compaction_keeps_every_column_the_archive_writes(tmp_path: Path) -> Non
     table = pq.read_table(files[0].path)
     assert "device_ts" in table.column_names
     assert table.column("device_ts").null_count == 15
+
+
+async def test_the_housekeeping_tick_compacts_then_applies_the_retention(tmp_path: Path) -> None:
+    lake = tmp_path / "var" / "lake"
+    now_us = time.time_ns() // 1000
+    old_us = now_us - 90 * 86_400 * 1_000_000
+    for i in range(3):
+        write_events(lake, [EventRecord("g", f"new{i}", "p", "login", now_us + i, now_us + i)])
+        write_events(lake, [EventRecord("g", f"old{i}", "p", "login", old_us + i, old_us + i)])
+    settings = Settings(data_dir=tmp_path / "var", lake_retention_days=30, lake_cold_after_days=-1)
+    await housekeeping_tick(settings)
+    left = list(lake_files(str(lake)))
+    assert len(left) == 1  # the three recent files compacted into one; the old day dropped
+    with connect_lake(LakeLocation(str(lake))) as conn:
+        assert conn.execute("SELECT count(*) FROM events").fetchall() == [(3,)]
