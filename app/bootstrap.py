@@ -1,23 +1,27 @@
 """The one place that builds the object graph: settings in, running services out.
 
-HTTP handlers, stream agents, the CLI and tests all get their services from here.
+HTTP handlers and stream agents get theirs from :func:`open_services`; the CLI's
+one-shot commands from :func:`command_services` (over :func:`command_database`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+import functools
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
+from typing import TypeVar
 
 import faust
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.analytics.compaction import compaction_tick
+from app import metrics
 from app.analytics.location import LakeLocation
-from app.analytics.privacy import apply_retention
-from app.db.engine import create_engine
+from app.analytics.privacy import housekeeping_tick
+from app.db.engine import create_engine, migrate
+from app.db.locks import hold_serving_lock
 from app.db.notify import ChangeListener
 from app.db.privacy import ERASURE_CHANNEL
 from app.db.reads import FastReads
@@ -33,7 +37,7 @@ from app.log import get_logger
 from app.models.registry import ModelRegistry
 from app.privacy import BrokerView, Eraser, PrivacyService
 from app.profiles import FailedEventService, ProfileService, ReadYourWrites
-from app.replay import hold_serving_lock, sync_features
+from app.replay import sync_features
 from app.settings import Settings
 from app.streams.app import create_stream_app
 from app.streams.folding import ProfileFolder
@@ -44,6 +48,8 @@ from app.streams.producer import EventProducer, ensure_topic
 from app.streams.tombstones import TombstoneWatch
 
 log = get_logger(__name__)
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -122,6 +128,101 @@ class Services:
         await self.engine.dispose()
 
 
+class CommandServices:
+    """The services of one CLI command, over one small engine, each built on first use
+    (a command that only creates a key never reads the features file)."""
+
+    def __init__(self, settings: Settings, url: str, engine: AsyncEngine) -> None:
+        self.settings = settings
+        self.url = url
+        self.engine = engine
+        self._reads: list[FastReads] = []
+
+    @functools.cached_property
+    def features(self) -> FeatureSet:
+        return load_features(self.settings.features_path)
+
+    @functools.cached_property
+    def location(self) -> LakeLocation:
+        return LakeLocation.of(self.settings)
+
+    @functools.cached_property
+    def keys(self) -> KeyService:
+        return KeyService(self.engine, cache_s=0)
+
+    @functools.cached_property
+    def failed_events(self) -> FailedEventService:
+        return FailedEventService(self.engine)
+
+    @functools.cached_property
+    def registry(self) -> ModelRegistry:
+        return ModelRegistry(self.engine, self.features, max_bytes=self.settings.model_max_bytes)
+
+    @functools.cached_property
+    def experiments(self) -> ExperimentService:
+        return ExperimentService(self.engine, self.location)
+
+    @functools.cached_property
+    def privacy(self) -> PrivacyService:
+        return PrivacyService(self.engine, self.location)
+
+    async def privacy_with_profiles(self) -> PrivacyService:
+        """A privacy service that can also read profiles (for an export)."""
+        reads = await FastReads.open(self.url, size=1)
+        self._reads.append(reads)
+        return PrivacyService(self.engine, self.location, ProfileService(reads, self.features))
+
+    async def close(self) -> None:
+        for reads in self._reads:
+            await reads.close()
+        await self.engine.dispose()
+
+
+@contextlib.contextmanager
+def command_database(settings: Settings) -> Iterator[str]:
+    """A migrated database's URL: the configured one, the running embedded one, or one
+    started for the command (and stopped after it)."""
+    if settings.database_url is not None:
+        url, owned = settings.database_url, None
+    else:
+        from app.embedded.postgres import EmbeddedPostgres
+
+        postgres = EmbeddedPostgres(settings.data_dir)
+        running = postgres.running_url()
+        url, owned = (running, None) if running else (postgres.start(), postgres)
+    try:
+        migrate(url)
+        yield url
+    finally:
+        if owned is not None:
+            owned.stop()
+
+
+@contextlib.asynccontextmanager
+async def command_services(
+    settings: Settings, url: str, *, pool_size: int = 1
+) -> AsyncIterator[CommandServices]:
+    """The services of one CLI command against the database at ``url``; closed after."""
+    services = CommandServices(settings, url, create_engine(url, pool_size=pool_size))
+    try:
+        yield services
+    finally:
+        await services.close()
+
+
+def run_command(
+    settings: Settings, action: Callable[[CommandServices], Awaitable[T]], *, pool_size: int = 1
+) -> T:
+    """Run ``action(services)`` to completion against the command's database."""
+
+    async def run(url: str) -> T:
+        async with command_services(settings, url, pool_size=pool_size) as services:
+            return await action(services)
+
+    with command_database(settings) as url:
+        return asyncio.run(run(url))
+
+
 def open_engine(settings: Settings) -> AsyncEngine:
     """The database engine for these settings (which must name a database URL)."""
     if settings.database_url is None:
@@ -130,77 +231,29 @@ def open_engine(settings: Settings) -> AsyncEngine:
 
 
 async def open_services(settings: Settings) -> Services:
-    """Connect to the database and the broker, and wire every service."""
+    """Connect to the database and the broker, and wire every service.
+
+    Longer than 50 lines on purpose: one flat ``Services(...)`` lists every service and
+    what it is built from, so the whole graph reads in one place; the larger parts are
+    built by the helpers below.
+    """
     brokers = settings.kafka_brokers
     if brokers is None:
         raise RuntimeError("no Kafka brokers: start the embedded broker first")
     features = load_features(settings.features_path)
     engine = open_engine(settings)
-    reads = await FastReads.open(settings.database_url or "")
-    replication = 0
-    for topic in (settings.events_topic, settings.predictions_topic):
-        replication = await asyncio.to_thread(
-            ensure_topic, brokers, topic, settings.topic_partitions, settings.topic_replication
-        )
+    url = settings.database_url or ""
+    reads = await FastReads.open(url)
+    replication = await asyncio.to_thread(_ensure_topics, settings, brokers)
     producer = EventProducer(brokers, timeout_s=settings.produce_timeout_s)
     tombstones = TombstoneWatch(engine)
     folder = ProfileFolder(engine, features, topic=settings.events_topic, tombstones=tombstones)
-    archiver = LakeArchiver(
-        settings.lake_dir,
-        flush_s=settings.lake_flush_s,
-        flush_events=settings.lake_flush_events,
-        writer=write_events,
-        tombstones=tombstones,
-    )
-    prediction_archiver = LakeArchiver(
-        settings.lake_dir,
-        flush_s=settings.lake_flush_s,
-        flush_events=settings.lake_flush_events,
-        writer=write_predictions,
-        tombstones=tombstones,
-    )
+    archiver, prediction_archiver = _archivers(settings, tombstones)
     location = LakeLocation.of(settings)
-    eraser = Eraser(
-        engine,
-        location,
-        BrokerView(
-            brokers,
-            settings.consumer_group,
-            (settings.events_topic, settings.predictions_topic),
-        ),
-    )
+    topics = (settings.events_topic, settings.predictions_topic)
+    eraser = Eraser(engine, location, BrokerView(brokers, settings.consumer_group, topics))
     prediction_log = PredictionLog(producer, settings.predictions_topic)
-    registry = ModelRegistry(
-        engine,
-        features,
-        max_bytes=settings.model_max_bytes,
-        log_prediction=prediction_log,
-        # Each worker judges the traffic it serves; a removal goes through the database,
-        # so every worker and copy follows it (see app/domain/guard.py).
-        guard_watch=GuardWatch(settings.guard_window_s, settings.guard_min_requests),
-    )
-    stream_app = create_stream_app(
-        settings,
-        brokers=brokers,
-        replication=replication,
-        folder=folder,
-        archiver=archiver,
-        prediction_archiver=prediction_archiver,
-    )
-    if settings.lake_compact_interval_s > 0:
-
-        @stream_app.timer(  # type: ignore[untyped-decorator]
-            interval=settings.lake_compact_interval_s, on_leader=True, name="lake-compact"
-        )
-        async def compact_lake() -> None:
-            # One copy (the group leader) compacts; it never raises (errors are logged).
-            await compaction_tick(settings)
-            if settings.lake_retention_days is not None:
-                try:
-                    await asyncio.to_thread(apply_retention, location, settings.lake_retention_days)
-                except Exception:
-                    log.exception("lake retention failed; will try again")
-
+    registry = _registry(settings, engine, features, prediction_log)
     profiles = ProfileService(reads, features)
     return Services(
         settings=settings,
@@ -210,7 +263,7 @@ async def open_services(settings: Settings) -> Services:
         profiles=profiles,
         failed_events=FailedEventService(engine),
         registry=registry,
-        experiments=ExperimentService(engine, LakeLocation.of(settings)),
+        experiments=ExperimentService(engine, location),
         producer=producer,
         ingestor=Ingestor(
             producer,
@@ -222,14 +275,64 @@ async def open_services(settings: Settings) -> Services:
         archiver=archiver,
         prediction_log=prediction_log,
         prediction_archiver=prediction_archiver,
-        model_changes=ChangeListener(settings.database_url or "", MODEL_CHANNEL, registry.forget),
+        model_changes=ChangeListener(url, MODEL_CHANNEL, registry.forget),
         reads=reads,
-        stream_app=stream_app,
+        stream_app=create_stream_app(
+            settings,
+            brokers=brokers,
+            replication=replication,
+            folder=folder,
+            archiver=archiver,
+            prediction_archiver=prediction_archiver,
+            housekeeping=partial(housekeeping_tick, settings),
+        ),
         lag=LagProbe(brokers, settings.consumer_group, settings.events_topic),
         read_your_writes=ReadYourWrites(
             reads, partial(producer.partition_count, settings.events_topic), settings.events_topic
         ),
         privacy=PrivacyService(engine, location, profiles),
         eraser=eraser,
-        erasure_notices=ChangeListener(settings.database_url or "", ERASURE_CHANNEL, eraser.notice),
+        erasure_notices=ChangeListener(url, ERASURE_CHANNEL, eraser.notice),
+    )
+
+
+def _ensure_topics(settings: Settings, brokers: str) -> int:
+    """Create the events and predictions topics if missing; their replication factor."""
+    replication = 0
+    for topic in (settings.events_topic, settings.predictions_topic):
+        replication = ensure_topic(
+            brokers, topic, settings.topic_partitions, settings.topic_replication
+        )
+    return replication
+
+
+def _archivers(
+    settings: Settings, tombstones: TombstoneWatch
+) -> tuple[LakeArchiver[EventRecord], LakeArchiver[PredictionRecord]]:
+    """The lake buffers of events and of predictions (erased players dropped at write)."""
+    buffer = partial(
+        LakeArchiver,
+        settings.lake_dir,
+        flush_s=settings.lake_flush_s,
+        flush_events=settings.lake_flush_events,
+        tombstones=tombstones,
+    )
+    events = buffer(writer=write_events, counter=metrics.EVENTS_ARCHIVED)
+    return events, buffer(writer=write_predictions)
+
+
+def _registry(
+    settings: Settings,
+    engine: AsyncEngine,
+    features: FeatureSet,
+    prediction_log: PredictionLog,
+) -> ModelRegistry:
+    return ModelRegistry(
+        engine,
+        features,
+        max_bytes=settings.model_max_bytes,
+        log_prediction=prediction_log,
+        # Each worker judges the traffic it serves; a removal goes through the database,
+        # so every worker and copy follows it (see app/domain/guard.py).
+        guard_watch=GuardWatch(settings.guard_window_s, settings.guard_min_requests),
     )

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
+from app.analytics.commands import INPUT_FILE
 from app.domain.access import Role
 from app.log import configure_logging
 from app.settings import Settings, SettingsError
+
+if TYPE_CHECKING:
+    from app.domain.features import FeatureSet
 
 
 def _settings(log_level: str | None = None) -> Settings:
@@ -23,6 +25,16 @@ def _settings(log_level: str | None = None) -> Settings:
         raise click.ClickException(str(exc)) from None
     configure_logging(settings.log_format, log_level or settings.log_level)
     return settings
+
+
+def _features(settings: Settings) -> FeatureSet:
+    """The features file, or a clear error naming what is wrong with it."""
+    from app.domain.features import FeatureFileError, load_features
+
+    try:
+        return load_features(settings.features_path)
+    except FeatureFileError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -51,27 +63,6 @@ def serve(host: str, port: int, workers: int | None) -> None:
     sys.exit(run(_settings(), host, port, workers))
 
 
-@contextmanager
-def _database(settings: Settings) -> Iterator[str]:
-    """A database URL: the configured one, the running embedded one, or a briefly started one."""
-    from app.db.engine import migrate
-
-    if settings.database_url is not None:
-        url, owned = settings.database_url, None
-    else:
-        from app.embedded.postgres import EmbeddedPostgres
-
-        postgres = EmbeddedPostgres(settings.data_dir)
-        running = postgres.running_url()
-        url, owned = (running, None) if running else (postgres.start(), postgres)
-    try:
-        migrate(url)
-        yield url
-    finally:
-        if owned is not None:
-            owned.stop()
-
-
 @main.group()
 def keys() -> None:
     """API keys."""
@@ -87,23 +78,15 @@ def keys() -> None:
 )
 def keys_create(game: str, role: str) -> None:
     """Print a new API key, alone on one line."""
-    from app.db.engine import create_engine
-    from app.keys import KeyService
+    from app.bootstrap import CommandServices, run_command
 
-    settings = _settings("warning")
+    async def create(services: CommandServices) -> str:
+        return await services.keys.create(game, Role(role))
 
-    async def create(url: str) -> str:
-        engine = create_engine(url, pool_size=1)
-        try:
-            return await KeyService(engine, cache_s=0).create(game, Role(role))
-        finally:
-            await engine.dispose()
-
-    with _database(settings) as url:
-        try:
-            key = asyncio.run(create(url))
-        except ValueError as exc:
-            raise click.BadParameter(str(exc), param_hint="--game") from None
+    try:
+        key = run_command(_settings("warning"), create)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--game") from None
     click.echo(key)
 
 
@@ -140,45 +123,34 @@ def replay() -> None:
     """Rebuild every profile from the lake (stop the service first)."""
     from rich.progress import Progress
 
-    from app.analytics.location import LakeLocation
-    from app.db.engine import create_engine
-    from app.domain.features import FeatureFileError, load_features
+    from app.bootstrap import CommandServices, run_command
     from app.replay import ServiceRunning, replay_alone
 
     settings = _settings("warning")
-    try:
-        features = load_features(settings.features_path)
-    except FeatureFileError as exc:
-        raise click.ClickException(str(exc)) from None
+    features = _features(settings)
 
-    async def run(url: str) -> str:
-        engine = create_engine(url, pool_size=2)
-        try:
-            with Progress(transient=False) as bar:
-                task = bar.add_task("rebuilding profiles", total=None)
+    async def run(services: CommandServices) -> str:
+        with Progress(transient=False) as bar:
+            task = bar.add_task("rebuilding profiles", total=None)
 
-                def advance(done: int, total: int) -> None:
-                    bar.update(task, completed=done, total=total)
+            def advance(done: int, total: int) -> None:
+                bar.update(task, completed=done, total=total)
 
-                stats = await replay_alone(
-                    engine,
-                    features,
-                    LakeLocation.of(settings),
-                    retention_s=settings.applied_ids_retention_s,
-                    progress=advance,
-                )
-            return (
-                f"rebuilt {stats.players} profiles from {stats.events} events "
-                f"in {stats.seconds:.1f}s"
+            stats = await replay_alone(
+                services.engine,
+                features,
+                services.location,
+                retention_s=settings.applied_ids_retention_s,
+                progress=advance,
             )
-        finally:
-            await engine.dispose()
+        return (
+            f"rebuilt {stats.players} profiles from {stats.events} events in {stats.seconds:.1f}s"
+        )
 
-    with _database(settings) as url:
-        try:
-            click.echo(asyncio.run(run(url)))
-        except ServiceRunning as exc:
-            raise click.ClickException(str(exc)) from None
+    try:
+        click.echo(run_command(settings, run, pool_size=2))
+    except ServiceRunning as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @main.command("failed-events")
@@ -189,17 +161,10 @@ def failed_events(game: str | None, limit: int, fmt: str) -> None:
     """Events the fold could not apply, newest first, with the reason."""
     import msgspec
 
-    from app.db.engine import create_engine
-    from app.profiles import FailedEventService
+    from app.bootstrap import CommandServices, run_command
 
-    settings = _settings("warning")
-
-    async def fetch(url: str) -> list[dict[str, object]]:
-        engine = create_engine(url, pool_size=1)
-        try:
-            rows = await FailedEventService(engine).recent(game, limit=limit)
-        finally:
-            await engine.dispose()
+    async def fetch(services: CommandServices) -> list[dict[str, object]]:
+        rows = await services.failed_events.recent(game, limit=limit)
         return [
             {
                 "id": r.id,
@@ -213,8 +178,7 @@ def failed_events(game: str | None, limit: int, fmt: str) -> None:
             for r in rows
         ]
 
-    with _database(settings) as url:
-        rows = asyncio.run(fetch(url))
+    rows = run_command(_settings("warning"), fetch)
     if fmt == "json":
         click.echo(msgspec.json.encode(rows).decode())
         return
@@ -236,34 +200,22 @@ def models() -> None:
 
 def _with_registry(action: Any) -> Any:
     """Run ``action(registry)`` against the configured database."""
-    from app.db.engine import create_engine
-    from app.domain.features import FeatureFileError, load_features
-    from app.models.registry import ModelRegistry
-
-    settings = _settings("warning")
-    try:
-        features = load_features(settings.features_path)
-    except FeatureFileError as exc:
-        raise click.ClickException(str(exc)) from None
-
-    async def run(url: str) -> Any:
-        engine = create_engine(url, pool_size=1)
-        try:
-            registry = ModelRegistry(engine, features, max_bytes=settings.model_max_bytes)
-            return await action(registry)
-        finally:
-            await engine.dispose()
-
+    from app.bootstrap import CommandServices, run_command
     from app.domain.rollout import RolloutError
     from app.models.registry import ModelRejected, UnknownModel
 
-    with _database(settings) as url:
-        try:
-            return asyncio.run(run(url))
-        except UnknownModel as exc:
-            raise click.ClickException(f"model {exc} has no version in this game") from None
-        except (RolloutError, ModelRejected) as exc:
-            raise click.ClickException(str(exc)) from None
+    settings = _settings("warning")
+    _features(settings)  # a clear error before the database is touched
+
+    async def run(services: CommandServices) -> Any:
+        return await action(services.registry)
+
+    try:
+        return run_command(settings, run)
+    except UnknownModel as exc:
+        raise click.ClickException(f"model {exc} has no version in this game") from None
+    except (RolloutError, ModelRejected) as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 def _show_rollout(rollout: Any) -> None:
@@ -328,18 +280,18 @@ def models_rollback(game: str, name: str) -> None:
 @models.command("upload")
 @click.option("--game", required=True)
 @click.argument("name")
-@click.argument("model_path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("model_path", type=INPUT_FILE)
 @click.option(
     "--manifest",
     "manifest_path",
     required=True,
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    type=INPUT_FILE,
     help="The manifest (JSON): inputs, defaults, probability.",
 )
 @click.option(
     "--training",
     "training_path",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    type=INPUT_FILE,
     default=None,
     help="The training set (Parquet or CSV, one column per input feature): its bins per "
     "feature are stored for drift reports.",
@@ -347,7 +299,7 @@ def models_rollback(game: str, name: str) -> None:
 @click.option(
     "--training-stats",
     "stats_path",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    type=INPUT_FILE,
     default=None,
     help='Or those bins as JSON: {"features": {NAME: {"edges": [...], "counts": [...]}}}.',
 )
@@ -449,22 +401,15 @@ def players() -> None:
     """Player privacy: erasure and export."""
 
 
-def _with_privacy(action: Any) -> Any:
-    from app.analytics.location import LakeLocation
-    from app.db.engine import create_engine
-    from app.privacy import PrivacyService
+def _with_privacy(action: Any, *, profiles: bool = False) -> Any:
+    """Run ``action(privacy)``; with ``profiles``, the service can also read profiles."""
+    from app.bootstrap import CommandServices, run_command
 
-    settings = _settings("warning")
+    async def run(services: CommandServices) -> Any:
+        privacy = await services.privacy_with_profiles() if profiles else services.privacy
+        return await action(privacy)
 
-    async def run(url: str) -> Any:
-        engine = create_engine(url, pool_size=2)
-        try:
-            return await action(PrivacyService(engine, LakeLocation.of(settings)))
-        finally:
-            await engine.dispose()
-
-    with _database(settings) as url:
-        return asyncio.run(run(url))
+    return run_command(_settings("warning"), run, pool_size=2)
 
 
 @players.command("erase")
@@ -495,23 +440,13 @@ def players_erase(game: str, player_id: str, wait_s: float) -> None:
 @click.argument("player_id")
 def players_export(game: str, player_id: str) -> None:
     """Print everything held about PLAYER_ID as one JSON document."""
-    from app.db.reads import FastReads
-    from app.domain.features import load_features
-    from app.profiles import ProfileService
-
-    settings = _settings("warning")
 
     async def export(privacy: Any) -> None:
-        reads = await FastReads.open(str(privacy.engine.url.render_as_string(False)), size=1)
-        try:
-            privacy.profiles = ProfileService(reads, load_features(settings.features_path))
-            async for piece in privacy.export(game, player_id):
-                sys.stdout.buffer.write(piece)
-            sys.stdout.buffer.write(b"\n")
-        finally:
-            await reads.close()
+        async for piece in privacy.export(game, player_id):
+            sys.stdout.buffer.write(piece)
+        sys.stdout.buffer.write(b"\n")
 
-    _with_privacy(export)
+    _with_privacy(export, profiles=True)
 
 
 @players.command("reuse")

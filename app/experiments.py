@@ -110,12 +110,11 @@ class ExperimentService:
     ) -> tuple[list[stats.ArmCounts], dict[int, Any]]:
         conn = connect(self.lake)
         try:
-            arms = stats.exposure_counts(conn, game, name, outcome, period.start, period.end)
+            exposure = stats.Exposure(game, name, outcome, period.start, period.end)
+            arms = stats.exposure_counts(conn, exposure)
             probabilities = {}
             if outcome.kind == "any" and specs:
-                probabilities = stats.exposure_probabilities(
-                    conn, game, name, outcome, period.start, period.end, specs
-                )
+                probabilities = stats.exposure_probabilities(conn, exposure, specs)
             return arms, probabilities
         finally:
             conn.close()

@@ -10,9 +10,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app.db.reads import FastReads
 from app.db.repositories import ApiKeyRepository
 from app.domain.access import Principal, Role, hash_key, new_key
-from app.domain.events import GAME_PATTERN
+from app.domain.events import NAME_PATTERN
 
-_GAME = re.compile(GAME_PATTERN)
+_GAME = re.compile(NAME_PATTERN)
 
 
 class KeyService:

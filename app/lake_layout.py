@@ -1,7 +1,8 @@
 """The Parquet lake's layout: what the archive writes and compaction rewrites.
 
-``<lake>/events/game=GAME/date=YYYY-MM-DD/*.parquet`` (CONTRACT.md), and the same for
-``predictions``. One definition, so every writer keeps every column.
+``<lake>/events/game=GAME/date=YYYY-MM-DD/*.parquet``, and the same for ``predictions``.
+One definition, so every writer keeps every column, and one definition of which copy of
+an event counts (:data:`FIRST_RECEIVED`), so every reader keeps the same one.
 """
 
 from __future__ import annotations
@@ -38,6 +39,33 @@ PREDICTIONS_SCHEMA = pa.schema(
         ("features", pa.string()),
     ]
 )
+
+
+_SQL_TYPES = {
+    pa.string(): "VARCHAR",
+    pa.int32(): "INTEGER",
+    pa.int64(): "BIGINT",
+    pa.bool_(): "BOOLEAN",
+    TIMESTAMP: "TIMESTAMPTZ",
+}
+
+
+def typed_nulls(schema: pa.Schema) -> str:
+    """A select list of typed NULLs, one per column (``NULL::VARCHAR AS event_id, ...``):
+    what a query over a lake without files selects, so its views keep their columns."""
+    return ", ".join(f"NULL::{_SQL_TYPES[f.type]} AS {f.name}" for f in schema)
+
+
+EVENT_COLUMNS = ", ".join(EVENTS_SCHEMA.names)
+"""The events columns in schema order, for SQL select lists."""
+
+PREDICTION_COLUMNS = ", ".join(PREDICTIONS_SCHEMA.names)
+"""The predictions columns in schema order, for SQL select lists."""
+
+FIRST_RECEIVED = "ORDER BY received_at, ts, type, props"
+"""The order of a ``row_number()`` window whose first row is the copy of an event that
+counts: the first received (ties broken on content, so every reader picks the same row).
+Use it as ``row_number() OVER (PARTITION BY player_id, event_id {FIRST_RECEIVED})``."""
 
 
 def event_date(ts_us: int) -> str:

@@ -30,8 +30,8 @@ from typing import Any
 import msgspec
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.analytics.location import LakeLocation, connect_lake
-from app.analytics.privacy import erase_player, partition_files
+from app.analytics.location import LakeLocation
+from app.analytics.privacy import erase_player, lake_events, lake_predictions
 from app.db.privacy import Erasure, ErasureRepository
 from app.log import get_logger
 from app.profiles import ProfileService
@@ -282,46 +282,3 @@ def _as_json(payload: bytes) -> Any:
         return msgspec.json.decode(payload)
     except msgspec.DecodeError:
         return payload.decode(errors="replace")
-
-
-def _rows(cursor: Any, json_columns: tuple[str, ...]) -> list[dict[str, Any]]:
-    names = [d[0] for d in cursor.description]
-    out = []
-    for row in cursor.fetchall():
-        item = dict(zip(names, row, strict=True))
-        for name in json_columns:
-            if item.get(name) is not None:
-                item[name] = msgspec.json.decode(item[name])
-        out.append(item)
-    return out
-
-
-def lake_events(location: LakeLocation, game: str, player_id: str) -> list[dict[str, Any]]:
-    """The player's archived events, each once (as the fold counts them), by time."""
-    with connect_lake(location) as conn:
-        cursor = conn.execute(
-            "SELECT event_id, type, ts, props, received_at, device_ts FROM distinct_events "
-            "WHERE game = ? AND player_id = ? ORDER BY ts, event_id",
-            [game, player_id],
-        )
-        return _rows(cursor, ("props",))
-
-
-def lake_predictions(location: LakeLocation, game: str, player_id: str) -> list[dict[str, Any]]:
-    """The player's logged predictions, by time."""
-    files = [f.path for f in partition_files(location.hot, "predictions", game)]
-    if not files:
-        return []
-    import duckdb
-
-    conn = duckdb.connect(":memory:")
-    try:
-        conn.execute("SET TimeZone = 'UTC'")
-        cursor = conn.execute(
-            "SELECT model, version, shadow, ts, latency_us, outputs, features "
-            "FROM read_parquet(?, union_by_name = true) WHERE player_id = ? ORDER BY ts",
-            [files, player_id],
-        )
-        return _rows(cursor, ("outputs", "features"))
-    finally:
-        conn.close()

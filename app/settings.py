@@ -87,6 +87,16 @@ class Settings:
     """PLAYERPULSE_LAKE_COMPACT_TARGET_ROWS: most rows per compacted file."""
     lake_retention_days: int | None = None
     """PLAYERPULSE_LAKE_RETENTION_DAYS: partitions dated longer ago are dropped; unset: kept."""
+    kafka_home: Path | None = None
+    """PLAYERPULSE_KAFKA_HOME: where the embedded Kafka's jars and class archive are cached
+    (default ``~/.cache/playerpulse/kafka-VERSION``)."""
+    kafka_heap_opts: str = "-Xms128m -Xmx768m"
+    """PLAYERPULSE_KAFKA_HEAP_OPTS: JVM heap options of the embedded Kafka."""
+    kafka_jvm_opts: str = ""
+    """PLAYERPULSE_KAFKA_JVM_OPTS: more JVM options for the embedded Kafka."""
+    kafka_extra_props: str = ""
+    """PLAYERPULSE_KAFKA_EXTRA_PROPS: ``key=value`` lines appended to the embedded Kafka's
+    server.properties (later lines win)."""
     revenue_event: str = "purchase"
     """PLAYERPULSE_REVENUE_EVENT: the event type the arpdau report sums."""
     revenue_field: str = "amount"
@@ -176,6 +186,8 @@ def _convert(key: str, raw: str, kind: type, name: str) -> Any:
         return raw
     if name == "lake_retention_days":  # optional: unset keeps everything
         kind = int
+    if name == "kafka_home":  # optional: unset uses the user's cache
+        return Path(raw).expanduser().resolve()
     try:
         if kind is bool:
             return raw.lower() in ("1", "true", "yes", "on")

@@ -10,15 +10,22 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import date, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
+if TYPE_CHECKING:
+    from app.settings import Settings
+
 _FORMATS = click.Choice(["table", "csv", "json"])
 _DAY = click.DateTime(formats=["%Y-%m-%d"])
+INPUT_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
+"""A file the command reads (it must exist)."""
+OUTPUT_FILE = click.Path(dir_okay=False, path_type=Path)
+"""A file the command writes."""
 
 
-def _settings() -> Any:
+def _settings() -> Settings:
     from app.log import configure_logging
     from app.settings import Settings, SettingsError
 
@@ -185,7 +192,7 @@ def retention(days: int | None, dry_run: bool, fmt: str) -> None:
 )
 @click.option(
     "--plot",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=OUTPUT_FILE,
     default=None,
     help="Also draw the report to this PNG file (needs matplotlib).",
 )
@@ -223,8 +230,8 @@ def report(
         start=start.date() if start else None,
         end=end.date() if end else None,
         steps=tuple(s.strip() for s in steps.split(",") if s.strip()) if steps else (),
-        purchase_event=str(purchase_event or getattr(settings, "revenue_event", "purchase")),
-        revenue_field=str(revenue_field or getattr(settings, "revenue_field", "amount")),
+        purchase_event=str(purchase_event or settings.revenue_event),
+        revenue_field=str(revenue_field or settings.revenue_field),
     )
     try:
         with _lake_errors():
@@ -245,21 +252,21 @@ def report(
 @click.option(
     "--labels",
     "labels_path",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    type=INPUT_FILE,
     required=True,
     help="CSV or Parquet with player_id, ts (RFC 3339; UTC if no offset) and label columns.",
 )
 @click.option(
     "--out",
     "out_path",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=OUTPUT_FILE,
     required=True,
     help="CSV or Parquet (by extension): the label rows plus one column per feature.",
 )
 @click.option(
     "--features",
     "features_path",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    type=INPUT_FILE,
     default=None,
     help="Features file [PLAYERPULSE_FEATURES].",
 )
@@ -329,34 +336,22 @@ def _model_report(
     plot: Path | None,
 ) -> None:
     """The experiment or drift report of a model (settings from the database)."""
-    import asyncio
+    from app.bootstrap import CommandServices, run_command
+    from app.experiments import Period, ReportUnavailable, UnknownModelName
 
-    from app.analytics.location import LakeLocation
-    from app.cli import _database
-    from app.db.engine import create_engine
-    from app.experiments import ExperimentService, Period, ReportUnavailable, UnknownModelName
+    async def run(services: CommandServices) -> Any:
+        period = Period.of_days(first, last)
+        if name == "experiment":
+            return await services.experiments.experiment(game, model, period, control)
+        return await services.experiments.drift(game, model, period, version)
 
-    settings = _settings()
-
-    async def run(url: str) -> Any:
-        engine = create_engine(url, pool_size=1)
-        try:
-            service = ExperimentService(engine, LakeLocation.of(settings))
-            period = Period.of_days(first, last)
-            if name == "experiment":
-                return await service.experiment(game, model, period, control)
-            return await service.drift(game, model, period, version)
-        finally:
-            await engine.dispose()
-
-    with _database(settings) as url:
-        try:
-            with _lake_errors():
-                result = asyncio.run(run(url))
-        except UnknownModelName:
-            raise click.ClickException(f"model {model!r} has no version in game {game!r}") from None
-        except ReportUnavailable as exc:
-            raise click.ClickException(str(exc)) from None
+    try:
+        with _lake_errors():
+            result = run_command(_settings(), run)
+    except UnknownModelName:
+        raise click.ClickException(f"model {model!r} has no version in game {game!r}") from None
+    except ReportUnavailable as exc:
+        raise click.ClickException(str(exc)) from None
     if plot is not None:
         _plot_model_report(name, result, plot)
     _print_model_report(name, result, fmt)

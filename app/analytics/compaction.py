@@ -45,8 +45,9 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from app.lake_layout import EVENTS_SCHEMA
+from app.lake_layout import EVENT_COLUMNS, EVENTS_SCHEMA, FIRST_RECEIVED
 from app.log import get_logger
+from app.settings import Settings
 
 from .location import LakeFile, LakeLocation, filesystem, is_url, join, lake_files
 
@@ -130,40 +131,45 @@ def compact_lake(
                     progress(done, len(hot))
             if location.cold is not None and cold_after_days is not None:
                 cutoff = (today or datetime.now(UTC).date()) - timedelta(days=cold_after_days)
-                old = {
-                    key: files
-                    for key, files in _partitions(location.hot).items()
-                    if _date(key[1]) is not None and _date(key[1]) < cutoff  # type: ignore[operator]
-                }
-                for (game, day), files in old.items():
-                    _move(files, location.cold, stats)
-                    stats.partitions_moved += 1
-                    stats.touched.append(f"{game}/{day}")
-                cold = _partitions(location.cold)
-                for key, files in old.items():
-                    if key in cold:
-                        compactor.partition(cold[key], include=tuple(f.name for f in files))
+                _tier(compactor, location.hot, location.cold, cutoff)
         finally:
             conn.close()
     stats.seconds = time.monotonic() - started
     return stats
 
 
-def compact_from_settings(settings: Any, **overrides: Any) -> CompactionStats:
+def _tier(compactor: _Compactor, hot: str, cold: str, cutoff: date) -> None:
+    """Move every hot partition dated before ``cutoff`` to the cold root, then compact
+    each cold partition that received files (merging them into what it held)."""
+    stats = compactor.stats
+    old = {
+        key: files
+        for key, files in _partitions(hot).items()
+        if (dated := _date(key[1])) is not None and dated < cutoff
+    }
+    for (game, day), files in old.items():
+        _move(files, cold, stats)
+        stats.partitions_moved += 1
+        stats.touched.append(f"{game}/{day}")
+    in_cold = _partitions(cold)
+    for key, files in old.items():
+        if key in in_cold:
+            compactor.partition(in_cold[key], include=tuple(f.name for f in files))
+
+
+def compact_from_settings(settings: Settings, **overrides: Any) -> CompactionStats:
     """:func:`compact_lake` with the lake location and options the settings name."""
-    cold_after_days = getattr(settings, "lake_cold_after_days", None)
+    cold_after_days = settings.lake_cold_after_days
     options: dict[str, Any] = {
-        "target_rows": getattr(settings, "lake_compact_target_rows", DEFAULT_TARGET_ROWS),
+        "target_rows": settings.lake_compact_target_rows,
         # Negative: never tier. Tiering also needs a cold root (lake_cold_url).
-        "cold_after_days": None
-        if cold_after_days is None or cold_after_days < 0
-        else cold_after_days,
+        "cold_after_days": None if cold_after_days < 0 else cold_after_days,
     }
     options.update(overrides)
     return compact_lake(LakeLocation.of(settings), **options)
 
 
-async def compaction_tick(settings: Any) -> CompactionStats | None:
+async def compaction_tick(settings: Settings) -> CompactionStats | None:
     """One compaction run off the event loop, for a timer in ``serve``; never raises."""
     try:
         stats = await asyncio.to_thread(compact_from_settings, settings, threads=1)
@@ -181,23 +187,6 @@ async def compaction_tick(settings: Any) -> CompactionStats | None:
             seconds=round(stats.seconds, 3),
         )
     return stats
-
-
-async def compact_periodically(settings: Any, interval_s: float | None = None) -> None:
-    """Run :func:`compaction_tick` every ``interval_s`` (setting ``lake_compact_interval_s``).
-
-    Runs until cancelled; an interval of 0 or less turns it off.
-    """
-    interval = (
-        interval_s
-        if interval_s is not None
-        else getattr(settings, "lake_compact_interval_s", 600.0)
-    )
-    if interval <= 0:
-        return
-    while True:
-        await asyncio.sleep(interval)
-        await compaction_tick(settings)
 
 
 class _Compactor:
@@ -266,49 +255,11 @@ class _Compactor:
         current: dict[str, LakeFile],
         rows: dict[str, int],
     ) -> list[LakeFile] | None:
-        conn = self.conn
         table = _read(fs, batch)
-        grew = False
-        while True:
-            # Every other file holding a copy of one of these events is rewritten with
-            # them, so the first-received copy is chosen among all copies in the partition.
-            others = [f for f in current.values() if f not in batch]
-            if not others:
-                break
-            conn.register("batch_rows", table)
-            conn.register("other_keys", _read_keys(fs, others))
-            try:
-                sharing = conn.execute(
-                    "SELECT DISTINCT o.file FROM other_keys o "
-                    "JOIN batch_rows b USING (player_id, event_id)"
-                ).fetchall()
-            finally:
-                conn.unregister("batch_rows")
-                conn.unregister("other_keys")
-            if not sharing:
-                break
-            extra = [others[int(index)] for (index,) in sharing]
-            batch = batch + extra
-            table = pa.concat_tables([table, _read(fs, extra)])
-            grew = True
+        batch, table, grew = self._with_sharing(fs, batch, table, current)
         if len(batch) == 1 and batch[0].name.startswith(COMPACT_PREFIX) and not grew:
             return None  # already compacted, and no copy of its events elsewhere
-        conn.register("batch_rows", table)
-        try:
-            kept = conn.sql(
-                """
-                SELECT event_id, player_id, type, ts, props, received_at, device_ts FROM (
-                    SELECT *, row_number() OVER (
-                        PARTITION BY player_id, event_id
-                        ORDER BY received_at, ts, type, props) AS copy
-                    FROM batch_rows
-                ) WHERE copy = 1
-                ORDER BY player_id, ts, event_id
-                """
-            ).to_arrow_table()
-        finally:
-            conn.unregister("batch_rows")
-        kept = kept.cast(EVENTS_SCHEMA)
+        kept = self._first_copies(table)
         written = []
         for start in range(0, max(kept.num_rows, 1), self.target_rows):
             piece = kept.slice(start, self.target_rows)
@@ -327,6 +278,55 @@ class _Compactor:
         stats.rows_written += kept.num_rows
         stats.duplicates_removed += table.num_rows - kept.num_rows
         return written
+
+    def _with_sharing(
+        self,
+        fs: pafs.FileSystem,
+        batch: list[LakeFile],
+        table: pa.Table,
+        current: dict[str, LakeFile],
+    ) -> tuple[list[LakeFile], pa.Table, bool]:
+        """The batch grown by every other file holding a copy of one of its events (so the
+        first-received copy is chosen among all copies in the partition), its rows, and
+        whether it grew."""
+        conn = self.conn
+        grew = False
+        while others := [f for f in current.values() if f not in batch]:
+            conn.register("batch_rows", table)
+            conn.register("other_keys", _read_keys(fs, others))
+            try:
+                sharing = conn.execute(
+                    "SELECT DISTINCT o.file FROM other_keys o "
+                    "JOIN batch_rows b USING (player_id, event_id)"
+                ).fetchall()
+            finally:
+                conn.unregister("batch_rows")
+                conn.unregister("other_keys")
+            if not sharing:
+                break
+            extra = [others[int(index)] for (index,) in sharing]
+            batch = batch + extra
+            table = pa.concat_tables([table, _read(fs, extra)])
+            grew = True
+        return batch, table, grew
+
+    def _first_copies(self, table: pa.Table) -> pa.Table:
+        """Each ``(player_id, event_id)`` of ``table`` once, the first received, sorted."""
+        self.conn.register("batch_rows", table)
+        try:
+            kept = self.conn.sql(
+                f"""
+                SELECT {EVENT_COLUMNS} FROM (
+                    SELECT *, row_number() OVER (
+                        PARTITION BY player_id, event_id {FIRST_RECEIVED}) AS copy
+                    FROM batch_rows
+                ) WHERE copy = 1
+                ORDER BY player_id, ts, event_id
+                """
+            ).to_arrow_table()
+        finally:
+            self.conn.unregister("batch_rows")
+        return kept.cast(EVENTS_SCHEMA)
 
 
 def _partitions(root: str) -> dict[tuple[str, str], list[LakeFile]]:

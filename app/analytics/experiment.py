@@ -264,49 +264,45 @@ _VALUE_SUM = {
 }
 
 
-def _params(
-    game: str, model: str, outcome: Outcome, start: datetime, end: datetime
-) -> dict[str, Any]:
-    return {
-        "game": game,
-        "model": model,
-        "start": start,
-        "end": end,
-        "first_day": start.date(),
-        "event": outcome.event,
-        "within": outcome.within_s,
-        "path": json_path(tuple((outcome.field or "_").split("."))),
-    }
+@dataclass(frozen=True, slots=True)
+class Exposure:
+    """Which exposures an experiment counts: a game's model, an outcome, a time window."""
+
+    game: str
+    model: str
+    outcome: Outcome
+    start: datetime
+    end: datetime
+
+    def params(self) -> dict[str, Any]:
+        """The query parameters of :data:`_EXPOSED`."""
+        return {
+            "game": self.game,
+            "model": self.model,
+            "start": self.start,
+            "end": self.end,
+            "first_day": self.start.date(),
+            "event": self.outcome.event,
+            "within": self.outcome.within_s,
+            "path": json_path(tuple((self.outcome.field or "_").split("."))),
+        }
 
 
-def exposure_counts(
-    conn: duckdb.DuckDBPyConnection,
-    game: str,
-    model: str,
-    outcome: Outcome,
-    start: datetime,
-    end: datetime,
-) -> list[ArmCounts]:
+def exposure_counts(conn: duckdb.DuckDBPyConnection, exposure: Exposure) -> list[ArmCounts]:
     """Exposed players, converted players and the outcome's total, per version."""
     sql = f"""
         WITH {_EXPOSED}
         SELECT x.version, count(*) AS players, count(h.player_id) AS converted,
-            {_VALUE_SUM[outcome.kind]} AS value_sum
+            {_VALUE_SUM[exposure.outcome.kind]} AS value_sum
         FROM exposed x LEFT JOIN hits h USING (player_id)
         GROUP BY x.version ORDER BY x.version
     """
-    rows = conn.execute(sql, _params(game, model, outcome, start, end)).fetchall()
+    rows = conn.execute(sql, exposure.params()).fetchall()
     return [ArmCounts(int(v), int(n), int(c), float(s)) for v, n, c, s in rows]
 
 
 def exposure_probabilities(
-    conn: duckdb.DuckDBPyConnection,
-    game: str,
-    model: str,
-    outcome: Outcome,
-    start: datetime,
-    end: datetime,
-    specs: dict[int, ProbabilitySpec],
+    conn: duckdb.DuckDBPyConnection, exposure: Exposure, specs: dict[int, ProbabilitySpec]
 ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """Per version with a probability spec: predicted probabilities and outcomes (0/1)."""
     sql = f"""
@@ -315,8 +311,7 @@ def exposure_probabilities(
         FROM exposed x LEFT JOIN hits h USING (player_id)
     """
     decoded: dict[int, tuple[list[float], list[int]]] = {}
-    params = _params(game, model, outcome, start, end)
-    for version, outputs, converted in conn.execute(sql, params).fetchall():
+    for version, outputs, converted in conn.execute(sql, exposure.params()).fetchall():
         spec = specs.get(int(version))
         if spec is None:
             continue
@@ -336,53 +331,58 @@ def plot_experiment(report: ExperimentReport, path: Any) -> None:
         raise ValueError("--plot needs matplotlib: pip install matplotlib") from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from statsmodels.stats.proportion import proportion_confint
 
     panels = 2 if report.calibration else 1
     figure, axes = plt.subplots(1, panels, figsize=(6 * panels, 4.5), squeeze=False)
     try:
-        left = axes[0][0]
-        rows = [r for r in report.rows if r.players]
-        labels = [
-            f"v{r.version}" + (" (control)" if r.version == report.control else "") for r in rows
-        ]
-        rates = [r.converted / r.players for r in rows]
-        low, high = proportion_confint(
-            [r.converted for r in rows], [r.players for r in rows], method="wilson"
-        )
-        errors = [np.subtract(rates, low), np.subtract(high, rates)]
-        left.bar(labels, rates, yerr=errors, capsize=8, color="#4c78a8")
-        for x, r in enumerate(rows):
-            text = f"{rates[x]:.1%}\nn={r.players}"
-            if r.uplift is not None and r.ci_low is not None and r.ci_high is not None:
-                text += (
-                    f"\n{r.uplift * 100:+.1f} pts\n[{r.ci_low * 100:+.1f}, {r.ci_high * 100:+.1f}]"
-                )
-                if r.p_value is not None:
-                    text += f"\np = {r.p_value:.2g}"
-            left.text(x, rates[x] / 2, text, ha="center", va="center", color="white")
-        left.set_ylim(0, max(high) * 1.15 if len(rows) else 1)
-        left.set_ylabel(f"rate: {report.outcome['event']} within {report.outcome['within']}")
-        title = f"{report.model}: conversion by version (95% intervals)"
-        if report.srm is not None and not report.srm.ok:
-            title += "\nSAMPLE RATIO MISMATCH"
-        left.set_title(title)
+        _plot_rates(axes[0][0], report)
         if report.calibration:
-            right = axes[0][1]
-            right.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfect")
-            for c in report.calibration:
-                shown = [b for b in c.reliability if b.players >= 20]  # the rest is noise
-                right.plot(
-                    [b.mean_predicted for b in shown],
-                    [b.observed_rate for b in shown],
-                    marker="o",
-                    label=f"v{c.version} (Brier {c.brier:.3f})",
-                )
-            right.set_xlabel("predicted probability")
-            right.set_ylabel("observed rate")
-            right.set_title("reliability (bins of 20+ players)")
-            right.legend()
+            _plot_reliability(axes[0][1], report.calibration)
         figure.tight_layout()
         figure.savefig(path, format="png", dpi=100)
     finally:
         plt.close(figure)
+
+
+def _plot_rates(axis: Any, report: ExperimentReport) -> None:
+    """Conversion per version with Wilson 95% intervals, uplift and p-value on each bar."""
+    from statsmodels.stats.proportion import proportion_confint
+
+    rows = [r for r in report.rows if r.players]
+    labels = [f"v{r.version}" + (" (control)" if r.version == report.control else "") for r in rows]
+    rates = [r.converted / r.players for r in rows]
+    low, high = proportion_confint(
+        [r.converted for r in rows], [r.players for r in rows], method="wilson"
+    )
+    errors = [np.subtract(rates, low), np.subtract(high, rates)]
+    axis.bar(labels, rates, yerr=errors, capsize=8, color="#4c78a8")
+    for x, r in enumerate(rows):
+        text = f"{rates[x]:.1%}\nn={r.players}"
+        if r.uplift is not None and r.ci_low is not None and r.ci_high is not None:
+            text += f"\n{r.uplift * 100:+.1f} pts\n[{r.ci_low * 100:+.1f}, {r.ci_high * 100:+.1f}]"
+            if r.p_value is not None:
+                text += f"\np = {r.p_value:.2g}"
+        axis.text(x, rates[x] / 2, text, ha="center", va="center", color="white")
+    axis.set_ylim(0, max(high) * 1.15 if len(rows) else 1)
+    axis.set_ylabel(f"rate: {report.outcome['event']} within {report.outcome['within']}")
+    title = f"{report.model}: conversion by version (95% intervals)"
+    if report.srm is not None and not report.srm.ok:
+        title += "\nSAMPLE RATIO MISMATCH"
+    axis.set_title(title)
+
+
+def _plot_reliability(axis: Any, calibration: list[Calibration]) -> None:
+    """Observed rate against mean predicted probability, per version."""
+    axis.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfect")
+    for c in calibration:
+        shown = [b for b in c.reliability if b.players >= 20]  # the rest is noise
+        axis.plot(
+            [b.mean_predicted for b in shown],
+            [b.observed_rate for b in shown],
+            marker="o",
+            label=f"v{c.version} (Brier {c.brier:.3f})",
+        )
+    axis.set_xlabel("predicted probability")
+    axis.set_ylabel("observed rate")
+    axis.set_title("reliability (bins of 20+ players)")
+    axis.legend()

@@ -16,10 +16,13 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import duckdb
 import pyarrow.fs as pafs
+
+from app.lake_layout import EVENT_COLUMNS, EVENTS_SCHEMA, FIRST_RECEIVED, typed_nulls
+from app.settings import Settings
 
 
 class LakeLocationError(RuntimeError):
@@ -50,11 +53,9 @@ class LakeLocation:
     cold: str | None = None
 
     @classmethod
-    def of(cls, settings: Any) -> LakeLocation:
-        """The location named by the settings (works before and after the lake fields exist)."""
-        hot = getattr(settings, "lake_url", None) or str(settings.lake_dir)
-        cold = getattr(settings, "lake_cold_url", None) or None
-        return cls(str(hot), None if cold is None else str(cold))
+    def of(cls, settings: Settings) -> LakeLocation:
+        """The location named by the settings."""
+        return cls(settings.lake_url or str(settings.lake_dir), settings.lake_cold_url or None)
 
     @property
     def roots(self) -> tuple[str, ...]:
@@ -144,9 +145,7 @@ def files_pattern(root: str) -> str:
 
 
 EMPTY_ROWS = (
-    "SELECT NULL::VARCHAR AS event_id, NULL::VARCHAR AS player_id, NULL::VARCHAR AS type, "
-    "NULL::TIMESTAMPTZ AS ts, NULL::VARCHAR AS props, NULL::TIMESTAMPTZ AS received_at, "
-    "NULL::TIMESTAMPTZ AS device_ts, NULL::VARCHAR AS game, NULL::DATE AS date LIMIT 0"
+    f"SELECT {typed_nulls(EVENTS_SCHEMA)}, NULL::VARCHAR AS game, NULL::DATE AS date LIMIT 0"
 )
 
 
@@ -157,7 +156,7 @@ def rows_source(location: LakeLocation) -> str:
         return EMPTY_ROWS
     listed = ", ".join(_sql_text(p) for p in patterns)
     return (
-        "SELECT event_id, player_id, type, ts, props, received_at, device_ts, game, date "
+        f"SELECT {EVENT_COLUMNS}, game, date "
         f"FROM read_parquet([{listed}], hive_partitioning = true, "
         "hive_types = {'game': VARCHAR, 'date': DATE}, union_by_name = true)"
     )
@@ -194,12 +193,11 @@ def connect_lake(
         """
     )
     conn.execute(
-        """
+        f"""
         CREATE VIEW distinct_events AS
         SELECT * EXCLUDE (copy) FROM (
             SELECT *, row_number() OVER (
-                PARTITION BY game, player_id, event_id
-                ORDER BY received_at, ts, type, props) AS copy
+                PARTITION BY game, player_id, event_id {FIRST_RECEIVED}) AS copy
             FROM lake_rows
         ) WHERE copy = 1
         """

@@ -10,21 +10,32 @@ so they never interleave with a compaction that read the same files.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import shutil
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import duckdb
+import msgspec
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from app.log import get_logger
+from app.settings import Settings
 
-from .compaction import ROW_GROUP_ROWS, lake_lock
-from .location import LakeLocation, enable_object_store, filesystem, is_url, partition_entries
+from .compaction import ROW_GROUP_ROWS, compaction_tick, lake_lock
+from .location import (
+    LakeLocation,
+    connect_lake,
+    enable_object_store,
+    filesystem,
+    is_url,
+    partition_entries,
+)
 
 log = get_logger(__name__)
 
@@ -185,3 +196,56 @@ def apply_retention(
     if expired:
         log.info("lake retention dropped partitions", partitions=len(expired), days=days)
     return expired
+
+
+async def housekeeping_tick(settings: Settings) -> None:
+    """One compaction run, then retention if set: the ``serve`` timer; never raises."""
+    await compaction_tick(settings)
+    if settings.lake_retention_days is not None:
+        try:
+            await asyncio.to_thread(
+                apply_retention, LakeLocation.of(settings), settings.lake_retention_days
+            )
+        except Exception:
+            log.exception("lake retention failed; will try again")
+
+
+def _rows(cursor: Any, json_columns: tuple[str, ...]) -> list[dict[str, Any]]:
+    names = [d[0] for d in cursor.description]
+    out = []
+    for row in cursor.fetchall():
+        item = dict(zip(names, row, strict=True))
+        for name in json_columns:
+            if item.get(name) is not None:
+                item[name] = msgspec.json.decode(item[name])
+        out.append(item)
+    return out
+
+
+def lake_events(location: LakeLocation, game: str, player_id: str) -> list[dict[str, Any]]:
+    """The player's archived events, each once (as the fold counts them), by time."""
+    with connect_lake(location) as conn:
+        cursor = conn.execute(
+            "SELECT event_id, type, ts, props, received_at, device_ts FROM distinct_events "
+            "WHERE game = ? AND player_id = ? ORDER BY ts, event_id",
+            [game, player_id],
+        )
+        return _rows(cursor, ("props",))
+
+
+def lake_predictions(location: LakeLocation, game: str, player_id: str) -> list[dict[str, Any]]:
+    """The player's logged predictions, by time."""
+    files = [f.path for f in partition_files(location.hot, "predictions", game)]
+    if not files:
+        return []
+    conn = duckdb.connect(":memory:")
+    try:
+        conn.execute("SET TimeZone = 'UTC'")
+        cursor = conn.execute(
+            "SELECT model, version, shadow, ts, latency_us, outputs, features "
+            "FROM read_parquet(?, union_by_name = true) WHERE player_id = ? ORDER BY ts",
+            [files, player_id],
+        )
+        return _rows(cursor, ("outputs", "features"))
+    finally:
+        conn.close()

@@ -10,6 +10,8 @@ from typing import Any, TextIO
 import duckdb
 import msgspec
 
+from app.lake_layout import PREDICTION_COLUMNS, PREDICTIONS_SCHEMA, typed_nulls
+
 from .location import LakeLocation, connect_lake, is_url
 
 
@@ -25,29 +27,16 @@ class QueryResult:
     rows: list[tuple[Any, ...]]
 
 
-_PREDICTION_COLUMNS = {
-    "model": "VARCHAR",
-    "version": "INTEGER",
-    "player_id": "VARCHAR",
-    "shadow": "BOOLEAN",
-    "ts": "TIMESTAMPTZ",
-    "latency_us": "BIGINT",
-    "outputs": "VARCHAR",
-    "features": "VARCHAR",
-}
-
-
 def _predictions_source(folder: Path) -> str:
     """A SELECT over the logged predictions, plus ``game``; no rows if there are none."""
     if any(folder.glob("game=*/date=*/*.parquet")):
         pattern = str(folder / "game=*" / "date=*" / "*.parquet").replace("'", "''")
         return (
-            f"SELECT {', '.join(_PREDICTION_COLUMNS)}, game "
+            f"SELECT {PREDICTION_COLUMNS}, game "
             f"FROM read_parquet('{pattern}', hive_partitioning = true, "
             f"hive_types = {{'game': VARCHAR, 'date': DATE}}, union_by_name = true)"
         )
-    typed = ", ".join(f"NULL::{kind} AS {name}" for name, kind in _PREDICTION_COLUMNS.items())
-    return f"SELECT {typed}, NULL::VARCHAR AS game LIMIT 0"
+    return f"SELECT {typed_nulls(PREDICTIONS_SCHEMA)}, NULL::VARCHAR AS game LIMIT 0"
 
 
 def connect(lake: Path | LakeLocation) -> duckdb.DuckDBPyConnection:

@@ -22,6 +22,8 @@ from typing import Any
 
 import duckdb
 
+from app.lake_layout import FIRST_RECEIVED
+
 from .query import QueryResult
 
 REPORTS = ("dau", "mau", "retention", "funnel", "arpdau")
@@ -56,9 +58,13 @@ def run_report(conn: duckdb.DuckDBPyConnection, request: ReportRequest) -> Query
         raise ReportError(f"unknown report {request.name!r}; one of {', '.join(REPORTS)}")
     if request.start and request.end and request.start > request.end:
         raise ReportError("--from is after --to")
-    sql, params = builder(conn, request)
-    if sql is None:
+    if request.name == "funnel" and not request.steps:
+        raise ReportError("a funnel needs --steps, for example --steps install,tutorial,purchase")
+    span = _span(conn, request)
+    if span is None:
         return QueryResult(_EMPTY_COLUMNS[request.name], [])
+    params: dict[str, Any] = {"game": request.game, "start": span[0], "end": span[1]}
+    sql = builder(request, params)
     cursor = conn.execute(sql, params)
     columns = [c[0] for c in cursor.description or []]
     return QueryResult(columns, cursor.fetchall())
@@ -97,10 +103,7 @@ def _span(conn: duckdb.DuckDBPyConnection, request: ReportRequest) -> tuple[date
 _DAYS = "SELECT CAST(range AS DATE) AS day FROM range($start::DATE, $end::DATE + 1, INTERVAL 1 DAY)"
 
 
-def _dau(conn: duckdb.DuckDBPyConnection, r: ReportRequest) -> tuple[str | None, dict[str, Any]]:
-    span = _span(conn, r)
-    if span is None:
-        return None, {}
+def _dau(r: ReportRequest, params: dict[str, Any]) -> str:
     sql = f"""
         WITH days AS ({_DAYS}),
         active AS (
@@ -113,13 +116,10 @@ def _dau(conn: duckdb.DuckDBPyConnection, r: ReportRequest) -> tuple[str | None,
         FROM days LEFT JOIN active USING (day)
         ORDER BY days.day
     """
-    return sql, {"game": r.game, "start": span[0], "end": span[1]}
+    return sql
 
 
-def _mau(conn: duckdb.DuckDBPyConnection, r: ReportRequest) -> tuple[str | None, dict[str, Any]]:
-    span = _span(conn, r)
-    if span is None:
-        return None, {}
+def _mau(r: ReportRequest, params: dict[str, Any]) -> str:
     sql = f"""
         WITH days AS ({_DAYS}),
         pairs AS (
@@ -133,15 +133,10 @@ def _mau(conn: duckdb.DuckDBPyConnection, r: ReportRequest) -> tuple[str | None,
         GROUP BY days.day
         ORDER BY days.day
     """
-    return sql, {"game": r.game, "start": span[0], "end": span[1]}
+    return sql
 
 
-def _retention(
-    conn: duckdb.DuckDBPyConnection, r: ReportRequest
-) -> tuple[str | None, dict[str, Any]]:
-    span = _span(conn, r)
-    if span is None:
-        return None, {}
+def _retention(r: ReportRequest, params: dict[str, Any]) -> str:
     # A cohort is the players first seen on a day (over the game's whole history); day N
     # counts those active again exactly N days later. It is null while day N is after the
     # game's last day in the lake (not known yet), not 0.
@@ -174,18 +169,12 @@ def _retention(
         FROM shown
         ORDER BY cohort
     """
-    return sql, {"game": r.game, "start": span[0], "end": span[1]}
+    return sql
 
 
-def _funnel(conn: duckdb.DuckDBPyConnection, r: ReportRequest) -> tuple[str | None, dict[str, Any]]:
-    if not r.steps:
-        raise ReportError("a funnel needs --steps, for example --steps install,tutorial,purchase")
-    span = _span(conn, r)
-    if span is None:
-        return None, {}
+def _funnel(r: ReportRequest, params: dict[str, Any]) -> str:
     # Step k+1 is the player's earliest event of its type strictly after the event that
     # reached step k, by (event time, event_id): so "a,a" means two distinct events.
-    params: dict[str, Any] = {"game": r.game, "start": span[0], "end": span[1]}
     ctes = [
         "ev AS (SELECT player_id, type, struct_pack(ts := ts, id := event_id) AS reached "
         "FROM lake_rows WHERE game = $game AND date BETWEEN $start AND $end "
@@ -219,13 +208,10 @@ def _funnel(conn: duckdb.DuckDBPyConnection, r: ReportRequest) -> tuple[str | No
         FROM counts
         ORDER BY step
     """
-    return sql, params
+    return sql
 
 
-def _arpdau(conn: duckdb.DuckDBPyConnection, r: ReportRequest) -> tuple[str | None, dict[str, Any]]:
-    span = _span(conn, r)
-    if span is None:
-        return None, {}
+def _arpdau(r: ReportRequest, params: dict[str, Any]) -> str:
     path = json_path(tuple(r.revenue_field.split(".")))
     sql = f"""
         WITH days AS ({_DAYS}),
@@ -237,8 +223,7 @@ def _arpdau(conn: duckdb.DuckDBPyConnection, r: ReportRequest) -> tuple[str | No
         purchases AS (
             SELECT date AS day, player_id, json_extract(props, $path) AS amount FROM (
                 SELECT *, row_number() OVER (
-                    PARTITION BY player_id, event_id
-                    ORDER BY received_at, ts, type, props) AS copy
+                    PARTITION BY player_id, event_id {FIRST_RECEIVED}) AS copy
                 FROM lake_rows
                 WHERE game = $game AND type = $event AND date BETWEEN $start AND $end
             ) WHERE copy = 1
@@ -257,14 +242,8 @@ def _arpdau(conn: duckdb.DuckDBPyConnection, r: ReportRequest) -> tuple[str | No
         FROM days LEFT JOIN active USING (day) LEFT JOIN revenue USING (day)
         ORDER BY days.day
     """
-    params = {
-        "game": r.game,
-        "start": span[0],
-        "end": span[1],
-        "event": r.purchase_event,
-        "path": path,
-    }
-    return sql, params
+    params.update(event=r.purchase_event, path=path)
+    return sql
 
 
 def json_path(parts: tuple[str, ...]) -> str:
@@ -273,10 +252,9 @@ def json_path(parts: tuple[str, ...]) -> str:
     return "$." + ".".join(quoted)
 
 
-_BUILDERS: dict[
-    str,
-    Callable[[duckdb.DuckDBPyConnection, ReportRequest], tuple[str | None, dict[str, Any]]],
-] = {
+# Each builder gets the request and the parameters every report binds ($game, $start and
+# $end, the span's first and last day) and returns its SQL, adding parameters of its own.
+_BUILDERS: dict[str, Callable[[ReportRequest, dict[str, Any]], str]] = {
     "dau": _dau,
     "mau": _mau,
     "retention": _retention,

@@ -7,18 +7,31 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 
 
-def async_url(url: str) -> str:
-    """The SQLAlchemy URL for asyncpg, from any ``postgres://`` or ``postgresql://`` URL."""
+def _parsed(url: str) -> URL:
     parsed = make_url(url.replace("postgres://", "postgresql://", 1))
     if parsed.get_backend_name() != "postgresql":
         raise ValueError(f"PLAYERPULSE_DATABASE_URL must be a PostgreSQL URL, not {url!r}")
-    return parsed.set(drivername="postgresql+asyncpg").render_as_string(hide_password=False)
+    return parsed
+
+
+def async_url(url: str) -> str:
+    """The SQLAlchemy URL for asyncpg, from any ``postgres://`` or ``postgresql://`` URL.
+
+    This module is the one place a database URL is rewritten: :func:`libpq_url` gives the
+    plain form asyncpg's own pools and listeners take.
+    """
+    return _parsed(url).set(drivername="postgresql+asyncpg").render_as_string(hide_password=False)
+
+
+def libpq_url(url: str) -> str:
+    """The plain ``postgresql://`` URL (for asyncpg directly), from any PostgreSQL URL."""
+    return _parsed(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:

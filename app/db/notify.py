@@ -10,6 +10,8 @@ import asyncpg
 
 from app.log import get_logger
 
+from .engine import libpq_url
+
 log = get_logger(__name__)
 
 
@@ -21,7 +23,7 @@ class ChangeListener:
     """
 
     def __init__(self, url: str, channel: str, on_change: Callable[[str | None], None]) -> None:
-        self.url = url.replace("postgresql+asyncpg://", "postgresql://", 1)
+        self.url = libpq_url(url)
         self.channel = channel
         self.on_change = on_change
         self._task: asyncio.Task[None] | None = None

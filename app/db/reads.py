@@ -24,6 +24,7 @@ import asyncpg
 
 from app.domain.access import Principal, Role
 
+from .engine import libpq_url
 from .repositories import StoredProfile
 
 _PROFILE = (
@@ -60,7 +61,7 @@ class FastReads:
     @classmethod
     async def open(cls, url: str, size: int = 8) -> FastReads:
         """Connect a pool to the database at ``url``."""
-        dsn = url.replace("postgresql+asyncpg://", "postgresql://", 1)
+        dsn = libpq_url(url)
         pool = await asyncpg.create_pool(
             dsn,
             min_size=1,

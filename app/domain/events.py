@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import msgspec
+
+T = TypeVar("T")
 
 # No NUL in ids either (PostgreSQL text cannot hold it): checked after decoding, where a
 # substring test costs far less than a regular expression per field.
@@ -16,8 +18,9 @@ PlayerId = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
 EventType = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 DeviceTime = Annotated[datetime, msgspec.Meta(tz=True)]
 
-GAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
-"""A game id: it names a lake partition, so it stays path- and URL-safe."""
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+"""A game id or a model name: each names a lake partition or a URL segment, so it stays
+path- and URL-safe. The one definition of both rules."""
 
 
 class IncomingEvent(msgspec.Struct, forbid_unknown_fields=False, gc=False):
@@ -207,41 +210,73 @@ def parse_batch(
         # no raw control characters): without one in the body, no field has a NUL.
         if _NUL_ESCAPE not in body or not any(_has_nul(r) for r in records):
             return records, []
+    batch = decode_body(_batch_decoder, body)
+    check_count(len(batch.events), limits, "events", "events")
+
+    def convert(event: IncomingEvent, place: str) -> EventRecord | str:
+        record = record_from(game, event, received_at, skew)
+        if _has_nul(record):
+            field = nul_field(("event_id", record.event_id), ("player_id", record.player_id))
+            return f"NUL character - at `{place}.{field or 'type'}`"
+        return record
+
+    return parse_each(
+        batch.events, _event_decoder, convert, limits=limits, where="events", noun="event"
+    )
+
+
+def decode_body(decoder: msgspec.json.Decoder[T], body: bytes) -> T:
+    """A request body as a whole, or :class:`BatchError` saying why it is unusable."""
     try:
-        batch = _batch_decoder.decode(body)
+        return decoder.decode(body)
     except msgspec.ValidationError as exc:
         raise BatchError(f"body: {exc}") from None
     except msgspec.DecodeError as exc:
         raise BatchError(f"body is not valid JSON: {exc}") from None
-    if len(batch.events) > limits.max_batch_events:
-        raise BatchTooLarge(
-            f"events: {len(batch.events)} events; at most {limits.max_batch_events} per batch"
-        )
-    records = []
+
+
+def check_count(count: int, limits: IngestLimits, where: str, noun: str) -> None:
+    """:class:`BatchTooLarge` if a batch holds more items than ``limits`` allow."""
+    if count > limits.max_batch_events:
+        raise BatchTooLarge(f"{where}: {count} {noun}; at most {limits.max_batch_events} per batch")
+
+
+def parse_each(
+    raws: Sequence[bytes | msgspec.Raw],
+    decoder: msgspec.json.Decoder[T],
+    convert: Callable[[T, str], EventRecord | str],
+    *,
+    limits: IngestLimits,
+    where: str,
+    noun: str,
+) -> tuple[list[EventRecord], list[Rejection]]:
+    """The loop every ingest format shares: each item is measured, decoded and converted
+    on its own, so one bad item is rejected (with its place, ``$.WHERE[i]``, or ``$`` for
+    a lone item when ``where`` is empty) and the others are accepted.
+
+    ``convert`` gets the decoded item and its place and returns the record, or why the
+    item is refused.
+    """
+    records: list[EventRecord] = []
     rejections: list[Rejection] = []
-    for index, raw in enumerate(batch.events):
+    for index, raw in enumerate(raws):
+        place = f"$.{where}[{index}]" if where else "$"
         if len(raw) > limits.max_event_bytes:
-            rejections.append(
-                Rejection(
-                    index,
-                    f"event of {len(raw)} bytes; at most {limits.max_event_bytes} "
-                    f"- at `$.events[{index}]`",
-                )
-            )
+            size = f"{noun} of {len(raw)} bytes; at most {limits.max_event_bytes}"
+            rejections.append(Rejection(index, f"{size} - at `{place}`"))
             continue
         try:
-            event = _event_decoder.decode(raw)
+            item = decoder.decode(raw)
         except msgspec.ValidationError as exc:
-            rejections.append(Rejection(index, _event_path(str(exc), index)))
+            rejections.append(Rejection(index, _located(str(exc), place)))
             continue
-        record = record_from(game, event, received_at, skew)
-        if _has_nul(record):
-            field = nul_field(("event_id", record.event_id), ("player_id", record.player_id))
-            rejections.append(
-                Rejection(index, f"NUL character - at `$.events[{index}].{field or 'type'}`")
-            )
-            continue
-        records.append(record)
+        except msgspec.DecodeError as exc:
+            raise BatchError(f"body is not valid JSON: {exc}") from None
+        outcome = convert(item, place)
+        if isinstance(outcome, str):
+            rejections.append(Rejection(index, outcome))
+        else:
+            records.append(outcome)
     return records, rejections
 
 
@@ -261,9 +296,9 @@ def _has_nul(record: EventRecord) -> bool:
     return "\x00" in record.event_id or "\x00" in record.player_id or "\x00" in record.type
 
 
-def _event_path(message: str, index: int) -> str:
-    # msgspec says "... - at `$.ts`" (or nothing for the event itself): name the place
-    # within the batch instead.
+def _located(message: str, place: str) -> str:
+    # msgspec says "... - at `$.ts`" (or nothing for the item itself): name the place
+    # within the body instead.
     if " - at `$" in message:
-        return message.replace(" - at `$", f" - at `$.events[{index}]", 1)
-    return f"{message} - at `$.events[{index}]`"
+        return message.replace(" - at `$", f" - at `{place}", 1)
+    return f"{message} - at `{place}`"

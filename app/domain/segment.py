@@ -14,15 +14,16 @@ from typing import Annotated, Any
 import msgspec
 
 from .events import (
-    BatchError,
-    BatchTooLarge,
     EventId,
     EventRecord,
     IngestLimits,
     PlayerId,
     Rejection,
+    check_count,
     clock_skew_us,
+    decode_body,
     nul_field,
+    parse_each,
     to_micros,
 )
 
@@ -72,45 +73,19 @@ def parse_segment(
     Raises :class:`BatchError` for a body that is not a batch (or message) at all.
     """
     if single is None:
-        try:
-            batch = _batch.decode(body)
-        except msgspec.ValidationError as exc:
-            raise BatchError(f"body: {exc}") from None
-        except msgspec.DecodeError as exc:
-            raise BatchError(f"body is not valid JSON: {exc}") from None
+        batch = decode_body(_batch, body)
         raws, sent_at, where = batch.batch, batch.sent_at, "batch"
     else:
         raws, sent_at, where = [msgspec.Raw(body)], None, ""
-    if len(raws) > limits.max_batch_events:
-        raise BatchTooLarge(
-            f"batch: {len(raws)} messages; at most {limits.max_batch_events} per batch"
-        )
-    records: list[EventRecord] = []
-    rejections: list[Rejection] = []
-    for index, raw in enumerate(raws):
-        place = f"$.{where}[{index}]" if where else "$"
-        if len(raw) > limits.max_event_bytes:
-            size = f"message of {len(raw)} bytes; at most {limits.max_event_bytes}"
-            rejections.append(Rejection(index, f"{size} - at `{place}`"))
-            continue
-        try:
-            message = _message.decode(raw)
-        except msgspec.ValidationError as exc:
-            rejections.append(Rejection(index, _located(str(exc), place)))
-            continue
-        except msgspec.DecodeError as exc:
-            raise BatchError(f"body is not valid JSON: {exc}") from None
+    check_count(len(raws), limits, "batch", "messages")
+
+    def convert(message: SegmentMessage, place: str) -> EventRecord | str:
         if single is not None and message.type != single:
-            rejections.append(
-                Rejection(index, f"type is {message.type!r}; this route takes {single!r}")
-            )
-            continue
+            return f"type is {message.type!r}; this route takes {single!r}"
         record = _record(game, message, received_at, sent_at or message.sent_at)
-        if isinstance(record, str):
-            rejections.append(Rejection(index, f"{record} - at `{place}`"))
-        else:
-            records.append(record)
-    return records, rejections
+        return f"{record} - at `{place}`" if isinstance(record, str) else record
+
+    return parse_each(raws, _message, convert, limits=limits, where=where, noun="message")
 
 
 def _record(
@@ -141,9 +116,3 @@ def _record(
         props=props,
         device_ts=device_ts if skew and device_ts is not None else None,
     )
-
-
-def _located(message: str, place: str) -> str:
-    if " - at `$" in message:
-        return message.replace(" - at `$", f" - at `{place}", 1)
-    return f"{message} - at `{place}`"

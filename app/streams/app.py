@@ -8,6 +8,7 @@ failed event instead of an exception inside Faust.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import faust
@@ -38,9 +39,25 @@ def create_stream_app(
     folder: ProfileFolder,
     archiver: LakeArchiver[EventRecord],
     prediction_archiver: LakeArchiver[PredictionRecord],
+    housekeeping: Callable[[], Awaitable[object]] | None = None,
 ) -> faust.App:
-    """The Faust app with the fold and archive agents wired to their services."""
-    app = StreamApp(
+    """The Faust app with the fold and archive agents wired to their services.
+
+    Every agent and timer of the process is registered here. ``housekeeping`` (lake
+    compaction and retention) runs every ``lake_compact_interval_s`` on the group leader
+    only (one copy does it), if given and the interval is positive.
+    """
+    app = _faust_app(settings, brokers, replication)
+    events = _raw_topic(app, settings, settings.events_topic)
+    predictions = _raw_topic(app, settings, settings.predictions_topic)
+    _register_fold(app, settings, events, folder, archiver)
+    _register_prediction_archive(app, predictions, prediction_archiver)
+    _register_timers(app, settings, folder, (archiver, prediction_archiver), housekeeping)
+    return app
+
+
+def _faust_app(settings: Settings, brokers: str, replication: int) -> faust.App:
+    return StreamApp(
         settings.consumer_group,
         broker=faust_broker_url(brokers),
         web_enabled=False,
@@ -63,19 +80,26 @@ def create_stream_app(
         stream_wait_empty=False,
     )
 
-    def raw_topic(name: str) -> Any:
-        # Raw bytes: the services decode, so a malformed record never raises inside Faust.
-        return app.topic(
-            name,
-            key_type=bytes,
-            value_type=bytes,
-            key_serializer="raw",
-            value_serializer="raw",
-            partitions=settings.topic_partitions,
-        )
 
-    topic = raw_topic(settings.events_topic)
+def _raw_topic(app: faust.App, settings: Settings, name: str) -> Any:
+    # Raw bytes: the services decode, so a malformed record never raises inside Faust.
+    return app.topic(
+        name,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=settings.topic_partitions,
+    )
 
+
+def _register_fold(
+    app: faust.App,
+    settings: Settings,
+    topic: Any,
+    folder: ProfileFolder,
+    archiver: LakeArchiver[EventRecord],
+) -> None:
     @app.agent(topic, name="events")
     async def fold_and_archive(stream: Any) -> None:
         # One agent does both: Faust's per-event delivery costs as much again for every
@@ -97,9 +121,11 @@ def create_stream_app(
             if archiver.full:
                 await archiver.flush()
 
-    predictions = raw_topic(settings.predictions_topic)
 
-    @app.agent(predictions, name="predictions")
+def _register_prediction_archive(
+    app: faust.App, topic: Any, prediction_archiver: LakeArchiver[PredictionRecord]
+) -> None:
+    @app.agent(topic, name="predictions")
     async def archive_predictions(stream: Any) -> None:
         # Logs: acknowledged once in the lake, like events; undecodable ones are skipped.
         async for events in stream.noack_take(200, within=0.5):
@@ -113,9 +139,17 @@ def create_stream_app(
             if prediction_archiver.full:
                 await prediction_archiver.flush()
 
+
+def _register_timers(
+    app: faust.App,
+    settings: Settings,
+    folder: ProfileFolder,
+    buffers: tuple[LakeArchiver[EventRecord], LakeArchiver[PredictionRecord]],
+    housekeeping: Callable[[], Awaitable[object]] | None,
+) -> None:
     @app.timer(interval=0.5, name="lake-flush")  # type: ignore[untyped-decorator]
     async def flush_lake() -> None:
-        for buffer in (archiver, prediction_archiver):
+        for buffer in buffers:
             if buffer.due:
                 await buffer.flush()
 
@@ -127,4 +161,11 @@ def create_stream_app(
         if removed:
             log.info("forgot applied event ids", count=removed)
 
-    return app
+    if housekeeping is not None and settings.lake_compact_interval_s > 0:
+
+        @app.timer(  # type: ignore[untyped-decorator]
+            interval=settings.lake_compact_interval_s, on_leader=True, name="lake-compact"
+        )
+        async def lake_housekeeping() -> None:
+            # One copy (the group leader) does it; it never raises (errors are logged).
+            await housekeeping()

@@ -1,7 +1,7 @@
 """The archive: every event to Parquet, hive-partitioned by game and event date, zstd.
 
-Layout (CONTRACT.md): ``<lake>/events/game=GAME/date=YYYY-MM-DD/part-*.parquet`` with
-columns event_id, player_id, type, ts, props (JSON text), received_at. Files appear
+Layout (``app/lake_layout.py``): ``<lake>/events/game=GAME/date=YYYY-MM-DD/part-*.parquet``
+with columns event_id, player_id, type, ts, props (JSON text), received_at, device_ts. Files appear
 atomically (written under a dot-name, then renamed), so readers never see half a file.
 The archive agent acknowledges events to Kafka only after their file is in place.
 """
@@ -20,8 +20,8 @@ from typing import Generic, TypeVar
 import msgspec
 import pyarrow as pa
 import pyarrow.parquet as pq
+from prometheus_client import Counter
 
-from app import metrics
 from app.domain.events import EventRecord
 from app.domain.predictions import PredictionRecord
 from app.lake_layout import EVENTS_SCHEMA, PREDICTIONS_SCHEMA, TIMESTAMP, event_date
@@ -116,9 +116,12 @@ class LakeArchiver(Generic[R]):
         flush_events: int,
         writer: Callable[[Path, list[R]], list[Path]],
         tombstones: TombstoneWatch | None = None,
+        counter: Counter | None = None,
     ) -> None:
         self.lake_dir = lake_dir
         self.writer = writer
+        self.counter = counter
+        """When set, counts every record written (the events archive's metric)."""
         self.tombstones = tombstones
         """When set, records of erased players are dropped at write time (never archived)."""
         self.flush_s = flush_s
@@ -177,5 +180,5 @@ class LakeArchiver(Generic[R]):
             for ack in acks:
                 ack()
             self.archived += len(records) - dropped
-            if self.writer is write_events:
-                metrics.EVENTS_ARCHIVED.inc(len(records) - dropped)
+            if self.counter is not None:
+                self.counter.inc(len(records) - dropped)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import psutil
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+from structlog.testing import capture_logs
 
 from app.embedded.kafka import EmbeddedKafka
 from tests.support import unique
@@ -123,10 +124,14 @@ def test_log_and_group_offsets_survive_kill_and_stop_is_clean(tmp_path: Path) ->
         assert child.proc is not None
         pid = child.proc.pid
         started = time.monotonic()
-        kafka.stop()
+        with capture_logs() as logs:
+            kafka.stop()
         assert time.monotonic() - started < 15
-        # SIGTERM did it: a SIGKILL would show as -9.
+        # SIGTERM did it: a SIGKILL would show as -9, and be logged.
         assert child.proc.returncode in (0, 143)
+        events = [entry["event"] for entry in logs]
+        assert "embedded kafka stopped" in events, events
+        assert not any("did not stop in time" in event for event in events), events
         assert not psutil.pid_exists(pid)
         assert not kafka.pid_file.exists()
         kafka.stop()  # idempotent

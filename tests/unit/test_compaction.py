@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import fcntl
 import random
+import time
 from datetime import date
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pyarrow.parquet as pq
@@ -14,8 +14,10 @@ import pytest
 
 from app.analytics.compaction import compact_lake, compaction_tick
 from app.analytics.location import LakeLocation, connect_lake, lake_files
+from app.analytics.privacy import housekeeping_tick
 from app.analytics.reports import ReportRequest, run_report
 from app.domain.events import EventRecord
+from app.settings import Settings
 from app.streams.lake import write_events
 
 pytestmark = pytest.mark.unit
@@ -221,11 +223,11 @@ async def test_the_serve_timer_tick_compacts_with_the_settings(tmp_path: Path) -
     lake = tmp_path / "var" / "lake"
     for i in range(3):
         write_events(lake, [EventRecord("g", f"e{i}", "p", "login", T0 + i, T0 + i)])
-    settings = SimpleNamespace(data_dir=tmp_path / "var", lake_dir=lake)
+    settings = Settings(data_dir=tmp_path / "var")
     stats = await compaction_tick(settings)
     assert stats is not None
     assert (stats.files_removed, stats.files_written) == (3, 1)
-    broken = SimpleNamespace(lake_dir=tmp_path / "file")
+    broken = Settings(lake_url=str(tmp_path / "file"))
     (tmp_path / "file").write_text("not a directory")
     assert await compaction_tick(broken) is None  # logged, not raised
 
@@ -256,3 +258,18 @@ def test_compaction_keeps_every_column_the_archive_writes(tmp_path: Path) -> Non
     table = pq.read_table(files[0].path)
     assert "device_ts" in table.column_names
     assert table.column("device_ts").null_count == 15
+
+
+async def test_the_housekeeping_tick_compacts_then_applies_the_retention(tmp_path: Path) -> None:
+    lake = tmp_path / "var" / "lake"
+    now_us = time.time_ns() // 1000
+    old_us = now_us - 90 * 86_400 * 1_000_000
+    for i in range(3):
+        write_events(lake, [EventRecord("g", f"new{i}", "p", "login", now_us + i, now_us + i)])
+        write_events(lake, [EventRecord("g", f"old{i}", "p", "login", old_us + i, old_us + i)])
+    settings = Settings(data_dir=tmp_path / "var", lake_retention_days=30, lake_cold_after_days=-1)
+    await housekeeping_tick(settings)
+    left = list(lake_files(str(lake)))
+    assert len(left) == 1  # the three recent files compacted into one; the old day dropped
+    with connect_lake(LakeLocation(str(lake))) as conn:
+        assert conn.execute("SELECT count(*) FROM events").fetchall() == [(3,)]

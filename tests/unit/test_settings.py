@@ -87,6 +87,8 @@ def test_each_variable_is_parsed_to_the_type_of_its_field(name: str) -> None:
         raw, expected = "/tmp/elsewhere", Path("/tmp/elsewhere")
     elif name == "lake_retention_days":  # an optional number: unset keeps everything
         raw, expected = "17", 17
+    elif name == "kafka_home":  # an optional path: unset uses the user's cache
+        raw, expected = "/tmp/elsewhere", Path("/tmp/elsewhere")
     elif default is None:
         raw, expected = "a-url-or-brokers", "a-url-or-brokers"
     else:
