@@ -87,7 +87,7 @@ class Services:
             self.engine,
             self.features,
             LakeLocation.of(settings),
-            retention_s=settings.applied_ids_retention_s,
+            dedup_horizon_s=settings.dedup_horizon,
         )
         self._release_serving_lock = await hold_serving_lock(self.engine)
         await self.model_changes.start()
@@ -144,7 +144,13 @@ async def open_services(settings: Settings) -> Services:
         )
     producer = EventProducer(brokers, timeout_s=settings.produce_timeout_s)
     tombstones = TombstoneWatch(engine)
-    folder = ProfileFolder(engine, features, topic=settings.events_topic, tombstones=tombstones)
+    folder = ProfileFolder(
+        engine,
+        features,
+        topic=settings.events_topic,
+        tombstones=tombstones,
+        dedup_horizon_s=settings.dedup_horizon,
+    )
     archiver = LakeArchiver(
         settings.lake_dir,
         flush_s=settings.lake_flush_s,

@@ -164,7 +164,7 @@ def replay() -> None:
                     engine,
                     features,
                     LakeLocation.of(settings),
-                    retention_s=settings.applied_ids_retention_s,
+                    dedup_horizon_s=settings.dedup_horizon,
                     progress=advance,
                 )
             return (

@@ -54,18 +54,9 @@ profiles = Table(
     Column("updated_at", TZ, nullable=False),
     # Bumped on every write, so a process holding a state in memory can tell it is current.
     Column("version", BigInteger, nullable=False, server_default="0"),
-)
-
-# The ids of the events each profile has absorbed: the fold inserts them in the same
-# transaction as the profile, so a redelivered event finds its id and is skipped.
-applied_events = Table(
-    "applied_events",
-    metadata,
-    Column("game", Text, primary_key=True),
-    Column("player_id", Text, primary_key=True),
-    Column("event_id", Text, primary_key=True),
-    Column("applied_at", TZ, nullable=False, server_default=func.now()),
-    Index(None, "applied_at"),
+    # Hashes of the event ids the profile absorbed within the dedup horizon, by received
+    # time (app/domain/dedup.py): written with the state, so a client resend is skipped.
+    Column("seen_ids", LargeBinary),
 )
 
 failed_events = Table(

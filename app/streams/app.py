@@ -119,12 +119,4 @@ def create_stream_app(
             if buffer.due:
                 await buffer.flush()
 
-    @app.timer(interval=600.0, name="forget-applied-ids")  # type: ignore[untyped-decorator]
-    async def forget_applied_ids() -> None:
-        # Bounded state: ids older than the retention are dropped (a resend after that
-        # would count again; see PLAYERPULSE_APPLIED_IDS_RETENTION_S).
-        removed = await folder.forget_applied_ids(settings.applied_ids_retention_s)
-        if removed:
-            log.info("forgot applied event ids", count=removed)
-
     return app
