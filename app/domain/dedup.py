@@ -22,7 +22,6 @@ BUCKETS = 8
 """Buckets per horizon: ids are kept at most 1/BUCKETS of a horizon past it."""
 
 _COUNT = struct.Struct("<H")
-_BUCKET = struct.Struct("<II")
 
 
 def event_hash(game: str, player_id: str, event_id: str) -> bytes:
@@ -57,6 +56,8 @@ class SeenIds:
     """The stored hashes, bucket by bucket."""
     added: dict[int, bytearray] = field(default_factory=dict)
     """Hashes added since decoding, by bucket start."""
+    stored: bytes | None = None
+    """The blob decoded, while nothing changed (encoding returns it as it is)."""
 
     @classmethod
     def decode(cls, blob: bytes | None) -> SeenIds:
@@ -64,17 +65,12 @@ class SeenIds:
         if not blob:
             return cls()
         (buckets,) = _COUNT.unpack_from(blob)
-        starts, counts = [], []
-        offset = _COUNT.size
-        for _ in range(buckets):
-            start, count = _BUCKET.unpack_from(blob, offset)
-            starts.append(start)
-            counts.append(count)
-            offset += _BUCKET.size
-        hashes = blob[offset:]
+        header = struct.unpack_from(f"<{2 * buckets}I", blob, _COUNT.size)
+        counts = list(header[1::2])
+        hashes = blob[_COUNT.size + 4 * len(header) :]
         if len(hashes) != HASH_BYTES * sum(counts):
             raise ValueError("corrupt seen-ids blob: hash bytes do not match the counts")
-        return cls(starts, counts, hashes)
+        return cls(list(header[::2]), counts, hashes, stored=blob)
 
     def __len__(self) -> int:
         return sum(self.counts) + sum(len(b) for b in self.added.values()) // HASH_BYTES
@@ -102,6 +98,7 @@ class SeenIds:
             dropped += self.counts[keep]
             keep += 1
         if keep:
+            self.stored = None
             self.hashes = self.hashes[HASH_BYTES * dropped :]
             del self.starts[:keep], self.counts[:keep]
         for start in [s for s in self.added if s + width_s <= oldest]:
@@ -110,6 +107,24 @@ class SeenIds:
 
     def encode(self) -> bytes:
         """The stored form, with what was added merged into its buckets."""
+        if not self.added:
+            if self.stored is None:
+                self.stored = _pack(self.starts, self.counts, [self.hashes])
+            return self.stored
+        starts, counts, body = list(self.starts), list(self.counts), [self.hashes]
+        for start in sorted(self.added):
+            more = self.added[start]
+            if starts and start < starts[-1]:
+                return self._merge()  # an id received before the newest bucket: rare
+            if starts and start == starts[-1]:
+                counts[-1] += len(more) // HASH_BYTES
+            else:
+                starts.append(start)
+                counts.append(len(more) // HASH_BYTES)
+            body.append(more)
+        return _pack(starts, counts, body)
+
+    def _merge(self) -> bytes:
         parts: dict[int, list[bytes]] = {}
         offset = 0
         for start, count in zip(self.starts, self.counts, strict=True):
@@ -118,14 +133,15 @@ class SeenIds:
             offset = end
         for start, more in self.added.items():
             parts.setdefault(start, []).append(bytes(more))
-        if not parts:
-            return b""
-        if len(parts) > 0xFFFF:
-            raise ValueError("too many seen-id buckets")
-        header = [_COUNT.pack(len(parts))]
-        body = []
-        for start in sorted(parts):
-            chunk = b"".join(parts[start])
-            header.append(_BUCKET.pack(start, len(chunk) // HASH_BYTES))
-            body.append(chunk)
-        return b"".join(header + body)
+        starts = sorted(parts)
+        body = [b"".join(parts[start]) for start in starts]
+        return _pack(starts, [len(chunk) // HASH_BYTES for chunk in body], body)
+
+
+def _pack(starts: list[int], counts: list[int], body: list[bytes | bytearray]) -> bytes:
+    if not starts:
+        return b""
+    if len(starts) > 0xFFFF:
+        raise ValueError("too many seen-id buckets")
+    pairs = [n for pair in zip(starts, counts, strict=True) for n in pair]
+    return struct.pack(f"<H{len(pairs)}I", len(starts), *pairs) + b"".join(body)
