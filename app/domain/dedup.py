@@ -14,6 +14,7 @@ then every hash, bucket by bucket, oldest first.
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from hashlib import blake2b
 
@@ -111,7 +112,8 @@ class SeenIds:
             if self.stored is None:
                 self.stored = _pack(self.starts, self.counts, [self.hashes])
             return self.stored
-        starts, counts, body = list(self.starts), list(self.counts), [self.hashes]
+        starts, counts = list(self.starts), list(self.counts)
+        body: list[bytes | bytearray] = [self.hashes]
         for start in sorted(self.added):
             more = self.added[start]
             if starts and start < starts[-1]:
@@ -138,7 +140,7 @@ class SeenIds:
         return _pack(starts, [len(chunk) // HASH_BYTES for chunk in body], body)
 
 
-def _pack(starts: list[int], counts: list[int], body: list[bytes | bytearray]) -> bytes:
+def _pack(starts: list[int], counts: list[int], body: Sequence[bytes | bytearray]) -> bytes:
     if not starts:
         return b""
     if len(starts) > 0xFFFF:
