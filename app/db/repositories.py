@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from operator import attrgetter
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import func, insert, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -68,6 +68,14 @@ class ProfileWrite:
     last_received_at: datetime | None
     seen_ids: bytes | None = None
     """The remembered event id hashes (app/domain/dedup.py); None: none."""
+
+
+class Progress(NamedTuple):
+    """How far the fold got in a partition: an offset and its message's broker time (ms)."""
+
+    offset: int
+    appended_ms: int | None
+    """None: recorded before broker times were (then the offset alone proves nothing)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,7 +189,7 @@ class ProfileRepository:
         )
 
     async def record_progress(
-        self, conn: AsyncConnection, topic: str, offsets: dict[int, int]
+        self, conn: AsyncConnection, topic: str, offsets: dict[int, Progress]
     ) -> None:
         """The fold committed ``topic`` up to these offsets (never moves backwards)."""
         if not offsets:
@@ -192,24 +200,25 @@ class ProfileRepository:
             {
                 "topic": topic,
                 "partitions": [p for p, _ in ordered],
-                "offsets": [o for _, o in ordered],
+                "offsets": [o.offset for _, o in ordered],
+                "appended": [o.appended_ms for _, o in ordered],
             },
         )
 
     async def committed_offsets(
         self, conn: AsyncConnection, topic: str, partitions: Sequence[int]
-    ) -> dict[int, int]:
+    ) -> dict[int, Progress]:
         """The recorded fold progress of these partitions (absent: nothing recorded)."""
         if not partitions:
             return {}
         result = await conn.execute(
             text(
-                "SELECT partition, committed_offset FROM fold_progress "
+                "SELECT partition, committed_offset, appended_ms FROM fold_progress "
                 "WHERE topic = :topic AND partition = ANY(CAST(:partitions AS int[]))"
             ),
             {"topic": topic, "partitions": sorted(set(partitions))},
         )
-        return {int(r[0]): int(r[1]) for r in result}
+        return {int(r[0]): Progress(int(r[1]), r[2]) for r in result}
 
     async def forget_progress(self, conn: AsyncConnection) -> None:
         """Forget the fold's progress on every topic (after a replay rebuilt the profiles)."""
@@ -601,11 +610,16 @@ class ModelRepository:
 
 _PROGRESS = text(
     """
-    INSERT INTO fold_progress (topic, partition, committed_offset, updated_at)
-    SELECT :topic, p, o, now() FROM unnest(CAST(:partitions AS int[]), CAST(:offsets AS bigint[]))
-        AS t(p, o)
+    INSERT INTO fold_progress (topic, partition, committed_offset, updated_at, appended_ms)
+    SELECT :topic, p, o, now(), a
+    FROM unnest(CAST(:partitions AS int[]), CAST(:offsets AS bigint[]),
+                CAST(:appended AS bigint[])) AS t(p, o, a)
     ON CONFLICT (topic, partition) DO UPDATE
     SET committed_offset = GREATEST(fold_progress.committed_offset, EXCLUDED.committed_offset),
+        appended_ms = CASE
+            WHEN EXCLUDED.committed_offset >= fold_progress.committed_offset
+            THEN EXCLUDED.appended_ms
+            ELSE GREATEST(fold_progress.appended_ms, EXCLUDED.appended_ms) END,
         updated_at = EXCLUDED.updated_at
     """
 )

@@ -152,6 +152,9 @@ fold_progress = Table(
     Column("partition", Integer, primary_key=True),
     Column("committed_offset", BigInteger, nullable=False),
     Column("updated_at", TZ, nullable=False, server_default=func.now()),
+    # The broker time (ms) of the message at that offset: a message at or below the
+    # offset is a redelivery only if it is no newer (a recreated topic restarts at 0).
+    Column("appended_ms", BigInteger),
 )
 
 # The erasure ledger: one row per erasure request, and the tombstone that keeps it in

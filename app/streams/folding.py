@@ -24,7 +24,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app import metrics
-from app.db.repositories import Failure, PlayerKey, ProfileRepository, ProfileWrite
+from app.db.repositories import Failure, PlayerKey, ProfileRepository, ProfileWrite, Progress
 from app.domain.dedup import SeenIds, bucket_width_s, event_hash
 from app.domain.events import EventRecord, decode_records, encode_record, maybe_from_micros
 from app.domain.features import FeatureSet
@@ -141,27 +141,29 @@ class _Part:
 
     records: Sequence[EventRecord]
     failures: list[Failure]
-    offsets: dict[int, int]
+    offsets: dict[int, Progress]
 
 
 def _split(
     records: Sequence[EventRecord],
-    ends: Sequence[tuple[int, int, int]],
+    ends: Sequence[tuple[int, Position]],
     failures: list[Failure],
     step: int,
 ) -> list[_Part]:
-    """Transactions of at most ``step`` events; ``ends``: (end index, partition, offset).
+    """Transactions of at most ``step`` events; ``ends``: (end index, message position).
 
     A message's offset is recorded with the transaction that commits its last event.
     """
     parts = []
-    done: dict[int, int] = {}
+    done: dict[int, Progress] = {}
     index = 0
     for start in range(0, max(1, len(records)), step):
         stop = start + step
         while index < len(ends) and ends[index][0] <= stop:
-            _end, partition, offset = ends[index]
-            done[partition] = max(offset, done.get(partition, -1))
+            position = ends[index][1]
+            known = done.get(position.partition)
+            if known is None or position.offset > known.offset:
+                done[position.partition] = Progress(position.offset, _ms(position.appended_at))
             index += 1
         parts.append(_Part(records[start:stop], failures if start == 0 else [], dict(done)))
     return parts
@@ -220,20 +222,18 @@ class ProfileFolder:
         decoded, undecodable = _decode(payloads)
         committed = await self._committed(positions)
         records: list[EventRecord] = []
-        ends: list[tuple[int, int, int]] = []
+        ends: list[tuple[int, Position]] = []
         kept: list[EventRecord] = []
         skipped = 0
         for index, batch in enumerate(decoded):
             records.extend(batch)
             if positions is None:
                 kept.extend(batch)
-                continue
-            partition, offset = positions[index].partition, positions[index].offset
-            if offset <= committed.get(partition, -1):
+            elif _redelivered(positions[index], committed):
                 skipped += len(batch)
-                continue
-            kept.extend(batch)
-            ends.append((len(kept), partition, offset))
+            else:
+                kept.extend(batch)
+                ends.append((len(kept), positions[index]))
         # A topic message may carry many requests' events (the producer joins those of
         # one event-loop turn), so a micro-batch of messages can hold tens of thousands:
         # they are committed in transactions of at most ``transaction_events``, which
@@ -253,7 +253,7 @@ class ProfileFolder:
         self.stats.batches += 1
         return records
 
-    async def _committed(self, positions: Sequence[Position] | None) -> dict[int, int]:
+    async def _committed(self, positions: Sequence[Position] | None) -> dict[int, Progress]:
         """The recorded progress of the partitions of these messages (a lower bound)."""
         if not positions:
             return {}
@@ -474,6 +474,24 @@ class ProfileFolder:
             outcome.seen[key] = seen_ids
             writes.append(profile_write(key, state, seen_ids))
         return writes
+
+
+def _ms(appended_at: float) -> int:
+    return round(appended_at * 1000)
+
+
+def _redelivered(position: Position, committed: dict[int, Progress]) -> bool:
+    """True if the fold committed this message already: at or below the recorded offset
+    of its partition and no newer than the message there (a topic deleted and created
+    again starts at offset 0 with newer messages: those are folded, and their ids
+    looked up, not skipped)."""
+    known = committed.get(position.partition)
+    return (
+        known is not None
+        and known.appended_ms is not None
+        and position.offset <= known.offset
+        and _ms(position.appended_at) <= known.appended_ms
+    )
 
 
 def _failure(record: EventRecord, reason: str) -> Failure:

@@ -144,8 +144,9 @@ async def test_a_state_cached_by_one_process_is_refreshed_after_another_wrote(
     assert profile.events_applied == 4
 
 
-def at(partition: int, offset: int) -> Position:
-    return Position(partition, offset, time.time())
+def at(partition: int, offset: int, appended_at: float = NOW_US / 1e6) -> Position:
+    """A message's position; the broker stamps later offsets no earlier."""
+    return Position(partition, offset, appended_at + offset / 1000)
 
 
 async def test_a_redelivered_message_is_skipped_by_its_offset_without_an_id_lookup(
@@ -179,6 +180,18 @@ async def test_a_redelivered_message_is_skipped_by_its_offset_without_an_id_look
     other = ProfileFolder(engine, features, dedup_horizon_s=60)
     await other.fold_batch([encode_record(later)], [at(1, 5)])
     assert (other.stats.applied, other.stats.redelivered) == (0, 1)
+
+
+async def test_a_recreated_topic_starting_again_at_offset_zero_is_folded_not_skipped(
+    engine: AsyncEngine, reads: FastReads, features: FeatureSet
+) -> None:
+    folder = ProfileFolder(engine, features, dedup_horizon_s=60)
+    first = record("t-1", "recreated", "session_start", NOW_US)
+    await folder.fold_batch([encode_record(first)], [at(3, 500)])
+    # The topic was deleted and created again: offsets restart, the broker's clock goes on.
+    again = record("t-2", "recreated", "session_start", NOW_US)
+    await folder.fold_batch([encode_record(again)], [at(3, 0, appended_at=time.time() + 5)])
+    assert (folder.stats.applied, folder.stats.redelivered) == (2, 0)
 
 
 async def test_a_message_split_over_transactions_records_its_offset_with_its_last_event(

@@ -1,5 +1,8 @@
 """Bounded dedup: id hashes with the profile (``profiles.seen_ids``), no ``applied_events``.
 
+``fold_progress`` also keeps the broker time of the message at its offset, so that the
+fold can tell a redelivery (at or below the offset, no newer) from a recreated topic.
+
 The ids applied in the last day (the default horizon) are carried over as hashes, so a
 resend of an event applied just before the upgrade is still recognised. The downgrade
 recreates ``applied_events`` empty: hashes cannot be turned back into ids, so the older
@@ -28,6 +31,7 @@ CARRIED_S = 86400
 
 def upgrade() -> None:
     op.add_column("profiles", sa.Column("seen_ids", sa.LargeBinary(), nullable=True))
+    op.add_column("fold_progress", sa.Column("appended_ms", sa.BigInteger(), nullable=True))
     _carry_over()
     op.drop_index("ix_applied_events_applied_at", table_name="applied_events")
     op.drop_table("applied_events")
@@ -70,4 +74,5 @@ def downgrade() -> None:
         sa.PrimaryKeyConstraint("game", "player_id", "event_id", name="pk_applied_events"),
     )
     op.create_index("ix_applied_events_applied_at", "applied_events", ["applied_at"])
+    op.drop_column("fold_progress", "appended_ms")
     op.drop_column("profiles", "seen_ids")
