@@ -618,8 +618,7 @@ _PROGRESS = text(
     SET committed_offset = GREATEST(fold_progress.committed_offset, EXCLUDED.committed_offset),
         appended_ms = CASE
             WHEN EXCLUDED.committed_offset >= fold_progress.committed_offset
-            THEN EXCLUDED.appended_ms
-            ELSE GREATEST(fold_progress.appended_ms, EXCLUDED.appended_ms) END,
+            THEN EXCLUDED.appended_ms ELSE fold_progress.appended_ms END,
         updated_at = EXCLUDED.updated_at
     """
 )
