@@ -17,7 +17,7 @@ up after it, then again after a plain ``VACUUM``):
   database; not the WAL, which PostgreSQL recycles) minus the baseline;
 * ``profiles``: ``pg_total_relation_size('profiles')`` (heap, TOAST, indexes) minus the
   baseline: the table that holds the id hashes now;
-* ``ids``: ``sum(octet_length(seen_ids))``: the live id hash bytes, all players;
+* ``ids``: ``sum(octet_length(seen_ids))`` minus the baseline: the live id hash bytes;
 * ``folded``: events folded since the baseline (``playerpulse_events_folded_total``).
 Then the bytes per event within the first horizon (growth at the first sample at or past
 one horizon / events folded by then) and the steady state: the growth from that sample
@@ -91,7 +91,7 @@ def sample(url: str, db_url: str, started: float, base: Sample, vacuum: bool = F
         time.monotonic() - started,
         db - base.db,
         profiles - base.profiles,
-        ids,
+        ids - base.ids,
         folded(url) - base.folded,
     )
 
@@ -134,7 +134,7 @@ def run(serve: Serve, args: argparse.Namespace, seconds: float) -> None:
     if not wait_folded(serve.url, warm.accepted_events, 600):
         raise SystemExit("the fold did not catch up with the warm-up")
     db, profiles, ids = asyncio.run(_sizes(db_url, vacuum=True))
-    base = Sample(0.0, db, profiles, 0, folded(serve.url))
+    base = Sample(0.0, db, profiles, ids, folded(serve.url))
     print(
         f"horizon {args.horizon} s; baseline after warm-up ({warm.accepted_events:,} events, "
         f"{PLAYERS:,} players) and VACUUM: db {db / 1e6:.2f} MB, profiles "
@@ -162,6 +162,24 @@ def run(serve: Serve, args: argparse.Namespace, seconds: float) -> None:
     show(samples[-1], "(fold caught up)")
     show(sample(serve.url, db_url, started, base, vacuum=True), "(after VACUUM)")
     summarise(samples, args.horizon)
+    print(asyncio.run(_updates(db_url)))
+
+
+async def _updates(url: str) -> str:
+    import asyncpg
+
+    conn = await asyncpg.connect(url)
+    try:
+        row = await conn.fetchrow(
+            "SELECT n_tup_upd, n_tup_hot_upd, autovacuum_count FROM pg_stat_user_tables "
+            "WHERE relname = 'profiles'"
+        )
+    finally:
+        await conn.close()
+    return (
+        f"profile updates: {row['n_tup_upd']:,}, of which in-page (HOT) {row['n_tup_hot_upd']:,}; "
+        f"autovacuum runs on profiles: {row['autovacuum_count']}"
+    )
 
 
 def summarise(samples: list[Sample], horizon: int) -> None:

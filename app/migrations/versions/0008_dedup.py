@@ -32,6 +32,11 @@ CARRIED_S = 86400
 def upgrade() -> None:
     op.add_column("profiles", sa.Column("seen_ids", sa.LargeBinary(), nullable=True))
     op.add_column("fold_progress", sa.Column("appended_ms", sa.BigInteger(), nullable=True))
+    # Room in each page for the next version of its rows: a profile update then stays in
+    # its page (a HOT update) and the page's dead versions are pruned as it goes, so the
+    # table does not grow with every update until a vacuum (new pages: existing ones
+    # keep theirs until rewritten).
+    op.execute("ALTER TABLE profiles SET (fillfactor = 70)")
     _carry_over()
     op.drop_index("ix_applied_events_applied_at", table_name="applied_events")
     op.drop_table("applied_events")
@@ -74,5 +79,6 @@ def downgrade() -> None:
         sa.PrimaryKeyConstraint("game", "player_id", "event_id", name="pk_applied_events"),
     )
     op.create_index("ix_applied_events_applied_at", "applied_events", ["applied_at"])
+    op.execute("ALTER TABLE profiles RESET (fillfactor)")
     op.drop_column("fold_progress", "appended_ms")
     op.drop_column("profiles", "seen_ids")
