@@ -93,7 +93,7 @@ class Services:
             self.engine,
             self.features,
             LakeLocation.of(settings),
-            retention_s=settings.applied_ids_retention_s,
+            dedup_horizon_s=settings.dedup_horizon,
         )
         self._release_serving_lock = await hold_serving_lock(self.engine)
         await self.model_changes.start()
@@ -247,7 +247,13 @@ async def open_services(settings: Settings) -> Services:
     replication = await asyncio.to_thread(_ensure_topics, settings, brokers)
     producer = EventProducer(brokers, timeout_s=settings.produce_timeout_s)
     tombstones = TombstoneWatch(engine)
-    folder = ProfileFolder(engine, features, topic=settings.events_topic, tombstones=tombstones)
+    folder = ProfileFolder(
+        engine,
+        features,
+        topic=settings.events_topic,
+        tombstones=tombstones,
+        dedup_horizon_s=settings.dedup_horizon,
+    )
     archiver, prediction_archiver = _archivers(settings, tombstones)
     location = LakeLocation.of(settings)
     topics = (settings.events_topic, settings.predictions_topic)

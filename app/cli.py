@@ -140,7 +140,7 @@ def replay() -> None:
                 services.engine,
                 features,
                 services.location,
-                retention_s=settings.applied_ids_retention_s,
+                dedup_horizon_s=settings.dedup_horizon,
                 progress=advance,
             )
         return (

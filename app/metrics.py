@@ -85,6 +85,11 @@ EVENTS_DUPLICATE = Counter(
 EVENTS_FAILED = Counter(
     "playerpulse_events_failed", "Events that could not be folded (kept in failed_events)."
 )
+EVENTS_BEYOND_DEDUP_HORIZON = Counter(
+    "playerpulse_events_beyond_dedup_horizon",
+    "Events applied that were received more than PLAYERPULSE_DEDUP_HORIZON after their "
+    "event time: a resend of an event after the horizon is among them (it counts again).",
+)
 LATE_EVENTS = Counter(
     "playerpulse_late_events",
     "Events older than the longest window when folded: they count only in unwindowed features.",

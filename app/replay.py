@@ -1,11 +1,13 @@
 """Rebuilding profiles from the lake: when features change, or on demand.
 
 For each player in the lake, the profile is replaced by the fold of the player's
-distinct archived events, and the player's applied event ids by the ids of those
-events. Run while no fold is consuming (at start, before the agents join, or with the
-service stopped): every event at or before the committed Kafka offsets is in the lake
-(the archive acknowledges only written events), and every later one is redelivered
-and, its id not being among those replayed, applied on top.
+distinct archived events, and its remembered id hashes by those of the events received
+within the dedup horizon. Run while no fold is consuming (at start, before the agents
+join, or with the service stopped): every event at or before the committed Kafka
+offsets is in the lake (the archive acknowledges only written events), and every later
+one is redelivered and, its id not being among those replayed, applied on top. The
+fold's recorded offsets are forgotten (they may be past what the lake holds), so those
+redeliveries are told apart by their ids, not skipped by offset.
 """
 
 from __future__ import annotations
@@ -16,24 +18,23 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app import metrics
 from app.analytics.lake import PlayerEvents, count_players, player_events
 from app.analytics.location import LakeLocation
+from app.db.locks import serving_lock_alone
 from app.db.privacy import ErasureRepository
 from app.db.repositories import FeatureDefRepository, ProfileRepository, ProfileWrite
-from app.domain.events import from_micros, maybe_from_micros
+from app.domain.dedup import SeenIds, bucket_width_s, event_hash
+from app.domain.events import EventRecord
 from app.domain.features import FeatureSet
-from app.domain.fold import PoisonEvent, ProfileState, encode_state, fold_event, prune_windows
+from app.domain.fold import PoisonEvent, ProfileState, fold_event, prune_windows
 from app.domain.privacy import TombstoneSet
 from app.log import get_logger
+from app.streams.folding import profile_write
 
 log = get_logger(__name__)
-
-SERVING_LOCK = "playerpulse:serving"
-"""Held (shared) by every running `serve`; a standalone replay needs it exclusively."""
 
 
 @dataclass(slots=True)
@@ -57,7 +58,7 @@ async def rebuild_profiles(
     features: FeatureSet,
     lake_dir: Path | LakeLocation,
     *,
-    retention_s: float,
+    dedup_horizon_s: int,
     progress: Callable[[int, int], None] | None = None,
     players_per_commit: int = 500,
 ) -> ReplayStats:
@@ -66,7 +67,6 @@ async def rebuild_profiles(
     stats = ReplayStats()
     total = await asyncio.to_thread(count_players, lake_dir)
     repository = ProfileRepository()
-    keep_ids_after_us = (time.time() - retention_s) * 1_000_000
     async with engine.connect() as conn:
         tombstones = TombstoneSet(await ErasureRepository().active_keys(conn))
     stream = player_events(lake_dir)
@@ -74,41 +74,47 @@ async def rebuild_profiles(
         chunk = await asyncio.to_thread(_take, stream, players_per_commit)
         if not chunk:
             break
-        now_us = time.time_ns() // 1000
         writes: list[ProfileWrite] = []
-        applied = []
         for game, player, events in chunk:
             if tombstones.erased(game, player):
                 stats.erased += len(events)
                 metrics.ERASED_EVENTS_DROPPED.inc(len(events))
                 continue
-            state = ProfileState()
-            for event in events:
-                try:
-                    fold_event(state, event, features)
-                except PoisonEvent:
-                    stats.poison += 1  # recorded in failed_events when first folded
-                if event.received_at > keep_ids_after_us:
-                    applied.append((game, player, event.event_id, from_micros(event.received_at)))
-            prune_windows(state, features, now_us)
-            stats.events += len(events)
-            writes.append(
-                ProfileWrite(
-                    game=game,
-                    player_id=player,
-                    state=encode_state(state),
-                    events_applied=state.events_applied,
-                    last_event_at=maybe_from_micros(state.last_event_us),
-                    last_received_at=maybe_from_micros(state.last_received_us),
-                )
-            )
+            writes.append(_refold(game, player, events, features, dedup_horizon_s, stats))
         async with engine.begin() as conn:
-            await repository.replace_players(conn, writes, applied)
+            await repository.save_states(conn, writes)
         stats.players += len(chunk)
         if progress is not None:
             progress(stats.players, total)
+    async with engine.begin() as conn:
+        await repository.forget_progress(conn)
     stats.seconds = time.monotonic() - started
     return stats
+
+
+def _refold(
+    game: str,
+    player: str,
+    events: list[EventRecord],
+    features: FeatureSet,
+    dedup_horizon_s: int,
+    stats: ReplayStats,
+) -> ProfileWrite:
+    """One player's profile, folded from its archived events, with their id hashes."""
+    now_us = time.time_ns() // 1000
+    width_s = bucket_width_s(dedup_horizon_s)
+    state = ProfileState()
+    seen = SeenIds()
+    for event in events:
+        try:
+            fold_event(state, event, features)
+        except PoisonEvent:
+            stats.poison += 1  # recorded in failed_events when first folded
+        seen.add(event_hash(game, player, event.event_id), event.received_at // 1_000_000, width_s)
+    prune_windows(state, features, now_us)
+    seen.prune(now_us // 1_000_000, dedup_horizon_s, width_s)
+    stats.events += len(events)
+    return profile_write((game, player), state, seen.encode())
 
 
 async def sync_features(
@@ -116,7 +122,7 @@ async def sync_features(
     features: FeatureSet,
     lake_dir: Path | LakeLocation,
     *,
-    retention_s: float,
+    dedup_horizon_s: int,
 ) -> ReplayStats | None:
     """At start: if features were added or changed since profiles were built, rebuild.
 
@@ -145,7 +151,7 @@ async def sync_features(
                 log.info("rebuilding profiles", players=done, of=total)
 
         stats = await rebuild_profiles(
-            engine, features, lake_dir, retention_s=retention_s, progress=report
+            engine, features, lake_dir, dedup_horizon_s=dedup_horizon_s, progress=report
         )
         await repository.record(conn, current)
     log.info(
@@ -157,46 +163,28 @@ async def sync_features(
     return stats
 
 
-async def hold_serving_lock(engine: AsyncEngine) -> Callable[[], asyncio.Future[None]]:
-    """Take the shared serving lock on a connection of its own; return its releaser."""
-    conn = await engine.connect()
-    await conn.execute(text("SELECT pg_advisory_lock_shared(hashtext(:k))"), {"k": SERVING_LOCK})
-    await conn.commit()
-
-    def release() -> asyncio.Future[None]:
-        return asyncio.ensure_future(conn.close())
-
-    return release
-
-
 async def replay_alone(
     engine: AsyncEngine,
     features: FeatureSet,
     lake_dir: Path | LakeLocation,
     *,
-    retention_s: float,
+    dedup_horizon_s: int,
     progress: Callable[[int, int], None] | None = None,
 ) -> ReplayStats:
     """`playerpulse replay`: rebuild every profile, refusing if a server is folding."""
-    async with engine.connect() as conn:
-        got = await conn.scalar(
-            text("SELECT pg_try_advisory_lock(hashtext(:k))"), {"k": SERVING_LOCK}
-        )
+    async with serving_lock_alone(engine) as got:
         if not got:
             raise ServiceRunning(
                 "a `playerpulse serve` is running against this database: stop every copy "
                 "first (a replay must not race the live fold), or restart them with the "
                 "new features file, which rebuilds on start"
             )
-        try:
-            stats = await rebuild_profiles(
-                engine, features, lake_dir, retention_s=retention_s, progress=progress
-            )
-            async with engine.begin() as tx:
-                await FeatureDefRepository().record(tx, features.fingerprints)
-            return stats
-        finally:
-            await conn.execute(text("SELECT pg_advisory_unlock(hashtext(:k))"), {"k": SERVING_LOCK})
+        stats = await rebuild_profiles(
+            engine, features, lake_dir, dedup_horizon_s=dedup_horizon_s, progress=progress
+        )
+        async with engine.begin() as tx:
+            await FeatureDefRepository().record(tx, features.fingerprints)
+        return stats
 
 
 def _take(stream: Iterator[PlayerEvents], count: int) -> list[PlayerEvents]:

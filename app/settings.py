@@ -9,6 +9,8 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from app.domain.features import parse_window
+
 PREFIX = "PLAYERPULSE_"
 DEFAULT_FEATURES = Path(__file__).parent / "features.example.toml"
 
@@ -73,8 +75,9 @@ class Settings:
     """PLAYERPULSE_LAKE_FLUSH_S: longest an event waits in memory before its Parquet file."""
     lake_flush_events: int = 20_000
     """PLAYERPULSE_LAKE_FLUSH_EVENTS: events that trigger an early Parquet flush."""
-    applied_ids_retention_s: float = 7 * 86400
-    """PLAYERPULSE_APPLIED_IDS_RETENTION_S: how long an applied event id is remembered."""
+    dedup_horizon: int = 86400
+    """PLAYERPULSE_DEDUP_HORIZON: seconds (received time) an event id is remembered, to
+    skip a client's resend; set as a duration such as 60s, 30m, 24h or 7d, or seconds."""
     lake_url: str | None = None
     """PLAYERPULSE_LAKE_URL: the hot lake root, a directory or s3://...; unset: DATA_DIR/lake."""
     lake_cold_url: str | None = None
@@ -188,6 +191,14 @@ def _convert(key: str, raw: str, kind: type, name: str) -> Any:
         kind = int
     if name == "kafka_home":  # optional: unset uses the user's cache
         return Path(raw).expanduser().resolve()
+    if name == "dedup_horizon":
+        try:
+            return int(raw) if raw.isdigit() and int(raw) > 0 else parse_window(raw)
+        except ValueError as exc:
+            raise SettingsError(
+                f"{key}={raw!r} is not a duration: a positive integer followed by s, m, h "
+                "or d, such as 24h"
+            ) from exc
     try:
         if kind is bool:
             return raw.lower() in ("1", "true", "yes", "on")

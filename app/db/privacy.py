@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from app.domain.dedup import SeenIds
 from app.domain.privacy import player_key
 
 TOMBSTONE_LOCK = "playerpulse:tombstones"
@@ -134,14 +135,17 @@ class ErasureRepository:
     async def purge_player(
         self, conn: AsyncConnection, game: str, player_id: str
     ) -> dict[str, int]:
-        """Delete the player's profile, applied ids and failed events; rows removed by store."""
+        """Delete the player's profile (with its id hashes) and failed events; rows by store.
+
+        ``applied_ids`` counts the event id hashes the deleted profile held.
+        """
         params = {"g": game, "p": player_id}
-        profiles = await conn.execute(
-            text("DELETE FROM profiles WHERE game = :g AND player_id = :p"), params
-        )
-        applied = await conn.execute(
-            text("DELETE FROM applied_events WHERE game = :g AND player_id = :p"), params
-        )
+        deleted = (
+            await conn.execute(
+                text("DELETE FROM profiles WHERE game = :g AND player_id = :p RETURNING seen_ids"),
+                params,
+            )
+        ).all()
         # Undecodable records have no player: any of them holding the id goes too.
         failed = await conn.execute(
             text(
@@ -152,8 +156,8 @@ class ErasureRepository:
             params,
         )
         return {
-            "profiles": profiles.rowcount,
-            "applied_ids": applied.rowcount,
+            "profiles": len(deleted),
+            "applied_ids": sum(len(SeenIds.decode(row[0])) for row in deleted),
             "failed_events": failed.rowcount,
         }
 

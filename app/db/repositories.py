@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from operator import attrgetter
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import func, insert, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -66,22 +66,44 @@ class ProfileWrite:
     events_applied: int
     last_event_at: datetime | None
     last_received_at: datetime | None
+    seen_ids: bytes | None = None
+    """The remembered event id hashes (app/domain/dedup.py); None: none."""
 
 
-_CLAIM = text(
-    """
-    INSERT INTO applied_events (game, player_id, event_id)
-    SELECT * FROM unnest(CAST(:games AS text[]), CAST(:players AS text[]),
-                         CAST(:ids AS text[]))
-    ON CONFLICT DO NOTHING
-    RETURNING game, player_id, event_id
-    """
-)
+class Progress(NamedTuple):
+    """How far the fold got in a partition: an offset and its message's broker time (ms)."""
+
+    offset: int
+    appended_ms: int | None
+    """None: recorded before broker times were (then the offset alone proves nothing)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """An event that could not be folded: who it names (if known), why, and its bytes."""
+
+    game: str | None
+    player_id: str | None
+    event_id: str | None
+    reason: str
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class LockedProfile:
+    """A stored profile, locked: its version, and its bytes unless the caller's are current."""
+
+    version: int
+    state: bytes | None
+    """None: the caller's copy (of this version) is current; so are its seen ids."""
+    seen_ids: bytes | None
+
 
 _LOCK = text(
     """
     SELECT p.game, p.player_id, p.version,
-           CASE WHEN p.version = k.known THEN NULL ELSE p.state END
+           CASE WHEN p.version = k.known THEN NULL ELSE p.state END,
+           CASE WHEN p.version = k.known THEN NULL ELSE p.seen_ids END
     FROM profiles p
     JOIN unnest(CAST(:games AS text[]), CAST(:players AS text[]), CAST(:known AS bigint[]))
       AS k(game, player_id, known)
@@ -94,13 +116,15 @@ _LOCK = text(
 _UPSERT = text(
     """
     INSERT INTO profiles (game, player_id, state, events_applied, last_event_at,
-                          last_received_at, updated_at, version)
-    SELECT g, p, s, n, le, lr, clock_timestamp(), 1
+                          last_received_at, updated_at, version, seen_ids)
+    SELECT g, p, s, n, le, lr, clock_timestamp(), 1, i
     FROM unnest(CAST(:games AS text[]), CAST(:players AS text[]), CAST(:states AS bytea[]),
                 CAST(:counts AS bigint[]), CAST(:last_events AS timestamptz[]),
-                CAST(:last_received AS timestamptz[])) AS u(g, p, s, n, le, lr)
+                CAST(:last_received AS timestamptz[]), CAST(:seen AS bytea[]))
+         AS u(g, p, s, n, le, lr, i)
     ON CONFLICT (game, player_id) DO UPDATE
     SET state = excluded.state,
+        seen_ids = excluded.seen_ids,
         events_applied = excluded.events_applied,
         last_event_at = excluded.last_event_at,
         last_received_at = excluded.last_received_at,
@@ -120,32 +144,15 @@ _FAIL = text(
 
 
 class ProfileRepository:
-    """Profile snapshots, the event ids they absorbed, and events that could not be folded."""
-
-    async def claim_events(
-        self, conn: AsyncConnection, events: Sequence[tuple[str, str, str]]
-    ) -> set[tuple[str, str, str]]:
-        """Record (game, player_id, event_id) as applied; return those not applied before."""
-        if not events:
-            return set()
-        ordered = sorted(set(events))  # one lock order for every writer: no deadlocks
-        result = await conn.execute(
-            _CLAIM,
-            {
-                "games": [e[0] for e in ordered],
-                "players": [e[1] for e in ordered],
-                "ids": [e[2] for e in ordered],
-            },
-        )
-        return {(r[0], r[1], r[2]) for r in result}
+    """Profile snapshots (with the event ids they absorbed), the fold's progress, failures."""
 
     async def lock_states(
         self,
         conn: AsyncConnection,
         keys: Sequence[PlayerKey],
         known: dict[PlayerKey, int] | None = None,
-    ) -> dict[PlayerKey, tuple[int, bytes | None]]:
-        """(version, state) of these players, locked until the transaction ends.
+    ) -> dict[PlayerKey, LockedProfile]:
+        """These players' stored profiles, locked until the transaction ends.
 
         Players absent are new. The state is None where ``known`` already has the
         current version (the caller holds that state): no bytes travel for it.
@@ -161,7 +168,7 @@ class ProfileRepository:
                 "known": [known.get(k, -1) for k in keys],
             },
         )
-        return {(r[0], r[1]): (r[2], r[3]) for r in result}
+        return {(r[0], r[1]): LockedProfile(r[2], r[3], r[4]) for r in result}
 
     async def save_states(self, conn: AsyncConnection, rows: Sequence[ProfileWrite]) -> None:
         """Insert or replace these profiles, stamping them with the commit-time clock."""
@@ -177,11 +184,12 @@ class ProfileRepository:
                 "counts": [r.events_applied for r in ordered],
                 "last_events": [r.last_event_at for r in ordered],
                 "last_received": [r.last_received_at for r in ordered],
+                "seen": [r.seen_ids for r in ordered],
             },
         )
 
     async def record_progress(
-        self, conn: AsyncConnection, topic: str, offsets: dict[int, int]
+        self, conn: AsyncConnection, topic: str, offsets: dict[int, Progress]
     ) -> None:
         """The fold committed ``topic`` up to these offsets (never moves backwards)."""
         if not offsets:
@@ -192,74 +200,50 @@ class ProfileRepository:
             {
                 "topic": topic,
                 "partitions": [p for p, _ in ordered],
-                "offsets": [o for _, o in ordered],
+                "offsets": [o.offset for _, o in ordered],
+                "appended": [o.appended_ms for _, o in ordered],
             },
         )
 
-    async def replace_players(
-        self,
-        conn: AsyncConnection,
-        rows: Sequence[ProfileWrite],
-        applied: Sequence[tuple[str, str, str, datetime]],
-    ) -> None:
-        """Replace these players' profiles and applied ids (game, player, id, applied_at)."""
-        keys = sorted({(r.game, r.player_id) for r in rows})
-        if not keys:
-            return
-        await conn.execute(
+    async def committed_offsets(
+        self, conn: AsyncConnection, topic: str, partitions: Sequence[int]
+    ) -> dict[int, Progress]:
+        """The recorded fold progress of these partitions (absent: nothing recorded)."""
+        if not partitions:
+            return {}
+        result = await conn.execute(
             text(
-                "DELETE FROM applied_events a USING unnest(CAST(:games AS text[]), "
-                "CAST(:players AS text[])) AS k(game, player_id) "
-                "WHERE a.game = k.game AND a.player_id = k.player_id"
+                "SELECT partition, committed_offset, appended_ms FROM fold_progress "
+                "WHERE topic = :topic AND partition = ANY(CAST(:partitions AS int[]))"
             ),
-            {"games": [k[0] for k in keys], "players": [k[1] for k in keys]},
+            {"topic": topic, "partitions": sorted(set(partitions))},
         )
-        if applied:
-            await conn.execute(
-                text(
-                    "INSERT INTO applied_events (game, player_id, event_id, applied_at) "
-                    "SELECT * FROM unnest(CAST(:games AS text[]), CAST(:players AS text[]), "
-                    "CAST(:ids AS text[]), CAST(:at AS timestamptz[])) ON CONFLICT DO NOTHING"
-                ),
-                {
-                    "games": [a[0] for a in applied],
-                    "players": [a[1] for a in applied],
-                    "ids": [a[2] for a in applied],
-                    "at": [a[3] for a in applied],
-                },
-            )
-        await self.save_states(conn, rows)
+        return {int(r[0]): Progress(int(r[1]), r[2]) for r in result}
+
+    async def forget_progress(self, conn: AsyncConnection) -> None:
+        """Forget the fold's progress on every topic (after a replay rebuilt the profiles)."""
+        await conn.execute(text("DELETE FROM fold_progress"))
 
     async def has_profiles(self, conn: AsyncConnection) -> bool:
         """True if any profile exists."""
         return bool(await conn.scalar(text("SELECT EXISTS (SELECT 1 FROM profiles)")))
 
-    async def forget_applied(self, conn: AsyncConnection, older_than_s: float) -> int:
-        """Delete applied event ids older than ``older_than_s`` seconds; return the count."""
-        result = await conn.execute(
-            text(
-                "DELETE FROM applied_events WHERE applied_at < now() - make_interval(secs => :age)"
-            ),
-            {"age": older_than_s},
-        )
-        return int(result.rowcount or 0)
-
     async def add_failed(
         self,
         conn: AsyncConnection,
-        failures: Sequence[tuple[str | None, str | None, str | None, str, bytes]],
+        failures: Sequence[Failure],
     ) -> None:
-        """Keep events that could not be folded, with the reason: (game, player, id, why, raw)."""
+        """Keep events that could not be folded, with the reason."""
         if not failures:
             return
         await conn.execute(
             _FAIL,
             {
-                "games": [f[0] for f in failures],
-                "players": [f[1] for f in failures],
-                "ids": [f[2] for f in failures],
-                "reasons": [f[3] for f in failures],
-                "payloads": [f[4] for f in failures],
+                "games": [f.game for f in failures],
+                "players": [f.player_id for f in failures],
+                "ids": [f.event_id for f in failures],
+                "reasons": [f.reason for f in failures],
+                "payloads": [f.payload for f in failures],
             },
         )
 
@@ -626,11 +610,15 @@ class ModelRepository:
 
 _PROGRESS = text(
     """
-    INSERT INTO fold_progress (topic, partition, committed_offset, updated_at)
-    SELECT :topic, p, o, now() FROM unnest(CAST(:partitions AS int[]), CAST(:offsets AS bigint[]))
-        AS t(p, o)
+    INSERT INTO fold_progress (topic, partition, committed_offset, updated_at, appended_ms)
+    SELECT :topic, p, o, now(), a
+    FROM unnest(CAST(:partitions AS int[]), CAST(:offsets AS bigint[]),
+                CAST(:appended AS bigint[])) AS t(p, o, a)
     ON CONFLICT (topic, partition) DO UPDATE
     SET committed_offset = GREATEST(fold_progress.committed_offset, EXCLUDED.committed_offset),
+        appended_ms = CASE
+            WHEN EXCLUDED.committed_offset >= fold_progress.committed_offset
+            THEN EXCLUDED.appended_ms ELSE fold_progress.appended_ms END,
         updated_at = EXCLUDED.updated_at
     """
 )

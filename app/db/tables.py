@@ -42,6 +42,8 @@ api_keys = Table(
     CheckConstraint("role IN ('ingest', 'read', 'admin')", name="role"),
 )
 
+# Stored with fillfactor 70 (migration 0008): updates stay in their page (HOT) and the
+# page's dead row versions are pruned as it goes, instead of growing the table.
 profiles = Table(
     "profiles",
     metadata,
@@ -54,18 +56,9 @@ profiles = Table(
     Column("updated_at", TZ, nullable=False),
     # Bumped on every write, so a process holding a state in memory can tell it is current.
     Column("version", BigInteger, nullable=False, server_default="0"),
-)
-
-# The ids of the events each profile has absorbed: the fold inserts them in the same
-# transaction as the profile, so a redelivered event finds its id and is skipped.
-applied_events = Table(
-    "applied_events",
-    metadata,
-    Column("game", Text, primary_key=True),
-    Column("player_id", Text, primary_key=True),
-    Column("event_id", Text, primary_key=True),
-    Column("applied_at", TZ, nullable=False, server_default=func.now()),
-    Index(None, "applied_at"),
+    # Hashes of the event ids the profile absorbed within the dedup horizon, by received
+    # time (app/domain/dedup.py): written with the state, so a client resend is skipped.
+    Column("seen_ids", LargeBinary),
 )
 
 failed_events = Table(
@@ -161,6 +154,9 @@ fold_progress = Table(
     Column("partition", Integer, primary_key=True),
     Column("committed_offset", BigInteger, nullable=False),
     Column("updated_at", TZ, nullable=False, server_default=func.now()),
+    # The broker time (ms) of the message at that offset: a message at or below the
+    # offset is a redelivery only if it is no newer (a recreated topic restarts at 0).
+    Column("appended_ms", BigInteger),
 )
 
 # The erasure ledger: one row per erasure request, and the tombstone that keeps it in

@@ -153,14 +153,6 @@ def _register_timers(
             if buffer.due:
                 await buffer.flush()
 
-    @app.timer(interval=600.0, name="forget-applied-ids")  # type: ignore[untyped-decorator]
-    async def forget_applied_ids() -> None:
-        # Bounded state: ids older than the retention are dropped (a resend after that
-        # would count again; see PLAYERPULSE_APPLIED_IDS_RETENTION_S).
-        removed = await folder.forget_applied_ids(settings.applied_ids_retention_s)
-        if removed:
-            log.info("forgot applied event ids", count=removed)
-
     if housekeeping is not None and settings.lake_compact_interval_s > 0:
 
         @app.timer(  # type: ignore[untyped-decorator]

@@ -1,11 +1,13 @@
 """Folding micro-batches of topic records into profile snapshots, exactly once in effect.
 
 One PostgreSQL transaction per micro-batch (per ``transaction_events`` events of a
-larger one): claim the event ids (those already applied come back as not new), lock
-the touched profiles, fold the new events through the pure domain fold, write the
-profiles and any failed events, commit. Only after the commit does the agent
-acknowledge the batch to Kafka, so a crash anywhere means redelivery, and redelivery
-is a no-op for every id already committed.
+larger one): lock the touched profiles, skip the events whose id hash the profile
+already holds, fold the others through the pure domain fold, write the profiles (with
+their id hashes) and any failed events, and record how far each partition is folded,
+commit. Only after the commit does the agent acknowledge the batch to Kafka, so a crash
+anywhere means redelivery; a redelivered message at or below the recorded offset of its
+partition is skipped without looking at its ids, and a client's resend is skipped by
+its id hash within the dedup horizon (app/domain/dedup.py).
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app import metrics
-from app.db.repositories import PlayerKey, ProfileRepository, ProfileWrite
+from app.db.repositories import Failure, PlayerKey, ProfileRepository, ProfileWrite, Progress
+from app.domain.dedup import SeenIds, bucket_width_s, event_hash
 from app.domain.events import EventRecord, decode_records, encode_record, maybe_from_micros
 from app.domain.features import FeatureSet
 from app.domain.fold import (
@@ -40,8 +43,18 @@ from .tombstones import TombstoneWatch
 
 log = get_logger(__name__)
 
-Failure = tuple[str | None, str | None, str | None, str, bytes]
-"""(game, player_id, event_id, reason, raw record) of an event that could not be folded."""
+
+def profile_write(key: PlayerKey, state: ProfileState, seen_ids: bytes | None) -> ProfileWrite:
+    """The row that stores a folded state and its remembered id hashes."""
+    return ProfileWrite(
+        game=key[0],
+        player_id=key[1],
+        state=encode_state(state),
+        events_applied=state.events_applied,
+        last_event_at=maybe_from_micros(state.last_event_us),
+        last_received_at=maybe_from_micros(state.last_received_us),
+        seen_ids=seen_ids or None,
+    )
 
 
 class Position(NamedTuple):
@@ -83,8 +96,12 @@ class FoldStats:
     seen: int = 0
     applied: int = 0
     duplicates: int = 0
+    """Events skipped: redelivered at or below a recorded offset, or their id remembered."""
+    redelivered: int = 0
+    """Of the duplicates, those skipped by offset alone."""
     failed: int = 0
     late: int = 0
+    beyond_horizon: int = 0
     batches: int = 0
     erased: int = 0
 
@@ -97,12 +114,59 @@ class _Outcome:
     duplicates: int = 0
     failed: int = 0
     late: int = 0
+    beyond_horizon: int = 0
     erased: int = 0
     received_at: list[int] = field(default_factory=list)
     event_ts: list[int] = field(default_factory=list)
     states: dict[PlayerKey, ProfileState] = field(default_factory=dict)
     versions: dict[PlayerKey, int] = field(default_factory=dict)
-    """Written states and their new versions: cached once the transaction commits."""
+    seen: dict[PlayerKey, bytes] = field(default_factory=dict)
+    """Written states, their new versions and id hashes: cached once the transaction commits."""
+
+
+@dataclass(slots=True)
+class _Player:
+    """A locked profile while its events are folded."""
+
+    state: ProfileState
+    seen: SeenIds
+    version: int
+    stored: bool
+    changed: bool = False
+
+
+@dataclass(slots=True)
+class _Part:
+    """Events committed in one transaction, and the offsets complete once it commits."""
+
+    records: Sequence[EventRecord]
+    failures: list[Failure]
+    offsets: dict[int, Progress]
+
+
+def _split(
+    records: Sequence[EventRecord],
+    ends: Sequence[tuple[int, Position]],
+    failures: list[Failure],
+    step: int,
+) -> list[_Part]:
+    """Transactions of at most ``step`` events; ``ends``: (end index, message position).
+
+    A message's offset is recorded with the transaction that commits its last event.
+    """
+    parts = []
+    done: dict[int, Progress] = {}
+    index = 0
+    for start in range(0, max(1, len(records)), step):
+        stop = start + step
+        while index < len(ends) and ends[index][0] <= stop:
+            position = ends[index][1]
+            known = done.get(position.partition)
+            if known is None or position.offset > known.offset:
+                done[position.partition] = Progress(position.offset, _ms(position.appended_at))
+            index += 1
+        parts.append(_Part(records[start:stop], failures if start == 0 else [], dict(done)))
+    return parts
 
 
 class ProfileFolder:
@@ -119,6 +183,7 @@ class ProfileFolder:
         transaction_events: int = 2000,
         topic: str = "events",
         tombstones: TombstoneWatch | None = None,
+        dedup_horizon_s: int = 86400,
     ) -> None:
         self.engine = engine
         self.topic = topic
@@ -126,18 +191,21 @@ class ProfileFolder:
         self.repository = repository or ProfileRepository()
         self.retry_max_s = retry_max_s
         self.transaction_events = transaction_events
+        self.dedup_horizon_s = dedup_horizon_s
+        self._width_s = bucket_width_s(dedup_horizon_s)
         self.stats = FoldStats()
-        # Erased players' events are dropped before anything is claimed or folded.
+        # Erased players' events are dropped before anything is folded.
         self.tombstones = tombstones
         self._tombstone_revision = -1
         # Partition-owned state cache: the states this process wrote last, by version.
         # PostgreSQL stays the truth: each batch sends the versions it holds and gets
         # back only the states that changed elsewhere (after a rebalance, a replay).
         self.cache_size = cache_size
-        # Two maps, not (version, state) pairs: a new pair per update would be a new
+        # Parallel maps, not (version, state) pairs: a new pair per update would be a new
         # object for the garbage collector to track and scan, per player, per batch.
         self._cache: OrderedDict[PlayerKey, ProfileState] = OrderedDict()
         self._versions: dict[PlayerKey, int] = {}
+        self._seen: dict[PlayerKey, bytes] = {}
         self.freshness_samples: list[float] | None = None
         """Set to a list to also collect every event's freshness in seconds (benchmarks)."""
 
@@ -146,51 +214,74 @@ class ProfileFolder:
     ) -> list[EventRecord]:
         """Fold topic messages; returns, once their effect is committed, their records.
 
-        ``positions``: each message's partition, offset and broker timestamp, to record
-        how far the fold got (read-your-writes) and the ``appended_to_folded`` hop.
+        ``positions``: each message's partition, offset and broker timestamp: messages
+        at or below their partition's recorded progress are not folded again (they are
+        still returned, for the archive), the others' offsets are recorded in the
+        transaction that commits their events (read-your-writes reads them too).
         """
+        decoded, undecodable = _decode(payloads)
+        committed = await self._committed(positions)
         records: list[EventRecord] = []
-        undecodable: list[Failure] = []
-        carried: list[int] = []
-        for raw in payloads:
-            try:
-                decoded = decode_records(raw)
-            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                undecodable.append((None, None, None, f"undecodable message: {exc}", raw))
-                decoded = []
-            records.extend(decoded)
-            carried.append(len(decoded))
+        ends: list[tuple[int, Position]] = []
+        kept: list[EventRecord] = []
+        skipped = 0
+        for index, batch in enumerate(decoded):
+            records.extend(batch)
+            if positions is None:
+                kept.extend(batch)
+            elif _redelivered(positions[index], committed):
+                skipped += len(batch)
+            else:
+                kept.extend(batch)
+                ends.append((len(kept), positions[index]))
         # A topic message may carry many requests' events (the producer joins those of
         # one event-loop turn), so a micro-batch of messages can hold tens of thousands:
         # they are committed in transactions of at most ``transaction_events``, which
         # keeps each one short (and the event loop free for HTTP in between). The batch
         # is acknowledged only once all of them committed; a redelivered part is a no-op.
-        step = self.transaction_events
-        for start in range(0, max(1, len(records)), step):
-            part = records[start : start + step]
-            failures = undecodable if start == 0 else []
+        for part in _split(kept, ends, undecodable, self.transaction_events):
             try:
-                await self._with_retry(part, failures)
+                await self._with_retry(part)
             except RefusedByDatabase as exc:
                 # PostgreSQL refused something in the batch: find the culprit event by event.
                 log.warning("fold batch rejected by database; isolating events", error=str(exc))
-                await self._isolate(part, failures)
+                await self._isolate(part)
+        self._count_skipped(skipped)
         if positions:
-            await self._record_progress(positions)
-            _observe_appended(positions, carried)
+            _observe_appended(positions, [len(batch) for batch in decoded])
         self.stats.seen += len(records) + len(undecodable)
         self.stats.batches += 1
         return records
 
-    async def _with_retry(
-        self, records: Sequence[EventRecord], failures: Sequence[Failure]
-    ) -> None:
+    async def _committed(self, positions: Sequence[Position] | None) -> dict[int, Progress]:
+        """The recorded progress of the partitions of these messages (a lower bound)."""
+        if not positions:
+            return {}
+        partitions = sorted({p.partition for p in positions})
+        delay = 0.05
+        while True:
+            try:
+                async with self.engine.connect() as conn:
+                    return await self.repository.committed_offsets(conn, self.topic, partitions)
+            except (DBAPIError, OSError, TimeoutError) as exc:
+                log.warning("fold progress not read; retrying", error=str(exc))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.retry_max_s)
+
+    def _count_skipped(self, skipped: int) -> None:
+        if skipped:
+            self.stats.duplicates += skipped
+            self.stats.redelivered += skipped
+            metrics.EVENTS_DUPLICATE.inc(skipped)
+
+    async def _with_retry(self, part: _Part) -> None:
         delay = 0.1
         while True:
             started = time.monotonic()
             try:
                 async with self.engine.begin() as conn:
-                    outcome = await self._apply(conn, records, list(failures))
+                    outcome = await self._apply(conn, part.records, list(part.failures))
+                    await self.repository.record_progress(conn, self.topic, part.offsets)
                 self._remember(outcome)
                 self._count(outcome, time.monotonic() - started)
                 return
@@ -203,37 +294,18 @@ class ProfileFolder:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.retry_max_s)
 
-    async def _record_progress(self, positions: Sequence[Position]) -> None:
-        """Every message up to these offsets is folded: say so, for read-your-writes.
-
-        Its own short transaction, after the batch's; retried like them (a read waiting
-        for these offsets waits a little longer meanwhile, never sees them too early).
-        """
-        offsets: dict[int, int] = {}
-        for position in positions:
-            if position.offset > offsets.get(position.partition, -1):
-                offsets[position.partition] = position.offset
-        delay = 0.05
-        while True:
-            try:
-                async with self.engine.begin() as conn:
-                    await self.repository.record_progress(conn, self.topic, offsets)
-                return
-            except (DBAPIError, OSError, TimeoutError) as exc:
-                log.warning("fold progress not recorded; retrying", error=str(exc))
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.retry_max_s)
-
     def _remember(self, outcome: _Outcome) -> None:
         cache = self._cache
         move_to_end = cache.move_to_end
         cache.update(outcome.states)
         self._versions.update(outcome.versions)
+        self._seen.update(outcome.seen)
         for key in outcome.states:
             move_to_end(key)
         while len(cache) > self.cache_size:
             key, _state = cache.popitem(last=False)
             del self._versions[key]
+            self._seen.pop(key, None)
 
     def _count(self, outcome: _Outcome, seconds: float) -> None:
         """Counted once committed: an attempt that failed and was retried is not."""
@@ -241,6 +313,7 @@ class ProfileFolder:
         self.stats.duplicates += outcome.duplicates
         self.stats.failed += outcome.failed
         self.stats.late += outcome.late
+        self.stats.beyond_horizon += outcome.beyond_horizon
         self.stats.erased += outcome.erased
         if outcome.erased:
             metrics.ERASED_EVENTS_DROPPED.inc(outcome.erased)
@@ -248,6 +321,7 @@ class ProfileFolder:
         metrics.EVENTS_DUPLICATE.inc(outcome.duplicates)
         metrics.EVENTS_FAILED.inc(outcome.failed)
         metrics.LATE_EVENTS.inc(outcome.late)
+        metrics.EVENTS_BEYOND_DEDUP_HORIZON.inc(outcome.beyond_horizon)
         metrics.FOLD_BATCH_SECONDS.observe(seconds)
         committed_us = time.time_ns() // 1000
         freshness = [max(0, committed_us - us) / 1_000_000 for us in outcome.received_at]
@@ -259,21 +333,17 @@ class ProfileFolder:
         if self.freshness_samples is not None:
             self.freshness_samples.extend(freshness)
 
-    async def forget_applied_ids(self, older_than_s: float) -> int:
-        """Drop applied event ids remembered longer than ``older_than_s``; return how many."""
-        async with self.engine.begin() as conn:
-            return await self.repository.forget_applied(conn, older_than_s)
-
-    async def _isolate(self, records: Sequence[EventRecord], failures: Sequence[Failure]) -> None:
-        if failures:
-            await self._with_retry([], failures)
-        for record in records:
+    async def _isolate(self, part: _Part) -> None:
+        if part.failures:
+            await self._with_retry(_Part([], part.failures, {}))
+        for record in part.records:
             try:
-                await self._with_retry([record], [])
+                await self._with_retry(_Part([record], [], {}))
             except RefusedByDatabase as exc:
                 reason = f"rejected by the database: {exc}"
-                raw = encode_record(record)
-                await self._with_retry([], [(None, None, None, reason[:2000], raw)])
+                failure = Failure(None, None, None, reason[:2000], encode_record(record))
+                await self._with_retry(_Part([], [failure], {}))
+        await self._with_retry(_Part([], [], part.offsets))
 
     async def _screen(
         self, conn: AsyncConnection, records: Sequence[EventRecord], outcome: _Outcome
@@ -286,6 +356,7 @@ class ProfileFolder:
             # An erasure (or a lifted one): no state held in memory may outlive it.
             self._cache.clear()
             self._versions.clear()
+            self._seen.clear()
             self._tombstone_revision = tombstones.revision
         kept = TombstoneWatch.screen(tombstones, records)
         outcome.erased = len(records) - len(kept)
@@ -297,73 +368,88 @@ class ProfileFolder:
         records: Sequence[EventRecord],
         failures: list[Failure],
     ) -> _Outcome:
-        repo = self.repository
+        """Screen, lock, dedup and fold these events; write the profiles and failures."""
         outcome = _Outcome()
         records = await self._screen(conn, records, outcome)
-        claimed = await repo.claim_events(
-            conn, [(r.game, r.player_id, r.event_id) for r in records]
-        )
-        fresh: list[EventRecord] = []
-        for record in records:
-            ident = (record.game, record.player_id, record.event_id)
-            if ident in claimed:
-                claimed.discard(ident)  # a repeat inside the batch is a duplicate too
-                fresh.append(record)
-        outcome.duplicates = len(records) - len(fresh)
-        now_us = time.time_ns() // 1000
+        players = await self._lock(conn, sorted({(r.game, r.player_id) for r in records}))
         longest = self.features.longest_window_s
-        late_before = None if longest is None else now_us - longest * 1_000_000
+        late_before = None if longest is None else time.time_ns() // 1000 - longest * 1_000_000
+        for record in records:
+            player = players[(record.game, record.player_id)]
+            self._fold_one(record, player, failures, outcome, late_before)
+        await self.repository.save_states(conn, self._writes(players, outcome))
+        await self.repository.add_failed(conn, failures)
+        if failures:
+            log.warning("events failed to fold", count=len(failures), first=failures[0].reason)
+        outcome.failed = len(failures)
+        return outcome
 
-        keys: list[PlayerKey] = sorted({(r.game, r.player_id) for r in fresh})
-        cache = self._cache
-        # Taken out of the cache: folded in place, they go back only if this commits.
-        known = self._versions
+    async def _lock(self, conn: AsyncConnection, keys: list[PlayerKey]) -> dict[PlayerKey, _Player]:
+        """Lock these players' profiles; the cached copy where it is current, else PostgreSQL's.
+
+        Cached states are taken out of the cache: folded in place, they go back only if
+        the transaction commits.
+        """
+        cache, known, seen = self._cache, self._versions, self._seen
         held = {key: cache.pop(key) for key in keys if key in cache}
-        stored = await repo.lock_states(conn, keys, {key: known.pop(key) for key in held})
-        states: dict[PlayerKey, ProfileState] = {}
-        versions: dict[PlayerKey, int] = {}
-        touched: set[PlayerKey] = set()
-        for record in fresh:
-            key = (record.game, record.player_id)
-            state = states.get(key)
-            if state is None:
-                version, blob = stored.get(key, (0, None))
-                if key not in stored:
-                    state = ProfileState()
-                elif blob is None:
-                    state = held[key]  # our copy is current
-                else:
-                    state = decode_state(blob)
-                states[key] = state
-                versions[key] = version
-            try:
-                fold_event(state, record, self.features)
-            except PoisonEvent as exc:
-                failures.append(
-                    (
-                        record.game,
-                        record.player_id,
-                        record.event_id,
-                        str(exc),
-                        encode_record(record),
-                    )
+        versions = {key: known.pop(key) for key in held}
+        held_seen = {key: seen.pop(key, None) for key in held}
+        stored = await self.repository.lock_states(conn, keys, versions)
+        players = {}
+        for key in keys:
+            row = stored.get(key)
+            if row is None:
+                players[key] = _Player(ProfileState(), SeenIds(), 0, stored=False)
+            elif row.state is None:  # our copy is current
+                players[key] = _Player(
+                    held[key], SeenIds.decode(held_seen[key]), row.version, stored=True
                 )
-                continue
-            except Exception as exc:  # a fold bug must not stop the stream or lose the event
-                log.exception("fold raised on an event", event_id=record.event_id)
-                reason = f"internal error folding this event: {exc!r}"
-                failures.append(
-                    (record.game, record.player_id, record.event_id, reason, encode_record(record))
-                )
-                continue
-            touched.add(key)
-            outcome.applied += 1
-            outcome.received_at.append(record.received_at)
-            outcome.event_ts.append(record.ts)
-            if late_before is not None and record.ts < late_before:
-                outcome.late += 1
+            else:
+                state, seen_ids = decode_state(row.state), SeenIds.decode(row.seen_ids)
+                players[key] = _Player(state, seen_ids, row.version, stored=True)
+        return players
 
-        writes = []
+    def _fold_one(
+        self,
+        record: EventRecord,
+        player: _Player,
+        failures: list[Failure],
+        outcome: _Outcome,
+        late_before: int | None,
+    ) -> None:
+        """Fold one event unless its id is remembered; a failure is kept, never raised."""
+        digest = event_hash(record.game, record.player_id, record.event_id)
+        if player.seen.holds(digest):
+            outcome.duplicates += 1
+            return
+        # Remembered even if it fails to fold: a resend of a poison event is a duplicate.
+        player.seen.add(digest, record.received_at // 1_000_000, self._width_s)
+        player.changed = True
+        try:
+            fold_event(player.state, record, self.features)
+        except PoisonEvent as exc:
+            failures.append(_failure(record, str(exc)))
+            return
+        except Exception as exc:  # a fold bug must not stop the stream or lose the event
+            log.exception("fold raised on an event", event_id=record.event_id)
+            failures.append(_failure(record, f"internal error folding this event: {exc!r}"))
+            return
+        outcome.applied += 1
+        outcome.received_at.append(record.received_at)
+        outcome.event_ts.append(record.ts)
+        if late_before is not None and record.ts < late_before:
+            outcome.late += 1
+        if record.ts < record.received_at - self.dedup_horizon_s * 1_000_000:
+            outcome.beyond_horizon += 1
+
+    def _writes(self, players: dict[PlayerKey, _Player], outcome: _Outcome) -> list[ProfileWrite]:
+        """Rows for the players whose profile changed, pruned of what slid out of time.
+
+        A new player whose every event failed is not written (its failures are): a
+        resend of those is then tried, and fails, again.
+        """
+        now_us = time.time_ns() // 1000
+        now_s = now_us // 1_000_000
         # Buckets below these indexes have slid out of their window: pruning a state only
         # changes it if it holds one (most states touched were pruned a moment ago).
         horizons = [
@@ -371,29 +457,55 @@ class ProfileFolder:
             for spec in self.features.specs
             if spec.bucket_s is not None and spec.window_s is not None
         ]
-        for key in sorted(touched):
-            state = states[key]
-            windows = state.windows
+        writes = []
+        for key, player in players.items():
+            if not player.changed or not (player.stored or player.state.events_applied):
+                continue
+            state = player.state
             for name, oldest in horizons:
-                buckets = windows.get(name)
+                buckets = state.windows.get(name)
                 if buckets and min(buckets) < oldest:
                     prune_windows(state, self.features, now_us)
                     break
+            player.seen.prune(now_s, self.dedup_horizon_s, self._width_s)
+            seen_ids = player.seen.encode()
             outcome.states[key] = state
-            outcome.versions[key] = versions[key] + 1
-            writes.append(
-                ProfileWrite(
-                    game=key[0],
-                    player_id=key[1],
-                    state=encode_state(state),
-                    events_applied=state.events_applied,
-                    last_event_at=maybe_from_micros(state.last_event_us),
-                    last_received_at=maybe_from_micros(state.last_received_us),
-                )
-            )
-        await repo.save_states(conn, writes)
-        await repo.add_failed(conn, failures)
-        if failures:
-            log.warning("events failed to fold", count=len(failures), first=failures[0][3])
-        outcome.failed = len(failures)
-        return outcome
+            outcome.versions[key] = player.version + 1
+            outcome.seen[key] = seen_ids
+            writes.append(profile_write(key, state, seen_ids))
+        return writes
+
+
+def _ms(appended_at: float) -> int:
+    return round(appended_at * 1000)
+
+
+def _redelivered(position: Position, committed: dict[int, Progress]) -> bool:
+    """True if the fold committed this message already: at or below the recorded offset
+    of its partition and no newer than the message there (a topic deleted and created
+    again starts at offset 0 with newer messages: those are folded, and their ids
+    looked up, not skipped)."""
+    known = committed.get(position.partition)
+    return (
+        known is not None
+        and known.appended_ms is not None
+        and position.offset <= known.offset
+        and _ms(position.appended_at) <= known.appended_ms
+    )
+
+
+def _failure(record: EventRecord, reason: str) -> Failure:
+    return Failure(record.game, record.player_id, record.event_id, reason, encode_record(record))
+
+
+def _decode(payloads: Sequence[bytes]) -> tuple[list[list[EventRecord]], list[Failure]]:
+    """Each message's records (none for an undecodable one), and the undecodable ones."""
+    decoded: list[list[EventRecord]] = []
+    undecodable: list[Failure] = []
+    for raw in payloads:
+        try:
+            decoded.append(decode_records(raw))
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            undecodable.append(Failure(None, None, None, f"undecodable message: {exc}", raw))
+            decoded.append([])
+    return decoded, undecodable

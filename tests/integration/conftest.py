@@ -71,7 +71,7 @@ async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
     engine = create_engine(database_url, pool_size=4)
     async with engine.begin() as conn:
         await conn.exec_driver_sql(
-            "TRUNCATE api_keys, profiles, applied_events, failed_events, models"
+            "TRUNCATE api_keys, profiles, failed_events, models, fold_progress"
         )
     yield engine
     await engine.dispose()

@@ -6,7 +6,7 @@ import random
 import time
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.db.reads import FastReads
@@ -14,7 +14,7 @@ from app.db.tables import failed_events
 from app.domain.events import EventRecord, encode_record
 from app.domain.features import FeatureSet
 from app.profiles import ProfileService
-from app.streams.folding import ProfileFolder
+from app.streams.folding import Position, ProfileFolder
 
 NOW_US = int(time.time() * 1_000_000)
 
@@ -142,3 +142,93 @@ async def test_a_state_cached_by_one_process_is_refreshed_after_another_wrote(
     assert profile is not None
     assert profile.features["spend_total"] == 15
     assert profile.events_applied == 4
+
+
+def at(partition: int, offset: int, appended_at: float = NOW_US / 1e6) -> Position:
+    """A message's position; the broker stamps later offsets no earlier."""
+    return Position(partition, offset, appended_at + offset / 1000)
+
+
+async def test_a_redelivered_message_is_skipped_by_its_offset_without_an_id_lookup(
+    engine: AsyncEngine, reads: FastReads, features: FeatureSet
+) -> None:
+    folder = ProfileFolder(engine, features, dedup_horizon_s=60)
+    first = [record(f"o-{i}", "offsets", "purchase", NOW_US, amount=1) for i in range(3)]
+    messages = [encode_record(first[0]), encode_record(first[1]), encode_record(first[2])]
+    folded = await folder.fold_batch(messages, [at(0, 10), at(0, 11), at(1, 4)])
+    assert len(folded) == 3
+    async with engine.connect() as conn:
+        rows = await conn.execute(text("SELECT partition, committed_offset FROM fold_progress"))
+        progress = {int(row[0]): int(row[1]) for row in rows}
+    assert progress == {0: 11, 1: 4}
+
+    # The profile forgets the ids (as past the horizon): only the offsets stop a repeat.
+    async with engine.begin() as conn:
+        await conn.execute(text("UPDATE profiles SET seen_ids = NULL, version = version + 1"))
+    later = record("o-3", "offsets", "purchase", NOW_US, amount=10)
+    redelivered = await folder.fold_batch(
+        [messages[1], messages[2], encode_record(later)], [at(0, 11), at(1, 4), at(1, 5)]
+    )
+    # Returned all the same, for the archive (it may not have written them yet).
+    assert [r.event_id for r in redelivered] == ["o-1", "o-2", "o-3"]
+    assert (folder.stats.applied, folder.stats.redelivered, folder.stats.duplicates) == (4, 2, 2)
+    profile = await ProfileService(reads, features).get("g", "offsets")
+    assert profile is not None
+    assert (profile.events_applied, profile.features["spend_total"]) == (4, 13)
+
+    # A second process (after a rebalance) reads the recorded offsets too.
+    other = ProfileFolder(engine, features, dedup_horizon_s=60)
+    await other.fold_batch([encode_record(later)], [at(1, 5)])
+    assert (other.stats.applied, other.stats.redelivered) == (0, 1)
+
+
+async def test_a_recreated_topic_starting_again_at_offset_zero_is_folded_not_skipped(
+    engine: AsyncEngine, reads: FastReads, features: FeatureSet
+) -> None:
+    folder = ProfileFolder(engine, features, dedup_horizon_s=60)
+    first = record("t-1", "recreated", "session_start", NOW_US)
+    await folder.fold_batch([encode_record(first)], [at(3, 500)])
+    # The topic was deleted and created again: offsets restart, the broker's clock goes on.
+    again = record("t-2", "recreated", "session_start", NOW_US)
+    await folder.fold_batch([encode_record(again)], [at(3, 0, appended_at=time.time() + 5)])
+    assert (folder.stats.applied, folder.stats.redelivered) == (2, 0)
+
+
+async def test_a_message_split_over_transactions_records_its_offset_with_its_last_event(
+    engine: AsyncEngine, reads: FastReads, features: FeatureSet
+) -> None:
+    folder = ProfileFolder(engine, features, transaction_events=2)
+    many = [record(f"s-{i}", f"s{i % 3}", "session_start", NOW_US) for i in range(5)]
+    body = b"[" + b",".join(encode_record(r) for r in many) + b"]"
+    await folder.fold_batch([body, b"{not json"], [at(2, 7), at(2, 8)])
+    async with engine.connect() as conn:
+        offset = await conn.scalar(
+            text("SELECT committed_offset FROM fold_progress WHERE partition = 2")
+        )
+        applied = await conn.scalar(text("SELECT sum(events_applied) FROM profiles"))
+    assert (offset, applied) == (8, 5)
+    assert folder.stats.failed == 1
+
+
+async def test_a_resend_is_a_duplicate_within_the_horizon_and_counts_again_after_it(
+    engine: AsyncEngine, reads: FastReads, features: FeatureSet
+) -> None:
+    folder = ProfileFolder(engine, features, dedup_horizon_s=60)
+    hour_ago = NOW_US - 3_600_000_000
+    old = record("r-1", "resender", "session_start", hour_ago)
+    old = EventRecord(**{**_fields(old), "received_at": hour_ago})
+    fresh = record("r-2", "resender", "session_start", NOW_US)
+    await folder.fold_batch([encode_record(old), encode_record(fresh)])
+    # Resent (a new request, so received now): r-2 is remembered, r-1 fell out of it.
+    resent = [EventRecord(**{**_fields(r), "received_at": NOW_US}) for r in (old, fresh)]
+    await folder.fold_batch([encode_record(r) for r in resent])
+    assert (folder.stats.applied, folder.stats.duplicates) == (3, 1)
+    # The resend past the horizon is counted: its event time is older than the horizon.
+    assert folder.stats.beyond_horizon == 1
+    async with engine.connect() as conn:
+        size = await conn.scalar(text("SELECT octet_length(seen_ids) FROM profiles"))
+    assert size == 2 + 8 + 2 * 8  # one bucket holds both ids received now
+
+
+def _fields(r: EventRecord) -> dict[str, Any]:
+    return {name: getattr(r, name) for name in r.__struct_fields__}

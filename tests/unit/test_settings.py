@@ -89,6 +89,8 @@ def test_each_variable_is_parsed_to_the_type_of_its_field(name: str) -> None:
         raw, expected = "17", 17
     elif name == "kafka_home":  # an optional path: unset uses the user's cache
         raw, expected = "/tmp/elsewhere", Path("/tmp/elsewhere")
+    elif name == "dedup_horizon":  # a duration, in seconds
+        raw, expected = "90m", 5400
     elif default is None:
         raw, expected = "a-url-or-brokers", "a-url-or-brokers"
     else:
@@ -174,3 +176,19 @@ def test_a_negative_retention_is_refused() -> None:
     with pytest.raises(SettingsError, match="PLAYERPULSE_LAKE_RETENTION_DAYS"):
         Settings.from_env({"PLAYERPULSE_LAKE_RETENTION_DAYS": "-1"})
     assert Settings.from_env({}).lake_retention_days is None
+
+
+@pytest.mark.parametrize(
+    ("raw", "seconds"), [("24h", 86400), ("60s", 60), ("7d", 604800), ("90", 90)]
+)
+def test_the_dedup_horizon_is_a_duration(raw: str, seconds: int) -> None:
+    assert Settings.from_env({"PLAYERPULSE_DEDUP_HORIZON": raw}).dedup_horizon == seconds
+
+
+@pytest.mark.parametrize("raw", ["a day", "0", "-5m", "1.5h", "24 h"])
+def test_a_bad_dedup_horizon_names_the_variable_and_the_form(raw: str) -> None:
+    with pytest.raises(SettingsError) as info:
+        Settings.from_env({"PLAYERPULSE_DEDUP_HORIZON": raw})
+    assert "PLAYERPULSE_DEDUP_HORIZON" in str(info.value)
+    assert repr(raw) in str(info.value)
+    assert "such as 24h" in str(info.value)
