@@ -50,9 +50,10 @@ import math
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import msgspec
@@ -60,14 +61,22 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from app.domain.features import NUMERIC, Agg, FeatureSet, FeatureSpec
-from app.domain.fold import MAX_EXACT_INT, MAX_FLOAT, storable
+from app.domain.features import KEYED, NUMERIC, Agg, FeatureSet, FeatureSpec
+from app.domain.fold import (
+    MAX_EXACT_INT,
+    MAX_FLOAT,
+    PoisonEvent,
+    ProfileState,
+    evaluate,
+    fold_value,
+    prepare,
+    storable,
+)
 
 from .location import LakeLocation, connect_lake
 from .reports import json_path
 
 RESERVED = "__pp_"
-_canonical = msgspec.json.Encoder(order="sorted")
 
 
 class TrainingSetError(ValueError):
@@ -116,19 +125,90 @@ def _empty(spec: FeatureSpec) -> str:
     return "NULL" if value is None else _lit(msgspec.json.encode(value).decode())
 
 
-def training_sql(features: FeatureSet, *, exclude_late_arrivals: bool = False) -> TrainingSQL:
-    """The DuckDB SQL that computes ``features`` point-in-time, one piece per feature."""
-    paths = sorted({spec.field for spec in features.specs if spec.field is not None})
-    path_index = {path: i for i, path in enumerate(paths)}
-    widths = tuple(sorted({s.bucket_s for s in features.specs if s.bucket_s is not None}))
-    all_types = sorted({t for spec in features.specs for t in spec.events})
+FIRST_COPY_ORDER = "received_at, ts, type, props"
+"""Which copy of a ``(player_id, event_id)`` counts: the first received (then by content,
+so the choice is deterministic), as the fold applies the first copy it sees."""
 
-    # Per field path: the JSON value, its type, and what the fold's checks need.
-    per_path = []
-    for j in path_index.values():
-        f = f"f{j}"
-        per_path.append(
-            f"""
+FOLDED = frozenset({Agg.DISTINCT_COUNT, Agg.APPROX_DISTINCT, Agg.PERCENTILE, Agg.TOP_K, Agg.LAST_K})
+"""Aggregates a training set computes with the fold's own code (``app.domain.fold``) in
+Python rather than in SQL: the sketches, which DuckDB cannot build, and
+``distinct_count``, which becomes a sketch past its cap."""
+
+
+def training_sql(features: FeatureSet, *, exclude_late_arrivals: bool = False) -> TrainingSQL:
+    """The DuckDB SQL that computes ``features`` point-in-time, one piece per feature.
+
+    Features whose aggregate is in :data:`FOLDED` get no aggregate here: the events table
+    keeps their match flags and field texts for :func:`fold_rows`.
+    """
+    path_index = _path_index(features)
+    widths = tuple(sorted({s.bucket_s for s in features.specs if s.bucket_s is not None}))
+    events_sql = _events_sql(features, path_index, widths)
+    aggregates = [
+        _aggregate_sql(k, spec, path_index)
+        for k, spec in enumerate(features.specs)
+        if spec.agg not in FOLDED
+    ]
+    late = " AND e.received_us <= l.ts_us" if exclude_late_arrivals else ""
+    listed = "".join(f",\n            {a}" for a in aggregates)
+    features_sql = f"""
+        SELECT l.{RESERVED}row AS {RESERVED}row{listed}
+        FROM labels l
+        LEFT JOIN ev e ON e.player_id = l.player_id AND e.ts_us <= l.ts_us{late}
+        WHERE l.{RESERVED}row BETWEEN $lo AND $hi
+        GROUP BY l.{RESERVED}row
+    """
+    return TrainingSQL(events_sql, features_sql, widths)
+
+
+def _path_index(features: FeatureSet) -> dict[tuple[str, ...], int]:
+    """Field path -> its index ``i`` in the events table's columns (``txt{i}``, ...)."""
+    paths = sorted({spec.field for spec in features.specs if spec.field is not None})
+    return {path: i for i, path in enumerate(paths)}
+
+
+def _events_sql(
+    features: FeatureSet, path_index: dict[tuple[str, ...], int], widths: tuple[int, ...]
+) -> str:
+    """Table ``ev``: each distinct event's first received copy, typed, flagged per feature."""
+    all_types = sorted({t for spec in features.specs for t in spec.events})
+    extract = "".join(
+        f", json_extract(props, {_lit(json_path(path))}) AS f{i}" for path, i in path_index.items()
+    )
+    select_paths = "".join(_path_columns(i) for i in path_index.values())
+    columns = [_match_column(k, spec, path_index) for k, spec in enumerate(features.specs)]
+    buckets = [f"{_floor_div('ts_us', w * 1_000_000)} AS b{w}" for w in widths]
+    return f"""
+        CREATE OR REPLACE TEMP TABLE ev AS
+        WITH copies AS (
+            SELECT player_id, event_id, type, ts, received_at, props,
+                row_number() OVER (
+                    PARTITION BY player_id, event_id ORDER BY {FIRST_COPY_ORDER}
+                ) AS copy
+            FROM lake_rows
+            WHERE game = $game AND player_id IN (SELECT player_id FROM labels)
+        ),
+        firsts AS (
+            SELECT player_id, event_id, type, epoch_us(ts) AS ts_us,
+                epoch_us(received_at) AS received_us{extract}
+            FROM copies
+            WHERE copy = 1 AND type IN ({", ".join(_lit(t) for t in all_types)})
+                AND epoch_us(ts) <= (SELECT max(ts_us) FROM labels)
+        ),
+        typed AS (
+            SELECT player_id, event_id, type, ts_us, received_us{select_paths}
+            FROM firsts
+        )
+        SELECT *, ({_poison_sql(features, path_index)}) AS poison,
+            {", ".join([*columns, *buckets])}
+        FROM typed
+    """
+
+
+def _path_columns(j: int) -> str:
+    """Per field path: the JSON value, its type, and what the fold's checks need."""
+    f = f"f{j}"
+    return f""",
             {f}, json_type({f}) AS jt{j}, {f}::VARCHAR AS txt{j},
             coalesce(json_type({f}) <> 'NULL', false) AS present{j},
             (json_type({f}) IN ('BIGINT', 'UBIGINT')
@@ -136,14 +216,21 @@ def training_sql(features: FeatureSet, *, exclude_late_arrivals: bool = False) -
                 AS isint{j},
             CASE WHEN json_type({f}) IN ('BIGINT', 'UBIGINT', 'DOUBLE')
                  THEN TRY_CAST({f}::VARCHAR AS DOUBLE) END AS num{j}"""
-        )
-    extract = ",\n".join(
-        f"json_extract(props, {_lit(json_path(path))}) AS f{i}" for path, i in path_index.items()
-    )
 
-    poison_terms = []
+
+def _match_column(k: int, spec: FeatureSpec, path_index: dict[tuple[str, ...], int]) -> str:
+    """``c{k}``: the event counts for feature ``k`` (matched type, field present)."""
+    matched = f"type IN ({_types(spec.events)})"
+    if spec.field is None:
+        return f"({matched}) AS c{k}"
+    return f"({matched} AND present{path_index[spec.field]}) AS c{k}"
+
+
+def _poison_sql(features: FeatureSet, path_index: dict[tuple[str, ...], int]) -> str:
+    """True for an event the fold refuses (see :func:`app.domain.fold.prepare`)."""
+    terms = []
     for spec in features.specs:
-        if spec.field is None or spec.agg is Agg.DISTINCT_COUNT:
+        if spec.field is None or spec.agg in KEYED:
             continue  # the fold never refuses these
         i = path_index[spec.field]
         if spec.agg in NUMERIC:
@@ -152,104 +239,133 @@ def training_sql(features: FeatureSet, *, exclude_late_arrivals: bool = False) -
                 f"AND abs(TRY_CAST(txt{i} AS HUGEINT)) <= {MAX_EXACT_INT}) "
                 f"OR (jt{i} = 'DOUBLE' AND NOT isint{i} AND abs(num{i}) <= {MAX_FLOAT:g}))"
             )
-        else:  # count with a field, first, last: no int beyond 64 bits anywhere inside
+        else:  # count with a field, first, last, last_k: no int beyond 64 bits inside
             ok = (
                 f"(CASE jt{i} WHEN 'UBIGINT' THEN TRY_CAST(txt{i} AS BIGINT) IS NOT NULL "
                 f"WHEN 'DOUBLE' THEN NOT isint{i} "
                 f"WHEN 'OBJECT' THEN pp_storable(txt{i}) WHEN 'ARRAY' THEN pp_storable(txt{i}) "
                 "ELSE true END)"
             )
-        poison_terms.append(
+        terms.append(
             f"(type IN ({_types(spec.events)}) AND present{i} AND NOT coalesce({ok}, false))"
         )
-    poison = " OR ".join(poison_terms) or "false"
+    return " OR ".join(terms) or "false"
 
-    columns = []
-    for k, spec in enumerate(features.specs):
-        matched = f"type IN ({_types(spec.events)})"
-        if spec.field is None:
-            columns.append(f"({matched}) AS c{k}")
-            continue
-        i = path_index[spec.field]
-        columns.append(f"({matched} AND present{i}) AS c{k}")
-        if spec.agg is Agg.DISTINCT_COUNT:
-            columns.append(
-                f"CASE WHEN jt{i} IN ('OBJECT', 'ARRAY') THEN pp_canonical(txt{i}) "
-                f"ELSE txt{i} END AS key{k}"
-            )
-    buckets = [f"{_floor_div('ts_us', w * 1_000_000)} AS b{w}" for w in widths]
-    select_paths = ",".join(per_path)
-    events_sql = f"""
-        CREATE OR REPLACE TEMP TABLE ev AS
-        WITH copies AS (
-            SELECT player_id, event_id, type, ts, received_at, props,
-                row_number() OVER (
-                    PARTITION BY player_id, event_id ORDER BY received_at, ts, type, props
-                ) AS copy
-            FROM lake_rows
-            WHERE game = $game AND player_id IN (SELECT player_id FROM labels)
-        ),
-        firsts AS (
-            SELECT player_id, event_id, type, epoch_us(ts) AS ts_us,
-                epoch_us(received_at) AS received_us
-                {"," if extract else ""}{extract}
-            FROM copies
-            WHERE copy = 1 AND type IN ({", ".join(_lit(t) for t in all_types)})
-                AND epoch_us(ts) <= (SELECT max(ts_us) FROM labels)
-        ),
-        typed AS (
-            SELECT player_id, event_id, type, ts_us, received_us
-            {"," if select_paths else ""}{select_paths}
-            FROM firsts
+
+def _aggregate_sql(k: int, spec: FeatureSpec, path_index: dict[tuple[str, ...], int]) -> str:
+    """Feature ``k`` of a label row, as JSON text, over the events joined to it."""
+    cond = f"e.c{k} AND NOT e.poison"
+    if spec.bucket_s is not None and spec.window_s is not None:
+        w = spec.bucket_s
+        cond += f" AND e.b{w} > l.b{w} - {spec.window_s // w}"
+    n = f"count(*) FILTER (WHERE {cond})"
+    i = path_index[spec.field] if spec.field is not None else -1
+    agg = spec.agg
+    if agg is Agg.COUNT:
+        value = f"{n}::VARCHAR"
+    elif agg is Agg.SUM:
+        total = f"pp_fsum(list(e.num{i}) FILTER (WHERE {cond}))"
+        value = (
+            f"CASE WHEN bool_and(e.isint{i}) FILTER (WHERE {cond}) "
+            f"THEN CAST(CAST({total} AS HUGEINT) AS VARCHAR) "
+            f"ELSE to_json({total})::VARCHAR END"
         )
-        SELECT *, ({poison}) AS poison, {", ".join([*columns, *buckets])}
-        FROM typed
-    """
+    elif agg is Agg.AVG:
+        value = f"to_json(pp_fsum(list(e.num{i}) FILTER (WHERE {cond})) / {n})::VARCHAR"
+    else:
+        value = f"first(e.txt{i} ORDER BY {_PICK_ORDER[agg].format(i=i)}) FILTER (WHERE {cond})"
+    return f"CASE WHEN {n} = 0 THEN {_empty(spec)} ELSE {value} END AS {_ident(spec.name)}"
 
-    aggregates = []
-    for k, spec in enumerate(features.specs):
-        cond = f"e.c{k} AND NOT e.poison"
-        if spec.bucket_s is not None and spec.window_s is not None:
-            w = spec.bucket_s
-            cond += f" AND e.b{w} > l.b{w} - {spec.window_s // w}"
-        n = f"count(*) FILTER (WHERE {cond})"
-        empty = _empty(spec)
-        i = path_index[spec.field] if spec.field is not None else -1
-        agg = spec.agg
-        if agg is Agg.COUNT:
-            value = f"{n}::VARCHAR"
-        elif agg is Agg.DISTINCT_COUNT:
-            value = f"(count(DISTINCT e.key{k}) FILTER (WHERE {cond}))::VARCHAR"
-        elif agg is Agg.SUM:
-            total = f"pp_fsum(list(e.num{i}) FILTER (WHERE {cond}))"
-            value = (
-                f"CASE WHEN bool_and(e.isint{i}) FILTER (WHERE {cond}) "
-                f"THEN CAST(CAST({total} AS HUGEINT) AS VARCHAR) "
-                f"ELSE to_json({total})::VARCHAR END"
-            )
-        elif agg is Agg.AVG:
-            value = f"to_json(pp_fsum(list(e.num{i}) FILTER (WHERE {cond})) / {n})::VARCHAR"
-        elif agg is Agg.MIN:
-            # Ints within 2**53 are exact doubles; on a tie the fold prefers the int.
-            value = f"first(e.txt{i} ORDER BY e.num{i} ASC, e.isint{i} DESC) FILTER (WHERE {cond})"
-        elif agg is Agg.MAX:
-            value = f"first(e.txt{i} ORDER BY e.num{i} DESC, e.isint{i} DESC) FILTER (WHERE {cond})"
-        elif agg is Agg.FIRST:
-            value = f"first(e.txt{i} ORDER BY e.ts_us ASC, e.event_id ASC) FILTER (WHERE {cond})"
-        else:  # LAST
-            value = f"first(e.txt{i} ORDER BY e.ts_us DESC, e.event_id DESC) FILTER (WHERE {cond})"
-        aggregates.append(f"CASE WHEN {n} = 0 THEN {empty} ELSE {value} END AS {_ident(spec.name)}")
-    late = " AND e.received_us <= l.ts_us" if exclude_late_arrivals else ""
-    listed = ",\n            ".join(aggregates)
-    features_sql = f"""
-        SELECT l.{RESERVED}row AS {RESERVED}row,
-            {listed}
-        FROM labels l
-        LEFT JOIN ev e ON e.player_id = l.player_id AND e.ts_us <= l.ts_us{late}
-        WHERE l.{RESERVED}row BETWEEN $lo AND $hi
-        GROUP BY l.{RESERVED}row
+
+_PICK_ORDER = {
+    # Ints within 2**53 are exact doubles; on a tie the fold prefers the int.
+    Agg.MIN: "e.num{i} ASC, e.isint{i} DESC",
+    Agg.MAX: "e.num{i} DESC, e.isint{i} DESC",
+    Agg.FIRST: "e.ts_us ASC, e.event_id ASC",
+    Agg.LAST: "e.ts_us DESC, e.event_id DESC",
+}
+"""Aggregates that pick one event's value: the order whose first value is picked."""
+
+
+def fold_rows(
+    conn: duckdb.DuckDBPyConnection, features: FeatureSet, *, exclude_late_arrivals: bool
+) -> pa.Table:
+    """The :data:`FOLDED` features of every label row, computed by the fold itself.
+
+    Per player, label rows and events both in time order: the fold absorbs each event
+    dated at or before a label's ``ts`` (and, with ``exclude_late_arrivals``, received by
+    then) with :func:`app.domain.fold.fold_value`, and the row is
+    :func:`app.domain.fold.evaluate` at ``ts``. Needs tables ``labels`` and ``ev``.
     """
-    return TrainingSQL(events_sql, features_sql, widths)
+    folded = [(k, spec) for k, spec in enumerate(features.specs) if spec.agg in FOLDED]
+    subset = FeatureSet.of(tuple(spec for _, spec in folded))
+    out: dict[str, list[Any]] = {f"{RESERVED}row": [], **{s.name: [] for s in subset.specs}}
+    if not folded:
+        return pa.table({f"{RESERVED}row": pa.array([], pa.int64())})
+    labels = conn.execute(
+        f"SELECT {RESERVED}row, player_id, ts_us FROM labels ORDER BY player_id, ts_us"
+    ).fetchall()
+    events = _folded_events(conn, folded, _path_index(features), exclude_late_arrivals)
+    event = next(events, None)
+    state, player = ProfileState(), None
+    for row, label_player, ts in labels:
+        if label_player != player:
+            state, player = ProfileState(), label_player
+            while event is not None and event[0] < player:
+                event = next(events, None)
+        while event is not None and event[0] == player and event[1] <= ts:
+            _fold_texts(state, subset.specs, event)
+            event = next(events, None)
+        out[f"{RESERVED}row"].append(row)
+        for name, value in evaluate(state, subset, ts).items():
+            out[name].append(None if value is None else msgspec.json.encode(value).decode())
+    return pa.table(out)
+
+
+def _folded_events(
+    conn: duckdb.DuckDBPyConnection,
+    folded: list[tuple[int, FeatureSpec]],
+    path_index: dict[tuple[str, ...], int],
+    late: bool,
+) -> Iterator[tuple[Any, ...]]:
+    """``(player, at, ts, event_id, text per folded feature)``, by player then ``at``.
+
+    ``at`` is when the event starts to count for a label: its event time, or with
+    ``late`` the later of event and receipt time.
+    """
+    at = "greatest(ts_us, received_us)" if late else "ts_us"
+    texts = ", ".join(
+        f"CASE WHEN c{k} THEN txt{path_index[spec.field]} END"
+        for k, spec in folded
+        if spec.field is not None
+    )
+    matched = " OR ".join(f"c{k}" for k, _ in folded)
+    reader = conn.sql(
+        f"""
+        SELECT player_id, {at} AS at_us, ts_us, event_id, {texts}
+        FROM ev WHERE NOT poison AND ({matched})
+        ORDER BY player_id, at_us, ts_us, event_id
+        """
+    ).to_arrow_reader(100_000)
+    for batch in reader:
+        yield from zip(*(column.to_pylist() for column in batch.columns), strict=True)
+
+
+def _fold_texts(
+    state: ProfileState, specs: tuple[FeatureSpec, ...], event: tuple[Any, ...]
+) -> None:
+    """Fold one event (field texts as JSON) into ``state``; a poison event counts for none."""
+    _, _, ts, event_id, *texts = event
+    try:
+        found = [
+            (spec, prepare(spec, msgspec.json.decode(text)))
+            for spec, text in zip(specs, texts, strict=True)
+            if text is not None
+        ]
+    except PoisonEvent:
+        return
+    for spec, value in found:
+        fold_value(state, spec, value, ts, event_id)
 
 
 def _floor_div(column: str, divisor: int) -> str:
@@ -262,10 +378,6 @@ def _fsum(values: list[float] | None) -> float | None:
     return None if values is None else math.fsum(values)
 
 
-def _canonical_json(text: str) -> str:
-    return _canonical.encode(msgspec.json.decode(text)).decode()
-
-
 def _storable(text: str) -> bool:
     return storable(json.loads(text))
 
@@ -273,7 +385,6 @@ def _storable(text: str) -> bool:
 def register_udfs(conn: duckdb.DuckDBPyConnection) -> None:
     """The Python UDFs the generated SQL uses where DuckDB cannot be exact."""
     conn.create_function("pp_fsum", _fsum, ["DOUBLE[]"], "DOUBLE", side_effects=False)
-    conn.create_function("pp_canonical", _canonical_json, ["VARCHAR"], "VARCHAR")
     conn.create_function("pp_storable", _storable, ["VARCHAR"], "BOOLEAN")
 
 
@@ -317,16 +428,7 @@ def build_training_set(
     out_suffix = out_path.suffix.lower()
     if out_suffix not in (".csv", ".parquet", ".pq"):
         raise TrainingSetError(f"output {out_path}: use a .csv or .parquet file")
-    labels = read_labels(labels_path)
-    clash = sorted(
-        set(labels.column_names) & set(features.names)
-        | {c for c in labels.column_names if c.startswith(RESERVED)}
-    )
-    if clash:
-        raise TrainingSetError(
-            f"labels {labels_path}: column(s) {', '.join(clash)} clash with feature names "
-            f"(or the reserved prefix {RESERVED})"
-        )
+    labels = _read_checked_labels(labels_path, features)
     labels = labels.append_column(f"{RESERVED}row", pa.array(range(labels.num_rows), pa.int64()))
     sql = training_sql(features, exclude_late_arrivals=exclude_late_arrivals)
     stats = TrainingStats(labels=labels.num_rows)
@@ -343,37 +445,77 @@ def build_training_set(
         row = conn.execute("SELECT count(*), count(*) FILTER (WHERE poison) FROM ev").fetchone()
         stats.events, stats.poison = (int(row[0]), int(row[1])) if row else (0, 0)
 
-        columns = ", ".join(f"{_ident(name)} VARCHAR" for name in features.names)
-        conn.execute(f"CREATE TEMP TABLE feats ({RESERVED}row BIGINT, {columns})")
-        total = labels.num_rows
-        if progress is not None:
-            progress(0, total)
-        for lo in range(0, total, chunk_rows):
-            hi = min(total, lo + chunk_rows) - 1
-            conn.execute(f"INSERT INTO feats {sql.features}", {"lo": lo, "hi": hi})
-            if progress is not None:
-                progress(hi + 1, total)
-        casts = _output_casts(conn, features)
-        options = (
-            "FORMAT csv, HEADER true"
-            if out_suffix == ".csv"
-            else "FORMAT parquet, COMPRESSION zstd"
+        _compute_features(conn, features, sql, labels.num_rows, chunk_rows, progress)
+        conn.register(
+            "folded_in", fold_rows(conn, features, exclude_late_arrivals=exclude_late_arrivals)
         )
-        out_path.parent.mkdir(parents=True, exist_ok=True)
         conn.execute(
-            f"""
-            COPY (
-                SELECT labels_in.* EXCLUDE ({RESERVED}row), {", ".join(casts)}
-                FROM labels_in JOIN feats USING ({RESERVED}row)
-                ORDER BY {RESERVED}row
-            ) TO {_lit(str(out_path))} ({options})
-            """
+            f"CREATE TEMP TABLE feats AS SELECT {RESERVED}row, "
+            f"{', '.join(_ident(n) for n in features.names)} "
+            f"FROM sql_feats LEFT JOIN folded_in USING ({RESERVED}row)"
         )
+        _write_output(conn, features, out_path)
     finally:
         conn.close()
         shutil.rmtree(spill, ignore_errors=True)
     stats.seconds = time.monotonic() - started
     return stats
+
+
+def _read_checked_labels(labels_path: Path, features: FeatureSet) -> pa.Table:
+    labels = read_labels(labels_path)
+    clash = sorted(
+        set(labels.column_names) & set(features.names)
+        | {c for c in labels.column_names if c.startswith(RESERVED)}
+    )
+    if clash:
+        raise TrainingSetError(
+            f"labels {labels_path}: column(s) {', '.join(clash)} clash with feature names "
+            f"(or the reserved prefix {RESERVED})"
+        )
+    return labels
+
+
+def _write_output(conn: duckdb.DuckDBPyConnection, features: FeatureSet, out_path: Path) -> None:
+    """The label rows with their typed feature columns, as CSV or Parquet by extension."""
+    casts = _output_casts(conn, features)
+    options = (
+        "FORMAT csv, HEADER true"
+        if out_path.suffix.lower() == ".csv"
+        else "FORMAT parquet, COMPRESSION zstd"
+    )
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    conn.execute(
+        f"""
+        COPY (
+            SELECT labels_in.* EXCLUDE ({RESERVED}row), {", ".join(casts)}
+            FROM labels_in JOIN feats USING ({RESERVED}row)
+            ORDER BY {RESERVED}row
+        ) TO {_lit(str(out_path))} ({options})
+        """
+    )
+
+
+def _compute_features(
+    conn: duckdb.DuckDBPyConnection,
+    features: FeatureSet,
+    sql: TrainingSQL,
+    total: int,
+    chunk_rows: int,
+    progress: Callable[[int, int], None] | None,
+) -> None:
+    """Table ``sql_feats``: the SQL-computed features of every label row, in chunks."""
+    columns = "".join(
+        f", {_ident(spec.name)} VARCHAR" for spec in features.specs if spec.agg not in FOLDED
+    )
+    conn.execute(f"CREATE TEMP TABLE sql_feats ({RESERVED}row BIGINT{columns})")
+    if progress is not None:
+        progress(0, total)
+    for lo in range(0, total, chunk_rows):
+        hi = min(total, lo + chunk_rows) - 1
+        conn.execute(f"INSERT INTO sql_feats {sql.features}", {"lo": lo, "hi": hi})
+        if progress is not None:
+            progress(hi + 1, total)
 
 
 def _load_labels(conn: duckdb.DuckDBPyConnection, widths: tuple[int, ...]) -> None:
@@ -417,7 +559,7 @@ def _output_casts(conn: duckdb.DuckDBPyConnection, features: FeatureSet) -> list
         if not kinds:
             kind = (
                 "BIGINT"
-                if spec.agg in (Agg.COUNT, Agg.DISTINCT_COUNT, Agg.SUM)
+                if spec.agg in (Agg.COUNT, Agg.DISTINCT_COUNT, Agg.APPROX_DISTINCT, Agg.SUM)
                 else "DOUBLE"
                 if spec.agg in NUMERIC
                 else "VARCHAR"

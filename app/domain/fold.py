@@ -26,8 +26,9 @@ from typing import Any
 
 import msgspec
 
+from . import sketches
 from .events import EventRecord
-from .features import Agg, FeatureSet, FeatureSpec
+from .features import KEYED, NUMERIC, Agg, FeatureSet, FeatureSpec
 
 _MISSING: Any = object()
 
@@ -47,6 +48,10 @@ class Partial(msgspec.Struct, array_like=True, omit_defaults=True, gc=False):
     first: tuple[int, str, Any] | None = None
     last: tuple[int, str, Any] | None = None
     seen: set[str] | None = None
+    sketch: bytes | None = None
+    """A DataSketches state (HLL, KLL or frequent items, by aggregate): see sketches.py."""
+    recent: list[tuple[int, str, Any]] | None = None
+    """``last_k``: its newest ``(event time, event_id, value)``, at most ``k``."""
 
 
 class ProfileState(msgspec.Struct, omit_defaults=True):
@@ -67,6 +72,10 @@ MAX_EXACT_INT = 2**53
 MAX_FLOAT = 1e300
 """Largest float magnitude a numeric aggregate takes (sums cannot overflow)."""
 INT64 = (-(2**63), 2**63 - 1)
+DISTINCT_EXACT_MAX = 1_000
+"""Most values a ``distinct_count`` keeps exactly (per player, feature and bucket)."""
+DISTINCT_EXACT_MAX_CHARS = 64_000
+"""Most characters of value text it keeps exactly; past either cap it becomes an HLL."""
 
 
 def encode_state(state: ProfileState) -> bytes:
@@ -93,28 +102,35 @@ def contributions(event: EventRecord, features: FeatureSet) -> list[tuple[Featur
         value = _lookup(event.props, spec.field)
         if value is _MISSING or value is None:
             continue
-        if spec.agg in (Agg.SUM, Agg.AVG, Agg.MIN, Agg.MAX):
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise PoisonEvent(
-                    f"feature {spec.name!r} ({spec.agg.value}) needs a number at props."
-                    f"{'.'.join(spec.field)}, got {type(value).__name__} {_short(value)}"
-                )
-            limit = MAX_EXACT_INT if isinstance(value, int) else MAX_FLOAT
-            if not -limit <= value <= limit:
-                raise PoisonEvent(
-                    f"feature {spec.name!r} ({spec.agg.value}): {_short(value)} at props."
-                    f"{'.'.join(spec.field)} is beyond +-{limit:g}"
-                )
-        elif spec.agg is Agg.DISTINCT_COUNT:
-            # JSON text, so the string "1" and the number 1 stay distinct.
-            value = _canonical.encode(value).decode()
-        elif not storable(value):
-            raise PoisonEvent(
-                f"feature {spec.name!r} ({spec.agg.value}): props.{'.'.join(spec.field)} "
-                "holds an integer beyond 64 bits"
-            )
+        value = prepare(spec, value)
         found.append((spec, value))
     return found
+
+
+def prepare(spec: FeatureSpec, value: Any) -> Any:
+    """The value ``spec`` absorbs for a non-null field ``value``; raises :class:`PoisonEvent`."""
+    assert spec.field is not None
+    if spec.agg in NUMERIC:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise PoisonEvent(
+                f"feature {spec.name!r} ({spec.agg.value}) needs a number at props."
+                f"{'.'.join(spec.field)}, got {type(value).__name__} {_short(value)}"
+            )
+        limit = MAX_EXACT_INT if isinstance(value, int) else MAX_FLOAT
+        if not -limit <= value <= limit:
+            raise PoisonEvent(
+                f"feature {spec.name!r} ({spec.agg.value}): {_short(value)} at props."
+                f"{'.'.join(spec.field)} is beyond +-{limit:g}"
+            )
+    elif spec.agg in KEYED:
+        # JSON text, so the string "1" and the number 1 stay distinct.
+        value = _canonical.encode(value).decode()
+    elif not storable(value):
+        raise PoisonEvent(
+            f"feature {spec.name!r} ({spec.agg.value}): props.{'.'.join(spec.field)} "
+            "holds an integer beyond 64 bits"
+        )
+    return value
 
 
 def fold_event(state: ProfileState, event: EventRecord, features: FeatureSet) -> ProfileState:
@@ -122,27 +138,35 @@ def fold_event(state: ProfileState, event: EventRecord, features: FeatureSet) ->
 
     Raises :class:`PoisonEvent`, leaving ``state`` untouched, if the event cannot be folded.
     """
-    found = contributions(event, features)
-    for spec, value in found:
-        if spec.bucket_s is None:
-            partial = state.totals.get(spec.name)
-            if partial is None:
-                partial = state.totals[spec.name] = Partial()
-        else:
-            buckets = state.windows.get(spec.name)
-            if buckets is None:
-                buckets = state.windows[spec.name] = {}
-            index = event.ts // (spec.bucket_s * 1_000_000)
-            partial = buckets.get(index)
-            if partial is None:
-                partial = buckets[index] = Partial()
-        _absorb(partial, spec.agg, value, event.ts, event.event_id)
+    for spec, value in contributions(event, features):
+        fold_value(state, spec, value, event.ts, event.event_id)
     state.events_applied += 1
     if state.last_event_us is None or event.ts > state.last_event_us:
         state.last_event_us = event.ts
     if state.last_received_us is None or event.received_at > state.last_received_us:
         state.last_received_us = event.received_at
     return state
+
+
+def fold_value(state: ProfileState, spec: FeatureSpec, value: Any, ts: int, event_id: str) -> None:
+    """Absorb one event's prepared ``value`` for ``spec`` into the right partial of ``state``.
+
+    Only this feature's state changes (not the event count or times); training sets fold
+    with it too, feature by feature, so they compute exactly what the live fold does.
+    """
+    if spec.bucket_s is None:
+        partial = state.totals.get(spec.name)
+        if partial is None:
+            partial = state.totals[spec.name] = Partial()
+    else:
+        buckets = state.windows.get(spec.name)
+        if buckets is None:
+            buckets = state.windows[spec.name] = {}
+        index = ts // (spec.bucket_s * 1_000_000)
+        partial = buckets.get(index)
+        if partial is None:
+            partial = buckets[index] = Partial()
+    absorb(partial, spec, value, ts, event_id)
 
 
 def evaluate(state: ProfileState | None, features: FeatureSet, now_us: int) -> dict[str, Any]:
@@ -185,11 +209,18 @@ def _window(buckets: dict[int, Partial] | None, spec: FeatureSpec, now_us: int) 
     inside = [p for i, p in buckets.items() if oldest <= i <= newest]
     if not inside:
         return None
-    return merge(inside)
+    return merge(inside, spec)
 
 
-def merge(partials: Iterable[Partial]) -> Partial:
-    """One partial equal to having absorbed the events of all ``partials``."""
+def merge(partials: Iterable[Partial], spec: FeatureSpec) -> Partial:
+    """One partial equal to having absorbed the events of all ``partials`` (of ``spec``)."""
+    partials = list(partials)
+    out = _merge_plain(partials)
+    _merge_sketches(out, partials, spec)
+    return out
+
+
+def _merge_plain(partials: list[Partial]) -> Partial:
     out = Partial()
     for p in partials:
         out.n += p.n
@@ -206,11 +237,49 @@ def merge(partials: Iterable[Partial]) -> Partial:
             out.last = p.last
         if p.seen:
             out.seen = set(p.seen) if out.seen is None else out.seen | p.seen
+        if p.recent:
+            out.recent = [*(out.recent or ()), *p.recent]
     return out
 
 
-def _absorb(partial: Partial, agg: Agg, value: Any, ts: int, event_id: str) -> None:
+def _merge_sketches(out: Partial, partials: list[Partial], spec: FeatureSpec) -> None:
+    states = [p.sketch for p in partials if p.sketch is not None]
+    agg = spec.agg
+    if agg is Agg.DISTINCT_COUNT:
+        if states:
+            out.sketch = sketches.hll_merge([*states, sketches.hll_add(None, out.seen or ())])
+            out.seen = None
+        else:
+            _cap_distinct(out)
+    elif states:
+        if agg is Agg.PERCENTILE:
+            out.sketch = sketches.kll_merge(states)
+        elif agg is Agg.TOP_K:
+            out.sketch = sketches.freq_merge(states)
+        else:
+            out.sketch = sketches.hll_merge(states)
+    if out.recent is not None and spec.k is not None:
+        out.recent = sorted(out.recent, key=_when, reverse=True)[: spec.k]
+
+
+def _when(item: tuple[int, str, Any]) -> tuple[int, str]:
+    return item[0], item[1]
+
+
+def _cap_distinct(partial: Partial) -> None:
+    """Past the exact caps, a ``distinct_count`` set becomes an HLL sketch of its values."""
+    seen = partial.seen
+    if seen is not None and (
+        len(seen) > DISTINCT_EXACT_MAX or sum(map(len, seen)) > DISTINCT_EXACT_MAX_CHARS
+    ):
+        partial.sketch = sketches.hll_add(None, seen)
+        partial.seen = None
+
+
+def absorb(partial: Partial, spec: FeatureSpec, value: Any, ts: int, event_id: str) -> None:
+    """Add one event's prepared ``value`` (see :func:`prepare`) to ``partial``."""
     partial.n += 1
+    agg = spec.agg
     if agg is Agg.SUM or agg is Agg.AVG:
         # Ints within 2**53 are exact floats: one exact accumulator serves both.
         _grow(partial.fsum, float(value))
@@ -227,10 +296,35 @@ def _absorb(partial: Partial, agg: Agg, value: Any, ts: int, event_id: str) -> N
         if partial.last is None or (ts, event_id) > partial.last[:2]:
             partial.last = (ts, event_id, value)
     elif agg is Agg.DISTINCT_COUNT:
-        if partial.seen is None:
+        if partial.sketch is not None:
+            partial.sketch = sketches.hll_add(partial.sketch, (value,))
+        elif partial.seen is None:
             partial.seen = {value}
         else:
             partial.seen.add(value)
+            _cap_distinct(partial)
+    else:
+        _absorb_sketch(partial, spec, value, ts, event_id)
+
+
+def _absorb_sketch(partial: Partial, spec: FeatureSpec, value: Any, ts: int, event_id: str) -> None:
+    agg = spec.agg
+    if agg is Agg.APPROX_DISTINCT:
+        partial.sketch = sketches.hll_add(partial.sketch, (value,))
+    elif agg is Agg.PERCENTILE:
+        partial.sketch = sketches.kll_add(partial.sketch, float(value))
+    elif agg is Agg.TOP_K:
+        partial.sketch = sketches.freq_add(partial.sketch, value)
+    elif agg is Agg.LAST_K:
+        assert spec.k is not None
+        recent = partial.recent = partial.recent or []
+        item = (ts, event_id, value)
+        if len(recent) < spec.k:
+            recent.append(item)
+        else:  # replace the oldest, if this one is newer (ties: the greater event_id)
+            oldest = min(range(len(recent)), key=lambda i: _when(recent[i]))
+            if _when(item) > _when(recent[oldest]):
+                recent[oldest] = item
 
 
 def _finish(spec: FeatureSpec, partial: Partial | None) -> Any:
@@ -252,7 +346,30 @@ def _finish(spec: FeatureSpec, partial: Partial | None) -> Any:
         return partial.first[2] if partial.first is not None else spec.empty_value
     if agg is Agg.LAST:
         return partial.last[2] if partial.last is not None else spec.empty_value
-    return len(partial.seen or ())
+    return _finish_sketch(spec, partial)
+
+
+def _finish_sketch(spec: FeatureSpec, partial: Partial) -> Any:
+    agg = spec.agg
+    if agg is Agg.DISTINCT_COUNT:
+        if partial.sketch is None:
+            return len(partial.seen or ())
+        # Past the exact cap: the estimate, as a float, so a reader can tell.
+        return float(round(sketches.hll_estimate(partial.sketch)))
+    if agg is Agg.LAST_K:
+        return [value for _, _, value in sorted(partial.recent or (), key=_when, reverse=True)]
+    if partial.sketch is None:
+        return spec.empty_value
+    if agg is Agg.APPROX_DISTINCT:
+        return round(sketches.hll_estimate(partial.sketch))
+    if agg is Agg.PERCENTILE:
+        assert spec.q is not None
+        return sketches.kll_quantile(partial.sketch, spec.q)
+    assert spec.k is not None  # TOP_K
+    return [
+        [msgspec.json.decode(text), count]
+        for text, count in sketches.freq_top(partial.sketch, spec.k)
+    ]
 
 
 def _grow(partials: list[float], x: float) -> None:

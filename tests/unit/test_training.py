@@ -19,9 +19,15 @@ import pyarrow.parquet as pq
 import pytest
 
 from app.analytics.location import LakeLocation
-from app.analytics.training import TrainingSetError, build_training_set, training_sql
+from app.analytics.training import (
+    FIRST_COPY_ORDER,
+    FOLDED,
+    TrainingSetError,
+    build_training_set,
+    training_sql,
+)
 from app.domain.events import EventRecord
-from app.domain.features import FeatureSet, parse_features
+from app.domain.features import Agg, FeatureSet, parse_features
 from app.domain.fold import PoisonEvent, ProfileState, evaluate, fold_event
 from app.streams.lake import write_events
 
@@ -107,6 +113,62 @@ default = -1
 event = "login"
 agg = "count"
 window = "90s"
+
+[features.skus_seen]
+event = "purchase"
+agg = "approx_distinct"
+field = "item.sku"
+
+[features.skus_seen_10m]
+event = ["purchase", "refund"]
+agg = "approx_distinct"
+field = "item.sku"
+window = "10m"
+
+[features.distinct_skus_1h]
+event = "purchase"
+agg = "distinct_count"
+field = "item.sku"
+window = "1h"
+
+[features.spend_p90]
+event = "purchase"
+agg = "percentile"
+field = "amount"
+q = 0.9
+
+[features.level_median_2h]
+event = "level_complete"
+agg = "percentile"
+field = "level"
+q = 0.5
+window = "2h"
+
+[features.top_skus]
+event = "purchase"
+agg = "top_k"
+field = "item.sku"
+k = 3
+
+[features.top_levels_1h]
+event = "level_complete"
+agg = "top_k"
+field = "level"
+k = 2
+window = "1h"
+
+[features.recent_skus]
+event = ["purchase", "refund"]
+agg = "last_k"
+field = "item.sku"
+k = 3
+
+[features.recent_levels_10m]
+event = "level_complete"
+agg = "last_k"
+field = "level"
+k = 2
+window = "10m"
 """
 )
 
@@ -294,10 +356,11 @@ def _iso(ts_us: int) -> str:
     return from_micros(ts_us).isoformat()
 
 
-def test_every_feature_equals_the_fold_as_of_each_label(tmp_path: Path) -> None:
-    events = generate(seed=1)
+@pytest.mark.parametrize("seed", [1, 5, 9])
+def test_every_feature_equals_the_fold_as_of_each_label(tmp_path: Path, seed: int) -> None:
+    events = generate(seed=seed)
     write_lake(tmp_path / "lake", events)
-    labels = labels_for(events, seed=2)
+    labels = labels_for(events, seed=seed + 1)
     table = pa.table(
         {
             "player_id": [p for p, _ in labels],
@@ -468,10 +531,12 @@ def test_min_and_max_prefer_an_int_over_an_equal_float(tmp_path: Path) -> None:
     assert row["max_level_2h"] == 9
 
 
-def test_generated_sql_has_one_aggregate_per_feature() -> None:
+def test_generated_sql_has_one_aggregate_per_feature_the_fold_does_not_compute() -> None:
     sql = training_sql(FEATURES)
-    for name in FEATURES.names:
-        assert f'AS "{name}"' in sql.features
+    for spec in FEATURES.specs:
+        assert (f'AS "{spec.name}"' in sql.features) is (spec.agg not in FOLDED), spec.name
+    assert {spec.agg for spec in FEATURES.specs} == set(Agg)  # every aggregate is tested
+    assert FIRST_COPY_ORDER in sql.events
     assert "pp_fsum" in sql.features
     assert "json_extract(props" in sql.events
     assert sql.widths == (1, 10, 60)
