@@ -7,10 +7,12 @@ the label's time from the distinct events dated at or before it.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import json
 import math
 import random
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -540,3 +542,93 @@ def test_generated_sql_has_one_aggregate_per_feature_the_fold_does_not_compute()
     assert "pp_fsum" in sql.features
     assert "json_extract(props" in sql.events
     assert sql.widths == (1, 10, 60)
+
+
+BIG = parse_features(
+    """
+[features.skus]
+event = "purchase"
+agg = "distinct_count"
+field = "item.sku"
+
+[features.skus_1h]
+event = "purchase"
+agg = "distinct_count"
+field = "item.sku"
+window = "1h"
+
+[features.skus_seen]
+event = "purchase"
+agg = "approx_distinct"
+field = "item.sku"
+
+[features.spend_p90]
+event = "purchase"
+agg = "percentile"
+field = "amount"
+q = 0.9
+
+[features.top_skus]
+event = "purchase"
+agg = "top_k"
+field = "item.sku"
+k = 5
+
+[features.recent]
+event = "purchase"
+agg = "last_k"
+field = "item.sku"
+k = 4
+"""
+)
+
+
+def test_sketches_past_their_exact_sizes_match_the_fold_or_stay_within_their_bounds(
+    tmp_path: Path,
+) -> None:
+    rng = random.Random(4)
+    n = 6_000
+    events = [
+        EventRecord(
+            "g",
+            f"e{i:05d}",
+            "p",
+            "purchase",
+            T0 + rng.randrange(0, 2 * 3600) * 1_000_000,
+            T0 + rng.randrange(0, 3 * 3600) * 1_000_000,
+            {
+                "amount": rng.randrange(10_000),
+                "item": {"sku": rng.choice([f"s{int(rng.paretovariate(0.7))}", f"u{i}"])},
+            },
+        )
+        for i in range(n)
+    ]
+    write_lake(tmp_path / "lake", events, files=2)
+    times = [T0 + 3600 * 1_000_000, T0 + 2 * 3600 * 1_000_000]
+    pq.write_table(
+        pa.table({"player_id": ["p"] * len(times), "ts": [_iso(t) for t in times]}),
+        tmp_path / "labels.parquet",
+    )
+    build_training_set(
+        LakeLocation(str(tmp_path / "lake")),
+        BIG,
+        "g",
+        tmp_path / "labels.parquet",
+        tmp_path / "out.parquet",
+    )
+    for ts, row in zip(times, read_rows(tmp_path / "out.parquet"), strict=True):
+        dated = [e for e in events if e.ts <= ts]
+        want = expected(events, BIG, "p", ts)  # the live fold, in order of receipt
+        assert isinstance(want["skus"], float)  # past the exact cap
+        assert isinstance(want["skus_1h"], float)
+        for name in ("skus", "skus_1h", "skus_seen", "recent"):  # order-independent
+            assert same(row[name], want[name]), name
+        skus = Counter(e.props["item"]["sku"] for e in dated if e.props)
+        assert abs(row["skus_seen"] - len(skus)) <= 0.02 * len(skus)
+        amounts = sorted(float(e.props["amount"]) for e in dated if e.props)
+        below = bisect.bisect_left(amounts, row["spend_p90"]) / len(amounts)
+        at_or_below = bisect.bisect_right(amounts, row["spend_p90"]) / len(amounts)
+        assert below - 0.01 <= 0.9 <= at_or_below + 0.01
+        for sku, count in row["top_skus"]:
+            assert abs(count - skus[sku]) <= 3.5 / 256 * len(dated)
+        assert row["top_skus"][0][0] == skus.most_common(1)[0][0]
