@@ -1,14 +1,16 @@
 """Point-in-time training sets: each label row, plus every feature as of the label's time.
 
 A label row has ``player_id``, ``ts`` and any label columns. Its features are computed
-by DuckDB SQL generated from the features file (:func:`training_sql`), and equal what
-the live fold gives for the same events:
+by DuckDB SQL generated from the features file (:func:`training_sql`), except those in
+:data:`FOLDED` (``distinct_count`` and the sketches), which the fold's own code computes
+over the same events (:func:`fold_rows`); all equal what the live fold gives for the
+same events:
 
 - Events are the lake's distinct events of the game: each ``(player_id, event_id)`` once,
   the first received, as the fold applies them. A *poison* event (one the fold refuses:
   a non-number, a bool, or a number beyond +-2**53 for ints or +-1e300 for floats where
-  a sum/avg/min/max needs a number; an int beyond 64 bits anywhere in a count/first/last
-  value) counts for no feature at all, as in the fold.
+  a sum/avg/min/max/percentile needs a number; an int beyond 64 bits anywhere in a
+  count/first/last/last_k value) counts for no feature at all, as in the fold.
 - **No event with an event time after ``ts`` counts**, whatever its bucket: the row is
   the profile the live fold would show when evaluated at time ``ts`` over the events
   whose event time is at or before ``ts``. For a windowed feature that is every such
@@ -34,9 +36,12 @@ profile and once here (and once in a rebuilt profile).
 
 Exactness: sums use ``math.fsum`` (a DuckDB Python UDF over the list of values:
 DuckDB's own double sum is not correctly rounded), so a sum or mean is bit-for-bit the
-fold's; ``distinct_count`` keys objects and lists by their canonical JSON (sorted keys,
-another small UDF), scalars by their JSON text (so ``"1"``, ``1`` and ``1.0`` differ).
-Everything else is plain SQL over ``json_extract``.
+fold's. Everything else in SQL is plain SQL over ``json_extract``. The folded features
+run :func:`app.domain.fold.prepare` and :func:`app.domain.fold.fold_value` on each
+event's field (JSON text from the lake) in event-time order, so they are the fold's
+values; where a sketch's state depends on order (``percentile`` past 300 values,
+``top_k`` past 192 distinct ones: see app/domain/sketches.py) a row may differ from the
+live profile within the sketch's error bound.
 
 Output columns are typed from the values: an integer feature is BIGINT, a numeric one
 DOUBLE (JSON has one number type: ``44`` and ``44.0`` are the same value), strings
