@@ -13,7 +13,15 @@ from typing import Any
 
 
 class Agg(StrEnum):
-    """How a feature folds the events it matches."""
+    """How a feature folds the events it matches.
+
+    ``count``, ``sum``, ``min``, ``max``, ``avg``, ``first``, ``last`` and ``last_k`` are
+    exact. ``distinct_count`` is exact up to ``fold.DISTINCT_EXACT_MAX`` values (or
+    ``fold.DISTINCT_EXACT_MAX_CHARS`` characters of them), then an HLL estimate, a float.
+    ``approx_distinct`` (HLL, within 2%), ``percentile`` (KLL, rank error 0.9%) and
+    ``top_k`` (frequent items, counts within 1.4% of the values seen) are sketches, exact
+    at small sizes: app/domain/sketches.py gives each bound.
+    """
 
     COUNT = "count"
     SUM = "sum"

@@ -319,6 +319,8 @@ def _absorb_sketch(partial: Partial, spec: FeatureSpec, value: Any, ts: int, eve
         assert spec.k is not None
         recent = partial.recent = partial.recent or []
         item = (ts, event_id, value)
+        if any(_when(kept) == (ts, event_id) for kept in recent):
+            return  # the same event again (a resend past dedup): kept once, like `last`
         if len(recent) < spec.k:
             recent.append(item)
         else:  # replace the oldest, if this one is newer (ties: the greater event_id)

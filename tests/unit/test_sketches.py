@@ -257,3 +257,11 @@ def test_a_player_with_a_million_distinct_values_keeps_a_small_profile() -> None
     assert len(values["t"]) == 50
     print("profile bytes", sizes)
     assert max(sizes) < PROFILE_MAX_BYTES, sizes
+
+
+def test_last_k_keeps_an_event_once_even_if_folded_twice() -> None:
+    features = spec_of('[features.l]\nevent = "e"\nagg = "last_k"\nfield = "v"\nk = 3')
+    state = ProfileState()
+    for eid, ts in [("a", T0), ("b", T0 + 1), ("b", T0 + 1), ("c", T0 + 2), ("c", T0 + 2)]:
+        fold_event(state, EventRecord("g", eid, "p", "e", ts, ts, {"v": eid}), features)
+    assert evaluate(state, features, T0)["l"] == ["c", "b", "a"]
