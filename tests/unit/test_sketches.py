@@ -255,8 +255,10 @@ def test_a_player_with_a_million_distinct_values_keeps_a_small_profile() -> None
     assert abs(values["u"] - n) <= 0.02 * n
     assert len(values["l"]) == 100
     assert len(values["t"]) == 50
-    print("profile bytes", sizes)
     assert max(sizes) < PROFILE_MAX_BYTES, sizes
+    for name in ("d", "u"):
+        assert len(totals[name].sketch or b"") <= sketches.HLL_MAX_BYTES
+    assert len(totals["p"].sketch or b"") <= sketches.KLL_MAX_BYTES
 
 
 def test_last_k_keeps_an_event_once_even_if_folded_twice() -> None:
