@@ -1,10 +1,11 @@
 """Point-in-time training sets: each label row, plus every feature as of the label's time.
 
-A label row has ``player_id``, ``ts`` and any label columns. Its features are computed
-by DuckDB SQL generated from the features file (:func:`training_sql`), except those in
-:data:`FOLDED` (``distinct_count`` and the sketches), which the fold's own code computes
-over the same events (:func:`fold_rows`); all equal what the live fold gives for the
-same events:
+A label row has ``player_id``, ``ts`` and any label columns. Each aggregate's rules live
+once, in ``app.domain.aggregates``: its fold and, where DuckDB can compute it exactly, its
+SQL fragment. This module only composes them: features whose aggregate has SQL are
+computed by DuckDB SQL generated from the features file (:func:`training_sql`), the
+others (``FOLDED``: ``distinct_count`` and the sketches) by the fold's own code over the
+same events (:func:`fold_rows`); all equal what the live fold gives for the same events:
 
 - Events are the lake's distinct events of the game: each ``(player_id, event_id)`` once,
   the first received, as the fold applies them. A *poison* event (one the fold refuses:
@@ -50,8 +51,6 @@ VARCHAR, booleans BOOLEAN; a feature whose values mix types is JSON text.
 
 from __future__ import annotations
 
-import json
-import math
 import shutil
 import tempfile
 import time
@@ -66,17 +65,9 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from app.domain.features import KEYED, NUMERIC, Agg, FeatureSet, FeatureSpec
-from app.domain.fold import (
-    MAX_EXACT_INT,
-    MAX_FLOAT,
-    PoisonEvent,
-    ProfileState,
-    evaluate,
-    fold_value,
-    prepare,
-    storable,
-)
+from app.domain.aggregates import AGGREGATES, FOLDED, SQL_FUNCTIONS, SqlColumns
+from app.domain.features import FeatureSet, FeatureSpec
+from app.domain.fold import PoisonEvent, ProfileState, evaluate, fold_value, prepare
 
 from .location import LakeLocation, connect_lake
 from .reports import json_path
@@ -133,11 +124,6 @@ def _empty(spec: FeatureSpec) -> str:
 FIRST_COPY_ORDER = "received_at, ts, type, props"
 """Which copy of a ``(player_id, event_id)`` counts: the first received (then by content,
 so the choice is deterministic), as the fold applies the first copy it sees."""
-
-FOLDED = frozenset({Agg.DISTINCT_COUNT, Agg.APPROX_DISTINCT, Agg.PERCENTILE, Agg.TOP_K, Agg.LAST_K})
-"""Aggregates a training set computes with the fold's own code (``app.domain.fold``) in
-Python rather than in SQL: the sketches, which DuckDB cannot build, and
-``distinct_count``, which becomes a sketch past its cap."""
 
 
 def training_sql(features: FeatureSet, *, exclude_late_arrivals: bool = False) -> TrainingSQL:
@@ -231,26 +217,31 @@ def _match_column(k: int, spec: FeatureSpec, path_index: dict[tuple[str, ...], i
     return f"({matched} AND present{path_index[spec.field]}) AS c{k}"
 
 
+def _columns(
+    spec: FeatureSpec, path_index: dict[tuple[str, ...], int], cond: str, prefix: str = ""
+) -> SqlColumns:
+    """The columns of table ``ev`` (aliased ``prefix``) an aggregate's SQL reads for ``spec``."""
+    i = path_index[spec.field] if spec.field is not None else -1
+    return SqlColumns(
+        cond=cond,
+        jtype=f"{prefix}jt{i}",
+        txt=f"{prefix}txt{i}",
+        num=f"{prefix}num{i}",
+        isint=f"{prefix}isint{i}",
+        ts=f"{prefix}ts_us",
+        event_id=f"{prefix}event_id",
+    )
+
+
 def _poison_sql(features: FeatureSet, path_index: dict[tuple[str, ...], int]) -> str:
-    """True for an event the fold refuses (see :func:`app.domain.fold.prepare`)."""
+    """True for an event the fold refuses (each aggregate's ``accepts_sql``)."""
     terms = []
     for spec in features.specs:
-        if spec.field is None or spec.agg in KEYED:
+        accepts = AGGREGATES[spec.agg].accepts_sql
+        if spec.field is None or accepts is None:
             continue  # the fold never refuses these
         i = path_index[spec.field]
-        if spec.agg in NUMERIC:
-            ok = (
-                f"((jt{i} IN ('BIGINT', 'UBIGINT') "
-                f"AND abs(TRY_CAST(txt{i} AS HUGEINT)) <= {MAX_EXACT_INT}) "
-                f"OR (jt{i} = 'DOUBLE' AND NOT isint{i} AND abs(num{i}) <= {MAX_FLOAT:g}))"
-            )
-        else:  # count with a field, first, last, last_k: no int beyond 64 bits inside
-            ok = (
-                f"(CASE jt{i} WHEN 'UBIGINT' THEN TRY_CAST(txt{i} AS BIGINT) IS NOT NULL "
-                f"WHEN 'DOUBLE' THEN NOT isint{i} "
-                f"WHEN 'OBJECT' THEN pp_storable(txt{i}) WHEN 'ARRAY' THEN pp_storable(txt{i}) "
-                "ELSE true END)"
-            )
+        ok = accepts(_columns(spec, path_index, "true"))
         terms.append(
             f"(type IN ({_types(spec.events)}) AND present{i} AND NOT coalesce({ok}, false))"
         )
@@ -263,33 +254,13 @@ def _aggregate_sql(k: int, spec: FeatureSpec, path_index: dict[tuple[str, ...], 
     if spec.bucket_s is not None and spec.window_s is not None:
         w = spec.bucket_s
         cond += f" AND e.b{w} > l.b{w} - {spec.window_s // w}"
-    n = f"count(*) FILTER (WHERE {cond})"
-    i = path_index[spec.field] if spec.field is not None else -1
-    agg = spec.agg
-    if agg is Agg.COUNT:
-        value = f"{n}::VARCHAR"
-    elif agg is Agg.SUM:
-        total = f"pp_fsum(list(e.num{i}) FILTER (WHERE {cond}))"
-        value = (
-            f"CASE WHEN bool_and(e.isint{i}) FILTER (WHERE {cond}) "
-            f"THEN CAST(CAST({total} AS HUGEINT) AS VARCHAR) "
-            f"ELSE to_json({total})::VARCHAR END"
-        )
-    elif agg is Agg.AVG:
-        value = f"to_json(pp_fsum(list(e.num{i}) FILTER (WHERE {cond})) / {n})::VARCHAR"
-    else:
-        value = f"first(e.txt{i} ORDER BY {_PICK_ORDER[agg].format(i=i)}) FILTER (WHERE {cond})"
-    return f"CASE WHEN {n} = 0 THEN {_empty(spec)} ELSE {value} END AS {_ident(spec.name)}"
-
-
-_PICK_ORDER = {
-    # Ints within 2**53 are exact doubles; on a tie the fold prefers the int.
-    Agg.MIN: "e.num{i} ASC, e.isint{i} DESC",
-    Agg.MAX: "e.num{i} DESC, e.isint{i} DESC",
-    Agg.FIRST: "e.ts_us ASC, e.event_id ASC",
-    Agg.LAST: "e.ts_us DESC, e.event_id DESC",
-}
-"""Aggregates that pick one event's value: the order whose first value is picked."""
+    sql = AGGREGATES[spec.agg].sql
+    assert sql is not None
+    columns = _columns(spec, path_index, cond, "e.")
+    return (
+        f"CASE WHEN {columns.n} = 0 THEN {_empty(spec)} ELSE {sql(columns)} END "
+        f"AS {_ident(spec.name)}"
+    )
 
 
 def fold_rows(
@@ -379,18 +350,11 @@ def _floor_div(column: str, divisor: int) -> str:
     return f"({column} // {divisor} - CASE WHEN {column} % {divisor} < 0 THEN 1 ELSE 0 END)"
 
 
-def _fsum(values: list[float] | None) -> float | None:
-    return None if values is None else math.fsum(values)
-
-
-def _storable(text: str) -> bool:
-    return storable(json.loads(text))
-
-
 def register_udfs(conn: duckdb.DuckDBPyConnection) -> None:
-    """The Python UDFs the generated SQL uses where DuckDB cannot be exact."""
-    conn.create_function("pp_fsum", _fsum, ["DOUBLE[]"], "DOUBLE", side_effects=False)
-    conn.create_function("pp_storable", _storable, ["VARCHAR"], "BOOLEAN")
+    """The scalar functions the aggregates' SQL calls (``aggregates.SQL_FUNCTIONS``)."""
+    for name, (function, arguments, result) in SQL_FUNCTIONS.items():
+        types: list[Any] = list(arguments)
+        conn.create_function(name, function, types, result, side_effects=False)
 
 
 def read_labels(path: Path) -> pa.Table:
@@ -562,14 +526,7 @@ def _output_casts(conn: duckdb.DuckDBPyConnection, features: FeatureSet) -> list
         ints_fit = row[2 * k + 1] is not False
         col = _ident(spec.name)
         if not kinds:
-            kind = (
-                "BIGINT"
-                if spec.agg in (Agg.COUNT, Agg.DISTINCT_COUNT, Agg.APPROX_DISTINCT, Agg.SUM)
-                else "DOUBLE"
-                if spec.agg in NUMERIC
-                else "VARCHAR"
-            )
-            casts.append(f"CAST({col} AS {kind}) AS {col}")
+            casts.append(f"CAST({col} AS {AGGREGATES[spec.agg].sql_type}) AS {col}")
         elif kinds <= {"BIGINT", "UBIGINT"} and ints_fit:
             casts.append(f"CAST({col} AS BIGINT) AS {col}")
         elif kinds <= {"BIGINT", "UBIGINT", "DOUBLE"}:

@@ -23,11 +23,11 @@ import pytest
 from app.analytics.location import LakeLocation
 from app.analytics.training import (
     FIRST_COPY_ORDER,
-    FOLDED,
     TrainingSetError,
     build_training_set,
     training_sql,
 )
+from app.domain.aggregates import FOLDED
 from app.domain.events import EventRecord
 from app.domain.features import Agg, FeatureSet, parse_features
 from app.domain.fold import PoisonEvent, ProfileState, evaluate, fold_event
