@@ -99,7 +99,8 @@ class TrainingSQL:
     events: str
     """Builds table ``ev``: the players' distinct events with per-feature columns."""
     features: str
-    """Aggregates features per label row of table ``labels`` (rows $lo..$hi) over ``ev``."""
+    """Aggregates features per label row of table ``labels`` over ``ev``, for the players
+    from $lo to $hi (both tables sorted by player, so a range reads only its own part)."""
     widths: tuple[int, ...]
     """Bucket widths of the windowed features."""
 
@@ -144,9 +145,9 @@ def training_sql(features: FeatureSet, *, exclude_late_arrivals: bool = False) -
     listed = "".join(f",\n            {a}" for a in aggregates)
     features_sql = f"""
         SELECT l.{RESERVED}row AS {RESERVED}row{listed}
-        FROM labels l
-        LEFT JOIN ev e ON e.player_id = l.player_id AND e.ts_us <= l.ts_us{late}
-        WHERE l.{RESERVED}row BETWEEN $lo AND $hi
+        FROM (SELECT * FROM labels WHERE player_id BETWEEN $lo AND $hi) l
+        LEFT JOIN (SELECT * FROM ev WHERE player_id BETWEEN $lo AND $hi) e
+            ON e.player_id = l.player_id AND e.ts_us <= l.ts_us{late}
         GROUP BY l.{RESERVED}row
     """
     return TrainingSQL(events_sql, features_sql, widths)
@@ -193,6 +194,7 @@ def _events_sql(
         SELECT *, ({_poison_sql(features, path_index)}) AS poison,
             {", ".join([*columns, *buckets])}
         FROM typed
+        ORDER BY player_id, ts_us
     """
 
 
@@ -480,11 +482,28 @@ def _compute_features(
     conn.execute(f"CREATE TEMP TABLE sql_feats ({RESERVED}row BIGINT{columns})")
     if progress is not None:
         progress(0, total)
-    for lo in range(0, total, chunk_rows):
-        hi = min(total, lo + chunk_rows) - 1
+    for lo, hi, done in _player_chunks(conn, chunk_rows):
         conn.execute(f"INSERT INTO sql_feats {sql.features}", {"lo": lo, "hi": hi})
         if progress is not None:
-            progress(hi + 1, total)
+            progress(done, total)
+
+
+def _player_chunks(conn: duckdb.DuckDBPyConnection, chunk_rows: int) -> list[tuple[str, str, int]]:
+    """Ranges of players of about ``chunk_rows`` label rows each (a player is never split):
+    ``(first player, last player, label rows up to the end of the range)``."""
+    return [
+        (lo, hi, int(done))
+        for lo, hi, done in conn.execute(
+            """
+            WITH per AS (SELECT player_id, count(*) AS n FROM labels GROUP BY player_id),
+            upto AS (SELECT player_id, sum(n) OVER (ORDER BY player_id) AS done FROM per),
+            chunked AS (SELECT player_id, done, (done - 1) // $rows AS chunk FROM upto)
+            SELECT min(player_id), max(player_id), max(done)
+            FROM chunked GROUP BY chunk ORDER BY chunk
+            """,
+            {"rows": chunk_rows},
+        ).fetchall()
+    ]
 
 
 def _load_labels(conn: duckdb.DuckDBPyConnection, widths: tuple[int, ...]) -> None:
@@ -497,6 +516,7 @@ def _load_labels(conn: duckdb.DuckDBPyConnection, widths: tuple[int, ...]) -> No
                 epoch_us(TRY_CAST(ts AS TIMESTAMPTZ)) AS ts_us, ts::VARCHAR AS ts_text
             FROM labels_in
         )
+        ORDER BY player_id, ts_us
         """
     )
     bad = conn.execute(
