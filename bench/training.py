@@ -21,8 +21,9 @@
    code behind ``playerpulse analytics training-set``, with the labels file and a Parquet
    output. Its time includes everything that command does: reading the labels, picking
    each event's first received copy, the point-in-time SQL features, the folded features
-   (``distinct_count`` and sketches, by the fold's Python code), typing and writing the
-   output. Not the command line's start-up.
+   (``distinct_count`` and sketches, by the fold's Python code, in two processes split
+   by player from ``PARALLEL_FROM_EVENTS`` events on, their start included), typing and
+   writing the output. Not the command line's start-up.
 
 Prints for each: seconds, label rows/s and lake events/s (events in the lake / seconds).
 Timings are one run each (no warm-up): a training set is built once. The machine's load

@@ -55,13 +55,16 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
 import duckdb
 import msgspec
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
@@ -265,47 +268,105 @@ def _aggregate_sql(k: int, spec: FeatureSpec, path_index: dict[tuple[str, ...], 
     )
 
 
+PARALLEL_FROM_EVENTS = 100_000
+"""From this many events to fold, :func:`fold_rows` folds in two processes (split by
+player); below, starting a process costs more than it saves."""
+
+
 def fold_rows(
-    conn: duckdb.DuckDBPyConnection, features: FeatureSet, *, exclude_late_arrivals: bool
+    conn: duckdb.DuckDBPyConnection,
+    features: FeatureSet,
+    *,
+    exclude_late_arrivals: bool,
+    parallel_from: int | None = None,
 ) -> pa.Table:
     """The :data:`FOLDED` features of every label row, computed by the fold itself.
 
     Per player, label rows and events both in time order: the fold absorbs each event
     dated at or before a label's ``ts`` (and, with ``exclude_late_arrivals``, received by
     then) with :func:`app.domain.fold.fold_value`, and the row is
-    :func:`app.domain.fold.evaluate` at ``ts``. Needs tables ``labels`` and ``ev``.
+    :func:`app.domain.fold.evaluate` at ``ts``. Needs tables ``labels`` and ``ev``. With
+    at least ``parallel_from`` (default :data:`PARALLEL_FROM_EVENTS`) events, the players
+    are split in two halves folded in two processes (players are independent, so the
+    rows are the same).
     """
     folded = [(k, spec) for k, spec in enumerate(features.specs) if spec.agg in FOLDED]
-    subset = FeatureSet.of(tuple(spec for _, spec in folded))
-    out: dict[str, list[Any]] = {f"{RESERVED}row": [], **{s.name: [] for s in subset.specs}}
     if not folded:
         return pa.table({f"{RESERVED}row": pa.array([], pa.int64())})
-    labels = conn.execute(
+    subset = FeatureSet.of(tuple(spec for _, spec in folded))
+    labels = conn.sql(
         f"SELECT {RESERVED}row, player_id, ts_us FROM labels ORDER BY player_id, ts_us"
-    ).fetchall()
-    events = _folded_events(conn, folded, _path_index(features), exclude_late_arrivals)
-    event = next(events, None)
+    ).to_arrow_table()
+    events = conn.sql(
+        _folded_events_sql(folded, _path_index(features), exclude_late_arrivals)
+    ).to_arrow_table()
+    if parallel_from is None:
+        parallel_from = PARALLEL_FROM_EVENTS
+    parts = _split_by_player(labels, events, 2 if events.num_rows >= parallel_from else 1)
+    if len(parts) == 1:
+        return fold_part(subset, *parts[0])
+    with ProcessPoolExecutor(len(parts) - 1, mp_context=get_context("spawn")) as pool:
+        others = [pool.submit(fold_part, subset, *part) for part in parts[1:]]
+        first = fold_part(subset, *parts[0])
+        return pa.concat_tables([first, *(future.result() for future in others)])
+
+
+def _split_by_player(labels: pa.Table, events: pa.Table, n: int) -> list[tuple[pa.Table, pa.Table]]:
+    """``labels`` and ``events`` (both sorted by player) cut into ``n`` ranges of players
+    with about as many label rows each; empty ranges are left out."""
+    cuts_l, cuts_e = [0], [0]
+    for i in range(1, n):
+        player = labels.column("player_id")[labels.num_rows * i // n]
+        cuts_l.append(pc.sum(pc.less(labels.column("player_id"), player)).as_py() or 0)
+        cuts_e.append(pc.sum(pc.less(events.column("player_id"), player)).as_py() or 0)
+    cuts_l.append(labels.num_rows)
+    cuts_e.append(events.num_rows)
+    parts = [
+        (
+            labels.slice(cuts_l[i], cuts_l[i + 1] - cuts_l[i]),
+            events.slice(cuts_e[i], cuts_e[i + 1] - cuts_e[i]),
+        )
+        for i in range(n)
+        if cuts_l[i + 1] > cuts_l[i]
+    ]
+    return parts or [(labels, events)]
+
+
+def fold_part(features: FeatureSet, labels: pa.Table, events: pa.Table) -> pa.Table:
+    """The rows of :func:`fold_rows` for ``labels`` over ``events`` (of the same players,
+    sorted as there): run here or in a worker process."""
+    out: dict[str, list[Any]] = {f"{RESERVED}row": [], **{s.name: [] for s in features.specs}}
+    rows = _rows(labels)
+    stream = _rows(events)
+    event = next(stream, None)
     state, player = ProfileState(), None
-    for row, label_player, ts in labels:
+    for row, label_player, ts in rows:
         if label_player != player:
             state, player = ProfileState(), label_player
             while event is not None and event[0] < player:
-                event = next(events, None)
+                event = next(stream, None)
         while event is not None and event[0] == player and event[1] <= ts:
-            _fold_texts(state, subset.specs, event)
-            event = next(events, None)
+            _fold_texts(state, features.specs, event)
+            event = next(stream, None)
         out[f"{RESERVED}row"].append(row)
-        for name, value in evaluate(state, subset, ts).items():
+        for name, value in evaluate(state, features, ts).items():
             out[name].append(None if value is None else msgspec.json.encode(value).decode())
-    return pa.table(out)
+    return pa.table(
+        {
+            name: pa.array(values, pa.int64() if name == f"{RESERVED}row" else pa.string())
+            for name, values in out.items()
+        }
+    )
 
 
-def _folded_events(
-    conn: duckdb.DuckDBPyConnection,
-    folded: list[tuple[int, FeatureSpec]],
-    path_index: dict[tuple[str, ...], int],
-    late: bool,
-) -> Iterator[tuple[Any, ...]]:
+def _rows(table: pa.Table) -> Iterator[tuple[Any, ...]]:
+    for batch in table.to_batches(100_000):
+        yield from zip(*(column.to_pylist() for column in batch.columns), strict=True)
+
+
+def _folded_events_sql(
+    folded: list[tuple[int, FeatureSpec]], path_index: dict[tuple[str, ...], int], late: bool
+) -> str:
     """``(player, at, ts, event_id, text per folded feature)``, by player then ``at``.
 
     ``at`` is when the event starts to count for a label: its event time, or with
@@ -318,15 +379,11 @@ def _folded_events(
         if spec.field is not None
     )
     matched = " OR ".join(f"c{k}" for k, _ in folded)
-    reader = conn.sql(
-        f"""
+    return f"""
         SELECT player_id, {at} AS at_us, ts_us, event_id, {texts}
         FROM ev WHERE NOT poison AND ({matched})
         ORDER BY player_id, at_us, ts_us, event_id
-        """
-    ).to_arrow_reader(100_000)
-    for batch in reader:
-        yield from zip(*(column.to_pylist() for column in batch.columns), strict=True)
+    """
 
 
 def _fold_texts(

@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from app.analytics import training
 from app.analytics.location import LakeLocation
 from app.analytics.training import (
     FIRST_COPY_ORDER,
@@ -358,8 +359,12 @@ def _iso(ts_us: int) -> str:
     return from_micros(ts_us).isoformat()
 
 
-@pytest.mark.parametrize("seed", [1, 5, 9])
-def test_every_feature_equals_the_fold_as_of_each_label(tmp_path: Path, seed: int) -> None:
+@pytest.mark.parametrize(("seed", "two_processes"), [(1, False), (5, True), (9, False)])
+def test_every_feature_equals_the_fold_as_of_each_label(
+    tmp_path: Path, seed: int, two_processes: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if two_processes:  # the folded features in two processes, split by player
+        monkeypatch.setattr(training, "PARALLEL_FROM_EVENTS", 1)
     events = generate(seed=seed)
     write_lake(tmp_path / "lake", events)
     labels = labels_for(events, seed=seed + 1)
