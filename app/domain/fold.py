@@ -3,7 +3,9 @@
 A profile keeps, per feature, a *partial*: a summary that can absorb one event or be
 merged with another partial, with the same result whatever the order. Windowed
 features keep one partial per time bucket, merged at read time over the buckets
-inside the window, so a 7-day count decays without new events.
+inside the window, so a 7-day count decays without new events. What each aggregate
+does to a partial (absorb, merge, finish) is defined once, in :mod:`app.domain.aggregates`,
+next to the SQL training sets use for it; this module applies it to profiles.
 
 Sums are kept exactly (Shewchuk's non-overlapping float partials, read with
 ``math.fsum``: the correctly rounded exact sum), so ``0.1 + 0.2 + 0.3`` is the same in
