@@ -6,7 +6,7 @@
 1. Generates ``--events`` events of ``--players`` players over ``--days`` days into a lake
    directory in the archive's layout (``events/game=bench/date=D/part-*.parquet``, the
    layout's own schema ``app.lake_layout.EVENTS_SCHEMA``, zstd, one file per 200,000
-   events as archive flushes leave them, rows in arrival order). Types: session_start,
+   events, two where they span midnight, rows in arrival order). Types: session_start,
    login, purchase (``amount`` 1-50 and ``item.sku`` out of 40), level_complete
    (``level`` 1-100), evenly; players picked by hash. Then ``--labels`` label rows
    (``player_id`` among the players, ``ts`` uniform over the period, one ``churned``
@@ -14,8 +14,8 @@
 2. **Baseline**: DuckDB reading the same events through the same lake view
    (``lake_rows``): per player, ``count(*)`` and the sum of ``props.amount``
    (``json_extract``), grouped by ``player_id``. It includes opening the lake, reading
-   and decoding every file and the JSON extraction; it does no dedup, no as-of join and
-   writes nothing.
+   and decoding every file, the JSON extraction and fetching the result as Arrow; it does
+   no dedup, no as-of join and writes nothing.
 3. For each features file (default: app/features.example.toml and
    tests/data/features_all.toml, which has every aggregate): ``build_training_set``, the
    code behind ``playerpulse analytics training-set``, with the labels file and a Parquet
