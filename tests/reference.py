@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -73,6 +74,9 @@ def _profile(events: list[dict[str, Any]], now: datetime) -> dict[str, Any]:
     hour_ago, day_ago = now - timedelta(hours=1), now - timedelta(days=1)
     recent_amounts = [e["props"]["amount"] for e in purchases if when(e) > hour_ago]
     recent_total = math.fsum(recent_amounts)
+    skus = [e["props"]["item"]["sku"] for e in purchases]
+    day_levels = sorted(float(e["props"]["level"]) for e in levels if when(e) > day_ago)
+    newest_levels = sorted(levels, key=lambda e: (when(e), e["event_id"]), reverse=True)
     return {
         "purchases": len(purchases),
         "spend": (int(total) if all_int else total) if amounts else 0,
@@ -90,4 +94,16 @@ def _profile(events: list[dict[str, Any]], now: datetime) -> dict[str, Any]:
             if recent_amounts
             else 0
         ),
+        "skus_seen": len(set(skus)),
+        "spend_median": _nearest_rank(sorted(float(a) for a in amounts), 0.5),
+        "level_p90_1d": _nearest_rank(day_levels, 0.9),
+        "top_skus": [
+            [sku, n] for sku, n in sorted(Counter(skus).items(), key=lambda kv: (-kv[1], kv[0]))
+        ][:3],
+        "recent_levels": [e["props"]["level"] for e in newest_levels[:3]],
     }
+
+
+def _nearest_rank(ordered: list[float], q: float) -> float | None:
+    """The least value with a share of at least ``q`` of all values at or below it."""
+    return ordered[max(0, math.ceil(q * len(ordered)) - 1)] if ordered else None

@@ -13,7 +13,15 @@ from typing import Any
 
 
 class Agg(StrEnum):
-    """How a feature folds the events it matches."""
+    """How a feature folds the events it matches.
+
+    ``count``, ``sum``, ``min``, ``max``, ``avg``, ``first``, ``last`` and ``last_k`` are
+    exact. ``distinct_count`` is exact up to ``fold.DISTINCT_EXACT_MAX`` values (or
+    ``fold.DISTINCT_EXACT_MAX_CHARS`` characters of them), then an HLL estimate, a float.
+    ``approx_distinct`` (HLL, within 2%), ``percentile`` (KLL, rank error 0.9%) and
+    ``top_k`` (frequent items, counts within 1.4% of the values seen) are sketches, exact
+    at small sizes: app/domain/sketches.py gives each bound.
+    """
 
     COUNT = "count"
     SUM = "sum"
@@ -23,10 +31,19 @@ class Agg(StrEnum):
     FIRST = "first"
     LAST = "last"
     DISTINCT_COUNT = "distinct_count"
+    APPROX_DISTINCT = "approx_distinct"
+    PERCENTILE = "percentile"
+    TOP_K = "top_k"
+    LAST_K = "last_k"
 
 
-ZERO_DEFAULT = frozenset({Agg.COUNT, Agg.SUM, Agg.DISTINCT_COUNT})
-NUMERIC = frozenset({Agg.SUM, Agg.MIN, Agg.MAX, Agg.AVG})
+ZERO_DEFAULT = frozenset({Agg.COUNT, Agg.SUM, Agg.DISTINCT_COUNT, Agg.APPROX_DISTINCT})
+NUMERIC = frozenset({Agg.SUM, Agg.MIN, Agg.MAX, Agg.AVG, Agg.PERCENTILE})
+"""Aggregates that need a number in their field."""
+KEYED = frozenset({Agg.DISTINCT_COUNT, Agg.APPROX_DISTINCT, Agg.TOP_K})
+"""Aggregates that key values by their canonical JSON text (``"1"``, ``1``, ``1.0`` differ)."""
+LIST_AGGS = frozenset({Agg.TOP_K, Agg.LAST_K})
+"""Aggregates whose value is a list ([] when nothing matched)."""
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _WINDOW = re.compile(r"^([1-9][0-9]*)([smhd])$")
@@ -36,7 +53,7 @@ _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 # (windows under a minute use 1-second buckets).
 _BUCKET_LADDER = (3600, 600, 60, 10, 1)
 _MIN_BUCKETS = 60
-_KNOWN_KEYS = frozenset({"event", "agg", "field", "window", "default", "description"})
+_KNOWN_KEYS = frozenset({"event", "agg", "field", "window", "default", "description", "q", "k"})
 
 
 class FeatureFileError(ValueError):
@@ -55,6 +72,10 @@ class FeatureSpec:
     bucket_s: int | None = None
     default: Any = None
     description: str = ""
+    q: float | None = None
+    """Quantile of a ``percentile``, strictly between 0 and 1."""
+    k: int | None = None
+    """How many values a ``top_k`` or ``last_k`` keeps."""
 
     @property
     def fingerprint(self) -> str:
@@ -62,13 +83,15 @@ class FeatureSpec:
 
         When it changes, existing profiles must be rebuilt for this feature.
         """
-        parts = (
+        parts: tuple[str, ...] = (
             ",".join(sorted(self.events)),
             self.agg.value,
             ".".join(self.field or ()),
             str(self.window_s),
             str(self.bucket_s),
         )
+        if self.q is not None or self.k is not None:  # older features keep their prints
+            parts = (*parts, f"q={self.q!r}", f"k={self.k!r}")
         return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
     @property
@@ -76,6 +99,8 @@ class FeatureSpec:
         """The value when no event matched: the default, else 0 or null by aggregate."""
         if self.default is not None:
             return self.default
+        if self.agg in LIST_AGGS:
+            return []
         return 0 if self.agg in ZERO_DEFAULT else None
 
 
@@ -162,78 +187,128 @@ def parse_features(text: str, source: str = "features file") -> FeatureSet:
     return FeatureSet.of(specs)
 
 
-def _parse_spec(name: str, body: Any, source: str) -> FeatureSpec:
-    def fail(problem: str) -> FeatureFileError:
-        return FeatureFileError(f"{source}: feature {name!r}: {problem}")
+class _Bad(ValueError):
+    """One problem with one feature (the caller adds the file and the feature's name)."""
 
+
+# Aggregate parameters: key -> (the aggregates that take it, its parser). An aggregate
+# listed here needs its parameter; no other aggregate may have it.
+TOP_K_MAX = 50
+"""Largest ``k`` of ``top_k`` (its sketch tracks 192 values exactly; see sketches.py)."""
+LAST_K_MAX = 100
+"""Largest ``k`` of ``last_k``."""
+
+
+def _parse_q(raw: Any, agg: Agg) -> float:
+    if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not 0 < raw < 1:
+        raise _Bad(f"'q' of a percentile must be a number strictly between 0 and 1, not {raw!r}")
+    return float(raw)
+
+
+def _parse_k(raw: Any, agg: Agg) -> int:
+    top = TOP_K_MAX if agg is Agg.TOP_K else LAST_K_MAX
+    if isinstance(raw, bool) or not isinstance(raw, int) or not 1 <= raw <= top:
+        raise _Bad(f"'k' of {agg.value} must be an integer from 1 to {top}, not {raw!r}")
+    return raw
+
+
+_PARAMS: dict[str, tuple[frozenset[Agg], Any]] = {
+    "q": (frozenset({Agg.PERCENTILE}), _parse_q),
+    "k": (frozenset({Agg.TOP_K, Agg.LAST_K}), _parse_k),
+}
+
+
+def _parse_spec(name: str, body: Any, source: str) -> FeatureSpec:
+    try:
+        return _spec(name, body)
+    except _Bad as exc:
+        raise FeatureFileError(f"{source}: feature {name!r}: {exc}") from None
+
+
+def _spec(name: str, body: Any) -> FeatureSpec:
     if not _NAME.match(name):
-        raise fail("the name must be a letter or _ then letters, digits or _ (at most 63)")
+        raise _Bad("the name must be a letter or _ then letters, digits or _ (at most 63)")
     if not isinstance(body, dict):
-        raise fail("must be a table")
+        raise _Bad("must be a table")
     extra = set(body) - _KNOWN_KEYS
     if extra:
-        raise fail(f"unknown key(s) {sorted(extra)}; allowed: {sorted(_KNOWN_KEYS)}")
-
-    raw_events = body.get("event")
-    if isinstance(raw_events, str):
-        raw_events = [raw_events]
-    if (
-        not isinstance(raw_events, list)
-        or not raw_events
-        or not all(isinstance(e, str) and 0 < len(e) <= 64 for e in raw_events)
-    ):
-        raise fail("'event' must be an event type or a non-empty list of them")
-
-    try:
-        agg = Agg(str(body.get("agg")))
-    except ValueError:
-        raise fail(
-            f"'agg' is {body.get('agg')!r}; it must be one of {[a.value for a in Agg]}"
-        ) from None
-
-    raw_field = body.get("field")
-    path: tuple[str, ...] | None = None
-    if raw_field is not None:
-        if (
-            not isinstance(raw_field, str)
-            or not raw_field
-            or any(not part for part in raw_field.split("."))
-        ):
-            raise fail("'field' must be a key of props, or a dotted path such as 'item.price'")
-        path = tuple(raw_field.split("."))
-    elif agg is not Agg.COUNT:
-        raise fail(f"agg {agg.value!r} needs a 'field' to read from props")
-
-    window_s = bucket_s = None
-    if "window" in body:
-        if not isinstance(body["window"], str):
-            raise fail("'window' must be a string such as '7d'")
-        try:
-            window_s = parse_window(body["window"])
-        except ValueError as exc:
-            raise fail(str(exc)) from None
-        bucket_s = bucket_width(window_s)
-
-    default = body.get("default")
-    if default is not None and not isinstance(default, (int, float, str, bool)):
-        raise fail("'default' must be a number, string or boolean")
-    if (
-        default is not None
-        and agg in NUMERIC | {Agg.COUNT, Agg.DISTINCT_COUNT}
-        and (isinstance(default, bool) or not isinstance(default, (int, float)))
-    ):
-        raise fail(f"'default' of a {agg.value} feature must be a number")
-
+        raise _Bad(f"unknown key(s) {sorted(extra)}; allowed: {sorted(_KNOWN_KEYS)}")
+    agg = _parse_agg(body.get("agg"))
+    params = {}
+    for key, (aggs, parse) in _PARAMS.items():
+        if agg in aggs:
+            if key not in body:
+                raise _Bad(f"agg {agg.value!r} needs {key!r}")
+            params[key] = parse(body[key], agg)
+        elif key in body:
+            raise _Bad(f"{key!r} applies only to {sorted(a.value for a in aggs)}")
+    window_s = _parse_window_key(body)
     description = body.get("description", "")
     if not isinstance(description, str):
-        raise fail("'description' must be a string")
+        raise _Bad("'description' must be a string")
     return FeatureSpec(
         name=name,
-        events=frozenset(raw_events),
+        events=_parse_events(body.get("event")),
         agg=agg,
-        field=path,
+        field=_parse_field(body.get("field"), agg),
         window_s=window_s,
-        bucket_s=bucket_s,
-        default=default,
+        bucket_s=None if window_s is None else bucket_width(window_s),
+        default=_parse_default(body.get("default"), agg),
         description=description,
+        q=params.get("q"),
+        k=params.get("k"),
     )
+
+
+def _parse_events(raw: Any) -> frozenset[str]:
+    if isinstance(raw, str):
+        raw = [raw]
+    if (
+        not isinstance(raw, list)
+        or not raw
+        or not all(isinstance(e, str) and 0 < len(e) <= 64 for e in raw)
+    ):
+        raise _Bad("'event' must be an event type or a non-empty list of them")
+    return frozenset(raw)
+
+
+def _parse_agg(raw: Any) -> Agg:
+    try:
+        return Agg(str(raw))
+    except ValueError:
+        raise _Bad(f"'agg' is {raw!r}; it must be one of {[a.value for a in Agg]}") from None
+
+
+def _parse_field(raw: Any, agg: Agg) -> tuple[str, ...] | None:
+    if raw is None:
+        if agg is not Agg.COUNT:
+            raise _Bad(f"agg {agg.value!r} needs a 'field' to read from props")
+        return None
+    if not isinstance(raw, str) or not raw or any(not part for part in raw.split(".")):
+        raise _Bad("'field' must be a key of props, or a dotted path such as 'item.price'")
+    return tuple(raw.split("."))
+
+
+def _parse_window_key(body: dict[str, Any]) -> int | None:
+    if "window" not in body:
+        return None
+    if not isinstance(body["window"], str):
+        raise _Bad("'window' must be a string such as '7d'")
+    try:
+        return parse_window(body["window"])
+    except ValueError as exc:
+        raise _Bad(str(exc)) from None
+
+
+def _parse_default(default: Any, agg: Agg) -> Any:
+    if default is None:
+        return None
+    if agg in LIST_AGGS:
+        raise _Bad(f"a {agg.value} feature takes no 'default' (it is [] when nothing matched)")
+    if not isinstance(default, (int, float, str, bool)):
+        raise _Bad("'default' must be a number, string or boolean")
+    if agg in NUMERIC | ZERO_DEFAULT | {Agg.COUNT} and (
+        isinstance(default, bool) or not isinstance(default, (int, float))
+    ):
+        raise _Bad(f"'default' of a {agg.value} feature must be a number")
+    return default

@@ -3,7 +3,9 @@
 A profile keeps, per feature, a *partial*: a summary that can absorb one event or be
 merged with another partial, with the same result whatever the order. Windowed
 features keep one partial per time bucket, merged at read time over the buckets
-inside the window, so a 7-day count decays without new events.
+inside the window, so a 7-day count decays without new events. What each aggregate
+does to a partial (absorb, merge, finish) is defined once, in :mod:`app.domain.aggregates`,
+next to the SQL training sets use for it; this module applies it to profiles.
 
 Sums are kept exactly (Shewchuk's non-overlapping float partials, read with
 ``math.fsum``: the correctly rounded exact sum), so ``0.1 + 0.2 + 0.3`` is the same in
@@ -20,33 +22,53 @@ applies an event only if its id was not applied before, in the same transaction.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from typing import Any
 
 import msgspec
 
+from .aggregates import (
+    AGGREGATES,
+    DISTINCT_EXACT_MAX,
+    DISTINCT_EXACT_MAX_CHARS,
+    INT64,
+    MAX_EXACT_INT,
+    MAX_FLOAT,
+    Partial,
+    merge_plain,
+    storable,
+)
 from .events import EventRecord
-from .features import Agg, FeatureSet, FeatureSpec
+from .features import KEYED, NUMERIC, FeatureSet, FeatureSpec
+
+__all__ = [
+    "DISTINCT_EXACT_MAX",
+    "DISTINCT_EXACT_MAX_CHARS",
+    "INT64",
+    "MAX_EXACT_INT",
+    "MAX_FLOAT",
+    "Partial",
+    "PoisonEvent",
+    "ProfileState",
+    "absorb",
+    "contributions",
+    "decode_state",
+    "encode_state",
+    "evaluate",
+    "finish",
+    "fold_event",
+    "fold_value",
+    "merge",
+    "prepare",
+    "prune_windows",
+    "storable",
+]
 
 _MISSING: Any = object()
 
 
 class PoisonEvent(ValueError):
     """The event cannot be folded; the message says why. It goes to failed events."""
-
-
-class Partial(msgspec.Struct, array_like=True, omit_defaults=True, gc=False):
-    """Mergeable summary of the events one feature matched (in one bucket, if windowed)."""
-
-    n: int = 0
-    fsum: list[float] = msgspec.field(default_factory=list)
-    floats: bool = False
-    lo: int | float | None = None
-    hi: int | float | None = None
-    first: tuple[int, str, Any] | None = None
-    last: tuple[int, str, Any] | None = None
-    seen: set[str] | None = None
 
 
 class ProfileState(msgspec.Struct, omit_defaults=True):
@@ -62,11 +84,6 @@ class ProfileState(msgspec.Struct, omit_defaults=True):
 _state_encoder = msgspec.msgpack.Encoder()
 _state_decoder = msgspec.msgpack.Decoder(ProfileState)
 _canonical = msgspec.json.Encoder(order="sorted")
-MAX_EXACT_INT = 2**53
-"""Largest int magnitude a numeric aggregate takes (exact as a float, and in JSON readers)."""
-MAX_FLOAT = 1e300
-"""Largest float magnitude a numeric aggregate takes (sums cannot overflow)."""
-INT64 = (-(2**63), 2**63 - 1)
 
 
 def encode_state(state: ProfileState) -> bytes:
@@ -93,28 +110,35 @@ def contributions(event: EventRecord, features: FeatureSet) -> list[tuple[Featur
         value = _lookup(event.props, spec.field)
         if value is _MISSING or value is None:
             continue
-        if spec.agg in (Agg.SUM, Agg.AVG, Agg.MIN, Agg.MAX):
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise PoisonEvent(
-                    f"feature {spec.name!r} ({spec.agg.value}) needs a number at props."
-                    f"{'.'.join(spec.field)}, got {type(value).__name__} {_short(value)}"
-                )
-            limit = MAX_EXACT_INT if isinstance(value, int) else MAX_FLOAT
-            if not -limit <= value <= limit:
-                raise PoisonEvent(
-                    f"feature {spec.name!r} ({spec.agg.value}): {_short(value)} at props."
-                    f"{'.'.join(spec.field)} is beyond +-{limit:g}"
-                )
-        elif spec.agg is Agg.DISTINCT_COUNT:
-            # JSON text, so the string "1" and the number 1 stay distinct.
-            value = _canonical.encode(value).decode()
-        elif not storable(value):
-            raise PoisonEvent(
-                f"feature {spec.name!r} ({spec.agg.value}): props.{'.'.join(spec.field)} "
-                "holds an integer beyond 64 bits"
-            )
+        value = prepare(spec, value)
         found.append((spec, value))
     return found
+
+
+def prepare(spec: FeatureSpec, value: Any) -> Any:
+    """The value ``spec`` absorbs for a non-null field ``value``; raises :class:`PoisonEvent`."""
+    assert spec.field is not None
+    if spec.agg in NUMERIC:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise PoisonEvent(
+                f"feature {spec.name!r} ({spec.agg.value}) needs a number at props."
+                f"{'.'.join(spec.field)}, got {type(value).__name__} {_short(value)}"
+            )
+        limit = MAX_EXACT_INT if isinstance(value, int) else MAX_FLOAT
+        if not -limit <= value <= limit:
+            raise PoisonEvent(
+                f"feature {spec.name!r} ({spec.agg.value}): {_short(value)} at props."
+                f"{'.'.join(spec.field)} is beyond +-{limit:g}"
+            )
+    elif spec.agg in KEYED:
+        # JSON text, so the string "1" and the number 1 stay distinct.
+        value = _canonical.encode(value).decode()
+    elif not storable(value):
+        raise PoisonEvent(
+            f"feature {spec.name!r} ({spec.agg.value}): props.{'.'.join(spec.field)} "
+            "holds an integer beyond 64 bits"
+        )
+    return value
 
 
 def fold_event(state: ProfileState, event: EventRecord, features: FeatureSet) -> ProfileState:
@@ -122,27 +146,35 @@ def fold_event(state: ProfileState, event: EventRecord, features: FeatureSet) ->
 
     Raises :class:`PoisonEvent`, leaving ``state`` untouched, if the event cannot be folded.
     """
-    found = contributions(event, features)
-    for spec, value in found:
-        if spec.bucket_s is None:
-            partial = state.totals.get(spec.name)
-            if partial is None:
-                partial = state.totals[spec.name] = Partial()
-        else:
-            buckets = state.windows.get(spec.name)
-            if buckets is None:
-                buckets = state.windows[spec.name] = {}
-            index = event.ts // (spec.bucket_s * 1_000_000)
-            partial = buckets.get(index)
-            if partial is None:
-                partial = buckets[index] = Partial()
-        _absorb(partial, spec.agg, value, event.ts, event.event_id)
+    for spec, value in contributions(event, features):
+        fold_value(state, spec, value, event.ts, event.event_id)
     state.events_applied += 1
     if state.last_event_us is None or event.ts > state.last_event_us:
         state.last_event_us = event.ts
     if state.last_received_us is None or event.received_at > state.last_received_us:
         state.last_received_us = event.received_at
     return state
+
+
+def fold_value(state: ProfileState, spec: FeatureSpec, value: Any, ts: int, event_id: str) -> None:
+    """Absorb one event's prepared ``value`` for ``spec`` into the right partial of ``state``.
+
+    Only this feature's state changes (not the event count or times); training sets fold
+    with it too, feature by feature, so they compute exactly what the live fold does.
+    """
+    if spec.bucket_s is None:
+        partial = state.totals.get(spec.name)
+        if partial is None:
+            partial = state.totals[spec.name] = Partial()
+    else:
+        buckets = state.windows.get(spec.name)
+        if buckets is None:
+            buckets = state.windows[spec.name] = {}
+        index = ts // (spec.bucket_s * 1_000_000)
+        partial = buckets.get(index)
+        if partial is None:
+            partial = buckets[index] = Partial()
+    absorb(partial, spec, value, ts, event_id)
 
 
 def evaluate(state: ProfileState | None, features: FeatureSet, now_us: int) -> dict[str, Any]:
@@ -155,7 +187,7 @@ def evaluate(state: ProfileState | None, features: FeatureSet, now_us: int) -> d
             partial = state.totals.get(spec.name)
         else:
             partial = _window(state.windows.get(spec.name), spec, now_us)
-        values[spec.name] = _finish(spec, partial)
+        values[spec.name] = finish(spec, partial)
     return values
 
 
@@ -185,101 +217,30 @@ def _window(buckets: dict[int, Partial] | None, spec: FeatureSpec, now_us: int) 
     inside = [p for i, p in buckets.items() if oldest <= i <= newest]
     if not inside:
         return None
-    return merge(inside)
+    return merge(inside, spec)
 
 
-def merge(partials: Iterable[Partial]) -> Partial:
-    """One partial equal to having absorbed the events of all ``partials``."""
-    out = Partial()
-    for p in partials:
-        out.n += p.n
-        out.floats = out.floats or p.floats
-        for x in p.fsum:
-            _grow(out.fsum, x)
-        if p.lo is not None:
-            out.lo = _lower(out.lo, p.lo)
-        if p.hi is not None:
-            out.hi = _higher(out.hi, p.hi)
-        if p.first is not None and (out.first is None or p.first[:2] < out.first[:2]):
-            out.first = p.first
-        if p.last is not None and (out.last is None or p.last[:2] > out.last[:2]):
-            out.last = p.last
-        if p.seen:
-            out.seen = set(p.seen) if out.seen is None else out.seen | p.seen
+def merge(partials: Iterable[Partial], spec: FeatureSpec) -> Partial:
+    """One partial equal to having absorbed the events of all ``partials`` (of ``spec``)."""
+    partials = list(partials)
+    out = merge_plain(partials)
+    finish_merge = AGGREGATES[spec.agg].merge
+    if finish_merge is not None:
+        finish_merge(out, partials, spec)
     return out
 
 
-def _absorb(partial: Partial, agg: Agg, value: Any, ts: int, event_id: str) -> None:
+def absorb(partial: Partial, spec: FeatureSpec, value: Any, ts: int, event_id: str) -> None:
+    """Add one event's prepared ``value`` (see :func:`prepare`) to ``partial``."""
     partial.n += 1
-    if agg is Agg.SUM or agg is Agg.AVG:
-        # Ints within 2**53 are exact floats: one exact accumulator serves both.
-        _grow(partial.fsum, float(value))
-        if not isinstance(value, int):
-            partial.floats = True
-    elif agg is Agg.MIN:
-        partial.lo = _lower(partial.lo, value)
-    elif agg is Agg.MAX:
-        partial.hi = _higher(partial.hi, value)
-    elif agg is Agg.FIRST:
-        if partial.first is None or (ts, event_id) < partial.first[:2]:
-            partial.first = (ts, event_id, value)
-    elif agg is Agg.LAST:
-        if partial.last is None or (ts, event_id) > partial.last[:2]:
-            partial.last = (ts, event_id, value)
-    elif agg is Agg.DISTINCT_COUNT:
-        if partial.seen is None:
-            partial.seen = {value}
-        else:
-            partial.seen.add(value)
+    AGGREGATES[spec.agg].absorb(partial, spec, value, ts, event_id)
 
 
-def _finish(spec: FeatureSpec, partial: Partial | None) -> Any:
+def finish(spec: FeatureSpec, partial: Partial | None) -> Any:
+    """The feature's value from its (merged) partial; its empty value if no event matched."""
     if partial is None or partial.n == 0:
         return spec.empty_value
-    agg = spec.agg
-    if agg is Agg.COUNT:
-        return partial.n
-    if agg is Agg.SUM:
-        total = math.fsum(partial.fsum)
-        return total if partial.floats else int(total)
-    if agg is Agg.AVG:
-        return math.fsum(partial.fsum) / partial.n
-    if agg is Agg.MIN:
-        return partial.lo
-    if agg is Agg.MAX:
-        return partial.hi
-    if agg is Agg.FIRST:
-        return partial.first[2] if partial.first is not None else spec.empty_value
-    if agg is Agg.LAST:
-        return partial.last[2] if partial.last is not None else spec.empty_value
-    return len(partial.seen or ())
-
-
-def _grow(partials: list[float], x: float) -> None:
-    """Add ``x`` to an exact sum kept as non-overlapping floats (Shewchuk)."""
-    i = 0
-    for y in partials:
-        if abs(x) < abs(y):
-            x, y = y, x
-        hi = x + y
-        lo = y - (hi - x)
-        if lo:
-            partials[i] = lo
-            i += 1
-        x = hi
-    partials[i:] = [x]
-
-
-def _lower(current: int | float | None, value: int | float) -> int | float:
-    if current is None or value < current or (value == current and isinstance(value, int)):
-        return value
-    return current
-
-
-def _higher(current: int | float | None, value: int | float) -> int | float:
-    if current is None or value > current or (value == current and isinstance(value, int)):
-        return value
-    return current
+    return AGGREGATES[spec.agg].finish(spec, partial)
 
 
 def _lookup(props: dict[str, Any] | None, path: tuple[str, ...]) -> Any:
@@ -291,17 +252,6 @@ def _lookup(props: dict[str, Any] | None, path: tuple[str, ...]) -> Any:
         if node is _MISSING:
             return _MISSING
     return node
-
-
-def storable(value: Any) -> bool:
-    """No int beyond 64 bits anywhere inside ``value`` (the state's binary form has none)."""
-    if isinstance(value, int):
-        return INT64[0] <= value <= INT64[1]
-    if isinstance(value, dict):
-        return all(storable(v) for v in value.values())
-    if isinstance(value, list):
-        return all(storable(v) for v in value)
-    return True
 
 
 def _short(value: Any) -> str:

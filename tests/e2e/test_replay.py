@@ -19,6 +19,30 @@ field = "level"
 event = ["purchase", "refund"]
 agg = "sum"
 field = "amount"
+
+[features.levels_top]
+event = "level_complete"
+agg = "top_k"
+field = "level"
+k = 2
+
+[features.levels_recent]
+event = "level_complete"
+agg = "last_k"
+field = "level"
+k = 2
+
+[features.level_median]
+event = "level_complete"
+agg = "percentile"
+field = "level"
+q = 0.5
+
+[features.levels_approx]
+event = "level_complete"
+agg = "approx_distinct"
+field = "level"
+window = "7d"
 """
 
 
@@ -85,6 +109,11 @@ def test_added_and_changed_features_are_rebuilt_from_the_lake(tmp_path: Path) ->
             p1 = client.get("/v1/players/p1").json()
             p2 = client.get("/v1/players/p2").json()
         assert p1["features"]["levels_seen"] == 3
+        # Sketch aggregates rebuilt from the lake too: levels 0, 1, 2, 0, 1, 2, 0 (l0..l6).
+        assert p1["features"]["levels_top"] == [[0, 3], [1, 2]]
+        assert p1["features"]["levels_recent"] == [0, 2]  # one event time: l6, then l5
+        assert p1["features"]["level_median"] == 1.0
+        assert p1["features"]["levels_approx"] == 3
         assert p1["features"]["spend_total"] == 6  # the refund now counts
         assert p1["features"]["last_level"] == before["last_level"]
         assert p1["events_applied"] == 9  # the refund matched no feature before, yet applied

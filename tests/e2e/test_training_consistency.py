@@ -123,7 +123,12 @@ def test_training_set_rows_equal_the_live_profiles(tmp_path: Path) -> None:
         )
         assert f"wrote {2 * len(newest)} rows" in result.stderr
 
-        table = pq.read_table(out).to_pylist()
+        parquet = pq.read_table(out)
+        table = parquet.to_pylist()
+        for field in parquet.schema:  # list features (top_k, last_k) are JSON columns
+            if getattr(field.type, "extension_name", None) == "arrow.json":
+                for r in table:
+                    r[field.name] = None if r[field.name] is None else json.loads(r[field.name])
         assert len(table) == 2 * len(newest)
         with server.client(read) as client:
             live = {p: client.get(f"/v1/players/{p}").json()["features"] for p in newest}
@@ -136,7 +141,18 @@ def test_training_set_rows_equal_the_live_profiles(tmp_path: Path) -> None:
                     differences.append((row["player_id"], row["label"], name, row[name], value))
         assert not differences, differences[:10]
         # Not vacuous: the features do differ between players, windows included.
-        for name in ("purchases", "spend", "first_sku", "sessions_1d", "spend_1h"):
+        for name in (
+            "purchases",
+            "spend",
+            "first_sku",
+            "sessions_1d",
+            "spend_1h",
+            "skus_seen",
+            "spend_median",
+            "level_p90_1d",
+            "top_skus",
+            "recent_levels",
+        ):
             assert len({json.dumps(r[name]) for r in table}) > 2, name
     finally:
         assert server.stop() == 0, server.log()

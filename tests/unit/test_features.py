@@ -97,13 +97,32 @@ def test_each_aggregate_parses(agg: Agg) -> None:
     body = f'event = "e"\nagg = "{agg.value}"'
     if agg is not Agg.COUNT:
         body += '\nfield = "v"'
+    body += {Agg.PERCENTILE: "\nq = 0.95", Agg.TOP_K: "\nk = 3", Agg.LAST_K: "\nk = 100"}.get(
+        agg, ""
+    )
     spec = one(body)["f"]
     assert spec.agg is agg
     assert spec.events == frozenset({"e"})
     assert spec.field == (None if agg is Agg.COUNT else ("v",))
     assert spec.window_s is None
     assert spec.bucket_s is None
-    assert spec.empty_value == (0 if agg in (Agg.COUNT, Agg.SUM, Agg.DISTINCT_COUNT) else None)
+    zero = (Agg.COUNT, Agg.SUM, Agg.DISTINCT_COUNT, Agg.APPROX_DISTINCT)
+    empty: object = [] if agg in (Agg.TOP_K, Agg.LAST_K) else 0 if agg in zero else None
+    assert spec.empty_value == empty
+    assert (spec.q, spec.k) == {
+        Agg.PERCENTILE: (0.95, None),
+        Agg.TOP_K: (None, 3),
+        Agg.LAST_K: (None, 100),
+    }.get(agg, (None, None))
+
+
+def test_parameters_change_the_fingerprint_and_older_features_keep_theirs() -> None:
+    a = one('event = "e"\nagg = "percentile"\nfield = "v"\nq = 0.5')["f"]
+    b = one('event = "e"\nagg = "percentile"\nfield = "v"\nq = 0.9')["f"]
+    assert a.fingerprint != b.fingerprint
+    # A feature without parameters hashes as it did before parameters existed.
+    count = one('event = "e"\nagg = "count"')["f"]
+    assert count.fingerprint == "848a68cad61697d0"
 
 
 def test_count_may_read_a_field() -> None:
@@ -222,6 +241,28 @@ def test_a_non_string_window_is_refused() -> None:
         ('event = "e"\nagg = "sum"\nfield = ".a"', "'field' must be"),
         ('event = "e"\nagg = "sum"\nfield = 3', "'field' must be"),
         ('event = "e"\nagg = "count"\ndescription = 1', "'description' must be a string"),
+        ('event = "e"\nagg = "percentile"\nfield = "v"', "agg 'percentile' needs 'q'"),
+        ('event = "e"\nagg = "percentile"\nfield = "v"\nq = 0', "strictly between 0 and 1"),
+        ('event = "e"\nagg = "percentile"\nfield = "v"\nq = 1', "strictly between 0 and 1"),
+        ('event = "e"\nagg = "percentile"\nfield = "v"\nq = 1.5', "strictly between 0 and 1"),
+        ('event = "e"\nagg = "percentile"\nfield = "v"\nq = "p95"', "strictly between"),
+        ('event = "e"\nagg = "percentile"\nfield = "v"\nq = true', "strictly between"),
+        ('event = "e"\nagg = "top_k"\nfield = "v"', "agg 'top_k' needs 'k'"),
+        (
+            'event = "e"\nagg = "top_k"\nfield = "v"\nk = 0',
+            "'k' of top_k must be an integer from 1 to 50",
+        ),
+        ('event = "e"\nagg = "top_k"\nfield = "v"\nk = 51', "from 1 to 50"),
+        (
+            'event = "e"\nagg = "last_k"\nfield = "v"\nk = 101',
+            "'k' of last_k must be an integer from 1 to 100",
+        ),
+        ('event = "e"\nagg = "last_k"\nfield = "v"\nk = 2.0', "from 1 to 100, not 2.0"),
+        ('event = "e"\nagg = "last_k"\nfield = "v"', "agg 'last_k' needs 'k'"),
+        ('event = "e"\nagg = "sum"\nfield = "v"\nq = 0.5', "'q' applies only to ['percentile']"),
+        ('event = "e"\nagg = "count"\nk = 3', "'k' applies only to ['last_k', 'top_k']"),
+        ('event = "e"\nagg = "last_k"\nfield = "v"\nk = 3\ndefault = 1', "takes no 'default'"),
+        ('event = "e"\nagg = "approx_distinct"\nfield = "v"\ndefault = "x"', "must be a number"),
     ],
 )
 def test_bad_features_are_refused_naming_feature_and_problem(body: str, problem: str) -> None:

@@ -6,16 +6,18 @@ import contextlib
 import itertools
 import json
 import math
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from app.domain.events import EventRecord
-from app.domain.features import Agg, FeatureSet, parse_features
+from app.domain.features import LIST_AGGS, NUMERIC, Agg, FeatureSet, parse_features
 from app.domain.fold import (
     PoisonEvent,
     ProfileState,
@@ -46,6 +48,8 @@ class RefSpec:
     field: tuple[str, ...] | None
     window_s: int | None
     default: Any
+    param: float | int | None = None
+    """``q`` of a percentile, ``k`` of a top_k or last_k."""
 
     def toml(self) -> str:
         lines = [f"[features.{self.name}]"]
@@ -58,6 +62,8 @@ class RefSpec:
             lines.append(f'window = "{WINDOW_TEXT[self.window_s]}"')
         if self.default is not None:
             lines.append(f"default = {json.dumps(self.default)}")
+        if self.param is not None:
+            lines.append(f"{'q' if self.agg is Agg.PERCENTILE else 'k'} = {self.param!r}")
         return "\n".join(lines)
 
 
@@ -76,14 +82,19 @@ def feature_specs(draw: st.DrawFn) -> list[RefSpec]:
             events = draw(st.sets(st.sampled_from(["a", "b"]), min_size=1))
             if agg is Agg.COUNT:
                 field = draw(st.one_of(st.none(), st.sampled_from(NUMERIC_FIELDS)))
-            elif agg in (Agg.SUM, Agg.AVG, Agg.MIN, Agg.MAX):
+            elif agg in NUMERIC:
                 field = draw(st.sampled_from(NUMERIC_FIELDS))
             else:
                 field = draw(st.sampled_from(ANY_FIELDS))
             window = draw(st.sampled_from(sorted(WINDOW_TEXT))) if windowed else None
-            default = draw(st.one_of(st.none(), st.just(-7)))
+            default = None if agg in LIST_AGGS else draw(st.one_of(st.none(), st.just(-7)))
+            param: float | int | None = None
+            if agg is Agg.PERCENTILE:
+                param = draw(st.sampled_from([0.01, 0.1, 0.25, 0.3, 0.5, 0.9, 0.99]))
+            elif agg in LIST_AGGS:
+                param = draw(st.integers(1, 4))
             name = f"{agg.value}_{'w' if windowed else 't'}"
-            specs.append(RefSpec(name, frozenset(events), agg, field, window, default))
+            specs.append(RefSpec(name, frozenset(events), agg, field, window, default, param))
     return specs
 
 
@@ -245,10 +256,15 @@ def reference(
             pairs = [(r, v) for r, v in looked if v is not MISSING and v is not None]
         values = [v for _, v in pairs]
         empty = spec.default if spec.default is not None else None
-        if spec.agg in (Agg.COUNT, Agg.SUM, Agg.DISTINCT_COUNT) and empty is None:
-            empty = 0
+        if spec.agg in (Agg.COUNT, Agg.SUM, Agg.DISTINCT_COUNT, Agg.APPROX_DISTINCT):
+            empty = 0 if empty is None else empty
+        if spec.agg in LIST_AGGS:
+            empty = []
         if not pairs:
             out[spec.name] = empty
+            continue
+        if spec.agg in SKETCHED:
+            out[spec.name] = sketch_reference(spec, pairs)
             continue
         if spec.agg is Agg.COUNT:
             out[spec.name] = len(pairs)
@@ -268,6 +284,28 @@ def reference(
         else:
             out[spec.name] = len({distinct_key(v) for v in values})
     return out
+
+
+SKETCHED = frozenset({Agg.APPROX_DISTINCT, Agg.PERCENTILE, Agg.TOP_K, Agg.LAST_K})
+CANONICAL = msgspec.json.Encoder(order="sorted")
+
+
+def sketch_reference(spec: RefSpec, pairs: list[tuple[EventRecord, Any]]) -> Any:
+    """Exact values of the sketch aggregates (the sketches are exact at these sizes)."""
+    values = [v for _, v in pairs]
+    if spec.agg is Agg.APPROX_DISTINCT:
+        return len({distinct_key(v) for v in values})
+    if spec.agg is Agg.PERCENTILE:  # nearest rank
+        assert isinstance(spec.param, float)
+        ordered = sorted(float(v) for v in values)
+        return ordered[max(0, math.ceil(spec.param * len(ordered)) - 1)]
+    assert isinstance(spec.param, int)
+    if spec.agg is Agg.TOP_K:
+        counts = Counter(CANONICAL.encode(v).decode() for v in values)
+        ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[: spec.param]
+        return [[msgspec.json.decode(text), n] for text, n in ranked]
+    newest = sorted(pairs, key=lambda p: (p[0].ts, p[0].event_id), reverse=True)
+    return [v for _, v in newest[: spec.param]]
 
 
 def same(a: Any, b: Any) -> bool:
@@ -380,7 +418,13 @@ def paired_specs(draw: st.DrawFn) -> list[tuple[RefSpec, RefSpec]]:
     for spec in draw(feature_specs()):
         if spec.window_s is None:
             windowed = RefSpec(
-                f"{spec.name}_1h", spec.events, spec.agg, spec.field, 3600, spec.default
+                f"{spec.name}_1h",
+                spec.events,
+                spec.agg,
+                spec.field,
+                3600,
+                spec.default,
+                spec.param,
             )
             pairs.append((spec, windowed))
     return pairs

@@ -7,10 +7,12 @@ the label's time from the distinct events dated at or before it.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import json
 import math
 import random
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +20,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from app.analytics import training
 from app.analytics.location import LakeLocation
-from app.analytics.training import TrainingSetError, build_training_set, training_sql
+from app.analytics.training import (
+    FIRST_COPY_ORDER,
+    TrainingSetError,
+    build_training_set,
+    training_sql,
+)
+from app.domain.aggregates import FOLDED
 from app.domain.events import EventRecord
-from app.domain.features import FeatureSet, parse_features
+from app.domain.features import Agg, FeatureSet, parse_features
 from app.domain.fold import PoisonEvent, ProfileState, evaluate, fold_event
 from app.streams.lake import write_events
 
@@ -107,6 +116,62 @@ default = -1
 event = "login"
 agg = "count"
 window = "90s"
+
+[features.skus_seen]
+event = "purchase"
+agg = "approx_distinct"
+field = "item.sku"
+
+[features.skus_seen_10m]
+event = ["purchase", "refund"]
+agg = "approx_distinct"
+field = "item.sku"
+window = "10m"
+
+[features.distinct_skus_1h]
+event = "purchase"
+agg = "distinct_count"
+field = "item.sku"
+window = "1h"
+
+[features.spend_p90]
+event = "purchase"
+agg = "percentile"
+field = "amount"
+q = 0.9
+
+[features.level_median_2h]
+event = "level_complete"
+agg = "percentile"
+field = "level"
+q = 0.5
+window = "2h"
+
+[features.top_skus]
+event = "purchase"
+agg = "top_k"
+field = "item.sku"
+k = 3
+
+[features.top_levels_1h]
+event = "level_complete"
+agg = "top_k"
+field = "level"
+k = 2
+window = "1h"
+
+[features.recent_skus]
+event = ["purchase", "refund"]
+agg = "last_k"
+field = "item.sku"
+k = 3
+
+[features.recent_levels_10m]
+event = "level_complete"
+agg = "last_k"
+field = "level"
+k = 2
+window = "10m"
 """
 )
 
@@ -294,10 +359,15 @@ def _iso(ts_us: int) -> str:
     return from_micros(ts_us).isoformat()
 
 
-def test_every_feature_equals_the_fold_as_of_each_label(tmp_path: Path) -> None:
-    events = generate(seed=1)
+@pytest.mark.parametrize(("seed", "two_processes"), [(1, False), (5, True), (9, False)])
+def test_every_feature_equals_the_fold_as_of_each_label(
+    tmp_path: Path, seed: int, two_processes: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if two_processes:  # the folded features in two processes, split by player
+        monkeypatch.setattr(training, "PARALLEL_FROM_EVENTS", 1)
+    events = generate(seed=seed)
     write_lake(tmp_path / "lake", events)
-    labels = labels_for(events, seed=2)
+    labels = labels_for(events, seed=seed + 1)
     table = pa.table(
         {
             "player_id": [p for p, _ in labels],
@@ -468,10 +538,102 @@ def test_min_and_max_prefer_an_int_over_an_equal_float(tmp_path: Path) -> None:
     assert row["max_level_2h"] == 9
 
 
-def test_generated_sql_has_one_aggregate_per_feature() -> None:
+def test_generated_sql_has_one_aggregate_per_feature_the_fold_does_not_compute() -> None:
     sql = training_sql(FEATURES)
-    for name in FEATURES.names:
-        assert f'AS "{name}"' in sql.features
+    for spec in FEATURES.specs:
+        assert (f'AS "{spec.name}"' in sql.features) is (spec.agg not in FOLDED), spec.name
+    assert {spec.agg for spec in FEATURES.specs} == set(Agg)  # every aggregate is tested
+    assert FIRST_COPY_ORDER in sql.events
     assert "pp_fsum" in sql.features
     assert "json_extract(props" in sql.events
     assert sql.widths == (1, 10, 60)
+
+
+BIG = parse_features(
+    """
+[features.skus]
+event = "purchase"
+agg = "distinct_count"
+field = "item.sku"
+
+[features.skus_1h]
+event = "purchase"
+agg = "distinct_count"
+field = "item.sku"
+window = "1h"
+
+[features.skus_seen]
+event = "purchase"
+agg = "approx_distinct"
+field = "item.sku"
+
+[features.spend_p90]
+event = "purchase"
+agg = "percentile"
+field = "amount"
+q = 0.9
+
+[features.top_skus]
+event = "purchase"
+agg = "top_k"
+field = "item.sku"
+k = 5
+
+[features.recent]
+event = "purchase"
+agg = "last_k"
+field = "item.sku"
+k = 4
+"""
+)
+
+
+def test_sketches_past_their_exact_sizes_match_the_fold_or_stay_within_their_bounds(
+    tmp_path: Path,
+) -> None:
+    rng = random.Random(4)
+    n = 6_000
+    events = [
+        EventRecord(
+            "g",
+            f"e{i:05d}",
+            "p",
+            "purchase",
+            T0 + rng.randrange(0, 2 * 3600) * 1_000_000,
+            T0 + rng.randrange(0, 3 * 3600) * 1_000_000,
+            {
+                "amount": rng.randrange(10_000),
+                "item": {"sku": rng.choice([f"s{int(rng.paretovariate(0.7))}", f"u{i}"])},
+            },
+        )
+        for i in range(n)
+    ]
+    write_lake(tmp_path / "lake", events, files=2)
+    times = [T0 + 3600 * 1_000_000, T0 + 2 * 3600 * 1_000_000]
+    pq.write_table(
+        pa.table({"player_id": ["p"] * len(times), "ts": [_iso(t) for t in times]}),
+        tmp_path / "labels.parquet",
+    )
+    build_training_set(
+        LakeLocation(str(tmp_path / "lake")),
+        BIG,
+        "g",
+        tmp_path / "labels.parquet",
+        tmp_path / "out.parquet",
+    )
+    for ts, row in zip(times, read_rows(tmp_path / "out.parquet"), strict=True):
+        dated = [e for e in events if e.ts <= ts]
+        want = expected(events, BIG, "p", ts)  # the live fold, in order of receipt
+        assert isinstance(want["skus"], float)  # past the exact cap
+        assert isinstance(want["skus_1h"], float)
+        for name in ("skus", "skus_1h", "skus_seen", "recent"):  # order-independent
+            assert same(row[name], want[name]), name
+        skus = Counter(e.props["item"]["sku"] for e in dated if e.props)
+        assert abs(row["skus_seen"] - len(skus)) <= 0.02 * len(skus)
+        amounts = sorted(float(e.props["amount"]) for e in dated if e.props)
+        below = bisect.bisect_left(amounts, row["spend_p90"]) / len(amounts)
+        at_or_below = bisect.bisect_right(amounts, row["spend_p90"]) / len(amounts)
+        assert below - 0.01 <= 0.9 <= at_or_below + 0.01
+        for sku, count in row["top_skus"]:
+            assert abs(count - skus[sku]) <= 3.5 / 256 * len(dated)
+        assert row["top_skus"][0][0] == skus.most_common(1)[0][0]
