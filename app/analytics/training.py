@@ -32,7 +32,7 @@ exactly; a windowed feature equals it while no event of that player has slid out
 window between the label's bucket and the bucket of the request (the live window keeps
 sliding after the newest event; the label's does not). A label at "now" equals the API
 for every feature, unless an event is dated in the future. A resend of an event after
-the fold forgot its id (``PLAYERPULSE_APPLIED_IDS_RETENTION_S``) counts twice in the live
+the dedup horizon (``PLAYERPULSE_DEDUP_HORIZON``) counts twice in the live
 profile and once here (and once in a rebuilt profile).
 
 Exactness: sums use ``math.fsum`` (a DuckDB Python UDF over the list of values:
@@ -71,6 +71,7 @@ import pyarrow.parquet as pq
 from app.domain.aggregates import AGGREGATES, FOLDED, SQL_FUNCTIONS, SqlColumns
 from app.domain.features import FeatureSet, FeatureSpec
 from app.domain.fold import PoisonEvent, ProfileState, evaluate, fold_value, prepare
+from app.lake_layout import FIRST_RECEIVED
 
 from .location import LakeLocation, connect_lake
 from .reports import json_path
@@ -125,11 +126,6 @@ def _empty(spec: FeatureSpec) -> str:
     return "NULL" if value is None else _lit(msgspec.json.encode(value).decode())
 
 
-FIRST_COPY_ORDER = "received_at, ts, type, props"
-"""Which copy of a ``(player_id, event_id)`` counts: the first received (then by content,
-so the choice is deterministic), as the fold applies the first copy it sees."""
-
-
 def training_sql(features: FeatureSet, *, exclude_late_arrivals: bool = False) -> TrainingSQL:
     """The DuckDB SQL that computes ``features`` point-in-time, one piece per feature.
 
@@ -178,7 +174,7 @@ def _events_sql(
         WITH copies AS (
             SELECT player_id, event_id, type, ts, received_at, props,
                 row_number() OVER (
-                    PARTITION BY player_id, event_id ORDER BY {FIRST_COPY_ORDER}
+                    PARTITION BY player_id, event_id {FIRST_RECEIVED}
                 ) AS copy
             FROM lake_rows
             WHERE game = $game AND player_id IN (SELECT player_id FROM labels)

@@ -23,7 +23,6 @@ import pytest
 from app.analytics import training
 from app.analytics.location import LakeLocation
 from app.analytics.training import (
-    FIRST_COPY_ORDER,
     TrainingSetError,
     build_training_set,
     training_sql,
@@ -32,6 +31,7 @@ from app.domain.aggregates import FOLDED
 from app.domain.events import EventRecord
 from app.domain.features import Agg, FeatureSet, parse_features
 from app.domain.fold import PoisonEvent, ProfileState, evaluate, fold_event
+from app.lake_layout import FIRST_RECEIVED
 from app.streams.lake import write_events
 
 pytestmark = pytest.mark.unit
@@ -543,7 +543,7 @@ def test_generated_sql_has_one_aggregate_per_feature_the_fold_does_not_compute()
     for spec in FEATURES.specs:
         assert (f'AS "{spec.name}"' in sql.features) is (spec.agg not in FOLDED), spec.name
     assert {spec.agg for spec in FEATURES.specs} == set(Agg)  # every aggregate is tested
-    assert FIRST_COPY_ORDER in sql.events
+    assert FIRST_RECEIVED in sql.events
     assert "pp_fsum" in sql.features
     assert "json_extract(props" in sql.events
     assert sql.widths == (1, 10, 60)
