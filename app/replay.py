@@ -29,7 +29,7 @@ from app.db.repositories import FeatureDefRepository, ProfileRepository, Profile
 from app.domain.dedup import SeenIds, bucket_width_s, event_hash
 from app.domain.events import EventRecord
 from app.domain.features import FeatureSet
-from app.domain.fold import PoisonEvent, ProfileState, fold_event, prune_windows
+from app.domain.fold import FoldRun, PoisonEvent, ProfileState, fold_event, prune_windows
 from app.domain.privacy import TombstoneSet
 from app.log import get_logger
 from app.streams.folding import profile_write
@@ -38,15 +38,11 @@ log = get_logger(__name__)
 
 
 @dataclass(slots=True)
-class ReplayStats:
+class ReplayStats(FoldRun):
     """What a replay did."""
 
-    players: int = 0
-    events: int = 0
-    poison: int = 0
     erased: int = 0
     """Events of erased players found in the lake and left out (an erasure in progress)."""
-    seconds: float = 0.0
 
 
 class ServiceRunning(RuntimeError):

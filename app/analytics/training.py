@@ -70,7 +70,7 @@ import pyarrow.parquet as pq
 
 from app.domain.aggregates import AGGREGATES, FOLDED, SQL_FUNCTIONS, SqlColumns
 from app.domain.features import FeatureSet, FeatureSpec
-from app.domain.fold import PoisonEvent, ProfileState, evaluate, fold_value, prepare
+from app.domain.fold import FoldRun, PoisonEvent, ProfileState, evaluate, fold_value, prepare
 from app.lake_layout import FIRST_RECEIVED
 
 from .location import LakeLocation, connect_lake
@@ -84,16 +84,10 @@ class TrainingSetError(ValueError):
 
 
 @dataclass(slots=True)
-class TrainingStats:
-    """What a training-set run did."""
+class TrainingStats(FoldRun):
+    """What a training-set run did (events: before the as-of cut)."""
 
     labels: int = 0
-    players: int = 0
-    events: int = 0
-    """Distinct events of the labels' players considered (before the as-of cut)."""
-    poison: int = 0
-    """Of those, events the fold refuses, which count for no feature."""
-    seconds: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,6 +23,7 @@ applies an event only if its id was not applied before, in the same transaction.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -65,6 +66,18 @@ __all__ = [
 ]
 
 _MISSING: Any = object()
+
+
+@dataclass(slots=True)
+class FoldRun:
+    """What folding the lake's events of a set of players did (a replay, a training set)."""
+
+    players: int = 0
+    events: int = 0
+    """Distinct events of those players considered."""
+    poison: int = 0
+    """Of those, events the fold refuses, which count for no feature."""
+    seconds: float = 0.0
 
 
 class PoisonEvent(ValueError):

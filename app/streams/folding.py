@@ -90,32 +90,51 @@ def _refused(exc: DBAPIError) -> bool:
 
 
 @dataclass(slots=True)
-class FoldStats:
-    """Counters since start (this process)."""
+class FoldCounts:
+    """Events by what the fold did with them."""
 
-    seen: int = 0
     applied: int = 0
     duplicates: int = 0
     """Events skipped: redelivered at or below a recorded offset, or their id remembered."""
-    redelivered: int = 0
-    """Of the duplicates, those skipped by offset alone."""
     failed: int = 0
     late: int = 0
     beyond_horizon: int = 0
-    batches: int = 0
     erased: int = 0
+
+    def add(self, other: FoldCounts) -> None:
+        """Add ``other``'s counts to these."""
+        for name in _COUNTS:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
+_COUNTS = tuple(FoldCounts.__dataclass_fields__)
+
+
+_COUNTERS = {
+    "applied": metrics.EVENTS_FOLDED,
+    "duplicates": metrics.EVENTS_DUPLICATE,
+    "failed": metrics.EVENTS_FAILED,
+    "late": metrics.LATE_EVENTS,
+    "beyond_horizon": metrics.EVENTS_BEYOND_DEDUP_HORIZON,
+    "erased": metrics.ERASED_EVENTS_DROPPED,
+}
+"""The Prometheus counter of each of :class:`FoldCounts`' counts."""
 
 
 @dataclass(slots=True)
-class _Outcome:
+class FoldStats(FoldCounts):
+    """Counters since start (this process)."""
+
+    seen: int = 0
+    redelivered: int = 0
+    """Of the duplicates, those skipped by offset alone."""
+    batches: int = 0
+
+
+@dataclass(slots=True)
+class _Outcome(FoldCounts):
     """What one committed micro-batch did."""
 
-    applied: int = 0
-    duplicates: int = 0
-    failed: int = 0
-    late: int = 0
-    beyond_horizon: int = 0
-    erased: int = 0
     received_at: list[int] = field(default_factory=list)
     event_ts: list[int] = field(default_factory=list)
     states: dict[PlayerKey, ProfileState] = field(default_factory=dict)
@@ -309,19 +328,10 @@ class ProfileFolder:
 
     def _count(self, outcome: _Outcome, seconds: float) -> None:
         """Counted once committed: an attempt that failed and was retried is not."""
-        self.stats.applied += outcome.applied
-        self.stats.duplicates += outcome.duplicates
-        self.stats.failed += outcome.failed
-        self.stats.late += outcome.late
-        self.stats.beyond_horizon += outcome.beyond_horizon
-        self.stats.erased += outcome.erased
-        if outcome.erased:
-            metrics.ERASED_EVENTS_DROPPED.inc(outcome.erased)
-        metrics.EVENTS_FOLDED.inc(outcome.applied)
-        metrics.EVENTS_DUPLICATE.inc(outcome.duplicates)
-        metrics.EVENTS_FAILED.inc(outcome.failed)
-        metrics.LATE_EVENTS.inc(outcome.late)
-        metrics.EVENTS_BEYOND_DEDUP_HORIZON.inc(outcome.beyond_horizon)
+        self.stats.add(outcome)
+        for name, counter in _COUNTERS.items():
+            if count := getattr(outcome, name):
+                counter.inc(count)
         metrics.FOLD_BATCH_SECONDS.observe(seconds)
         committed_us = time.time_ns() // 1000
         freshness = [max(0, committed_us - us) / 1_000_000 for us in outcome.received_at]
