@@ -26,7 +26,8 @@ read. States are the sketches' own binary forms, so a profile stays msgpack byte
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import datasketches as ds
 
@@ -71,19 +72,37 @@ def hll_estimate(state: bytes) -> float:
     return float(union.get_estimate())
 
 
-def kll_add(state: bytes | None, value: float) -> bytes:
-    """``state`` (or an empty KLL sketch) with ``value`` added."""
-    sketch = ds.kll_doubles_sketch.deserialize(state) if state else ds.kll_doubles_sketch(KLL_K)
+def _updated(kind: Any, empty: Callable[[], Any], state: bytes | None, value: Any) -> bytes:
+    """``state`` (or ``empty()``) of sketch class ``kind`` with ``value`` added."""
+    sketch = kind.deserialize(state) if state else empty()
     sketch.update(value)
     return bytes(sketch.serialize())
 
 
+def _merged(kind: Any, empty: Callable[[], Any], states: Iterable[bytes]) -> bytes:
+    """One sketch of class ``kind`` holding all of ``states``."""
+    out = empty()
+    for state in states:
+        out.merge(kind.deserialize(state))
+    return bytes(out.serialize())
+
+
+def _new_kll() -> Any:
+    return ds.kll_doubles_sketch(KLL_K)
+
+
+def _new_freq() -> Any:
+    return ds.frequent_strings_sketch(FREQ_LG_MAX)
+
+
+def kll_add(state: bytes | None, value: float) -> bytes:
+    """``state`` (or an empty KLL sketch) with ``value`` added."""
+    return _updated(ds.kll_doubles_sketch, _new_kll, state, value)
+
+
 def kll_merge(states: Iterable[bytes]) -> bytes:
     """One KLL sketch of all values of ``states``."""
-    out = ds.kll_doubles_sketch(KLL_K)
-    for state in states:
-        out.merge(ds.kll_doubles_sketch.deserialize(state))
-    return bytes(out.serialize())
+    return _merged(ds.kll_doubles_sketch, _new_kll, states)
 
 
 def kll_quantile(state: bytes, q: float) -> float:
@@ -98,21 +117,12 @@ def kll_exact(state: bytes) -> bool:
 
 def freq_add(state: bytes | None, value: str) -> bytes:
     """``state`` (or an empty frequent-items sketch) with one more ``value``."""
-    sketch = (
-        ds.frequent_strings_sketch.deserialize(state)
-        if state
-        else ds.frequent_strings_sketch(FREQ_LG_MAX)
-    )
-    sketch.update(value)
-    return bytes(sketch.serialize())
+    return _updated(ds.frequent_strings_sketch, _new_freq, state, value)
 
 
 def freq_merge(states: Iterable[bytes]) -> bytes:
     """One frequent-items sketch of all values of ``states``."""
-    out = ds.frequent_strings_sketch(FREQ_LG_MAX)
-    for state in states:
-        out.merge(ds.frequent_strings_sketch.deserialize(state))
-    return bytes(out.serialize())
+    return _merged(ds.frequent_strings_sketch, _new_freq, states)
 
 
 def freq_top(state: bytes, k: int) -> list[tuple[str, int]]:
