@@ -6,7 +6,7 @@ import asyncio
 import gc
 import time
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import msgspec
@@ -135,8 +135,10 @@ def _openapi_config() -> OpenAPIConfig:
     )
 
 
-def create_app(settings: Settings, on_fatal: Callable[[str], None] | None = None) -> Litestar:
-    """The ASGI app for ``settings``, which must name a database and brokers.
+def _lifespan(
+    settings: Settings, on_fatal: Callable[[str], None] | None
+) -> Callable[[Litestar], AbstractAsyncContextManager[None]]:
+    """Open the services, run the stream agents beside HTTP, and stop in order.
 
     ``on_fatal`` is called if the stream agents crash: a process that accepts events it
     can no longer fold must stop (and be restarted), not limp on.
@@ -177,14 +179,29 @@ def create_app(settings: Settings, on_fatal: Callable[[str], None] | None = None
         finally:
             await services.close()
 
+    return lifespan
+
+
+STRICT_BODIES: list[type[msgspec.Struct]] = [
+    ActivateBody,
+    GuardBody,
+    Instance,
+    OutcomeBody,
+    PredictRequest,
+    RolloutBody,
+]
+"""Request bodies that refuse unknown fields (``additionalProperties: false``)."""
+
+
+def create_app(settings: Settings, on_fatal: Callable[[str], None] | None = None) -> Litestar:
+    """The ASGI app for ``settings``, which must name a database and brokers (``on_fatal``:
+    see :func:`_lifespan`)."""
     docs_assets = create_static_files_router(
-        path=DOCS_ASSETS,
-        directories=[STATIC / "docs"],
-        include_in_schema=False,
+        path=DOCS_ASSETS, directories=[STATIC / "docs"], include_in_schema=False
     )
     app = Litestar(
         route_handlers=[*build_routes(settings), docs_assets],
-        lifespan=[lifespan],
+        lifespan=[_lifespan(settings, on_fatal)],
         dependencies={name: _provider(attribute) for name, attribute in PROVIDED.items()},
         middleware=[DefineMiddleware(ApiKeyAuthentication, exclude=PUBLIC_PATHS)],
         exception_handlers={HTTPException: handle_http_error, Exception: handle_unexpected},
@@ -193,15 +210,7 @@ def create_app(settings: Settings, on_fatal: Callable[[str], None] | None = None
         debug=False,
         logging_config=None,  # structlog owns logging (app.log)
     )
-    strict: list[type[msgspec.Struct]] = [
-        ActivateBody,
-        GuardBody,
-        Instance,
-        OutcomeBody,
-        PredictRequest,
-        RolloutBody,
-    ]
-    finish(app, settings, strict)
+    finish(app, settings, STRICT_BODIES)
     # Outermost, around routing too (app-level middleware runs after routing).
     app.asgi_handler = ServerTiming(app.asgi_handler)
     return app

@@ -474,7 +474,7 @@ def _refuse_large_uploads(limit: int) -> Any:
 
 def model_routes(settings: Settings) -> list[HTTPRouteHandler]:
     """Route handlers for models: admin ones, then predictions."""
-    return [*_admin_routes(settings), *_prediction_routes()]
+    return [*_admin_routes(settings), *_report_routes(), *_prediction_routes()]
 
 
 def _options(path: str, methods: str) -> HTTPRouteHandler:
@@ -530,6 +530,14 @@ def _admin_routes(settings: Settings) -> list[HTTPRouteHandler]:
             summary="Set the outcome experiment reports count",
             **secured(Role.ADMIN, 400, 404, 422, **tags),
         )(set_outcome),
+    ]
+
+
+def _report_routes() -> list[HTTPRouteHandler]:
+    """Experiment and drift reports (admin keys)."""
+    path = "/v1/admin/models/{name:str}"
+    tags = {"tags": ["models"]}
+    return [
         get(
             f"{path}/experiment",
             summary="Experiment report: outcomes per version against the control",
