@@ -37,6 +37,7 @@ from app.replay import hold_serving_lock, sync_features
 from app.settings import Settings
 from app.streams.app import create_stream_app
 from app.streams.folding import ProfileFolder
+from app.streams.hop_sample import HopRecord, HopSampler, write_hops
 from app.streams.lag import LagProbe
 from app.streams.lake import LakeArchiver, write_events, write_predictions
 from app.streams.prediction_log import PredictionLog
@@ -64,6 +65,7 @@ class Services:
     archiver: LakeArchiver[EventRecord]
     prediction_log: PredictionLog
     prediction_archiver: LakeArchiver[PredictionRecord]
+    hop_archiver: LakeArchiver[HopRecord]
     model_changes: ChangeListener
     reads: FastReads
     stream_app: faust.App
@@ -105,6 +107,7 @@ class Services:
         await self.archiver.flush()
         await self.prediction_log.close()
         await self.prediction_archiver.flush()
+        await self.hop_archiver.flush()
 
     async def close(self) -> None:
         """Release clients and pools (the stream app is stopped by its own lifespan)."""
@@ -159,6 +162,13 @@ async def open_services(settings: Settings) -> Services:
         writer=write_predictions,
         tombstones=tombstones,
     )
+    hop_archiver: LakeArchiver[HopRecord] = LakeArchiver(
+        settings.lake_dir,
+        flush_s=settings.lake_flush_s,
+        flush_events=settings.lake_flush_events,
+        writer=write_hops,
+    )
+    folder.hop_sampler = HopSampler(settings.hop_sample, hop_archiver)
     location = LakeLocation.of(settings)
     eraser = Eraser(
         engine,
@@ -186,6 +196,7 @@ async def open_services(settings: Settings) -> Services:
         folder=folder,
         archiver=archiver,
         prediction_archiver=prediction_archiver,
+        hop_archiver=hop_archiver,
     )
     if settings.lake_compact_interval_s > 0:
 
@@ -222,6 +233,7 @@ async def open_services(settings: Settings) -> Services:
         archiver=archiver,
         prediction_log=prediction_log,
         prediction_archiver=prediction_archiver,
+        hop_archiver=hop_archiver,
         model_changes=ChangeListener(settings.database_url or "", MODEL_CHANNEL, registry.forget),
         reads=reads,
         stream_app=stream_app,

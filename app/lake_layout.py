@@ -1,7 +1,8 @@
 """The Parquet lake's layout: what the archive writes and compaction rewrites.
 
-``<lake>/events/game=GAME/date=YYYY-MM-DD/*.parquet`` (CONTRACT.md), and the same for
-``predictions``. One definition, so every writer keeps every column.
+``<lake>/events/game=GAME/date=YYYY-MM-DD/*.parquet``, and the same for ``predictions``
+and ``hops`` (the per-hop time sample, dated by when the event was received). One
+definition, so every writer keeps every column.
 """
 
 from __future__ import annotations
@@ -36,6 +37,22 @@ PREDICTIONS_SCHEMA = pa.schema(
         ("latency_us", pa.int64()),
         ("outputs", pa.string()),
         ("features", pa.string()),
+    ]
+)
+
+
+HOPS_SCHEMA = pa.schema(
+    [
+        # A sample of folded events (PLAYERPULSE_HOP_SAMPLE), with the time of each hop.
+        # No player or event id: a latency sample says nothing about anyone.
+        ("type", pa.string()),
+        ("partition", pa.int32()),
+        ("offset", pa.int64()),
+        ("ts", TIMESTAMP),  # event time: the device's, clock-corrected
+        ("device_ts", TIMESTAMP),  # the device's own time when corrected, else null
+        ("received_at", TIMESTAMP),
+        ("appended_at", TIMESTAMP),  # the broker's timestamp (millisecond precision)
+        ("folded_at", TIMESTAMP),  # once the fold transaction holding it committed
     ]
 )
 

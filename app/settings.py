@@ -73,6 +73,9 @@ class Settings:
     """PLAYERPULSE_LAKE_FLUSH_S: longest an event waits in memory before its Parquet file."""
     lake_flush_events: int = 20_000
     """PLAYERPULSE_LAKE_FLUSH_EVENTS: events that trigger an early Parquet flush."""
+    hop_sample: float = 0.01
+    """PLAYERPULSE_HOP_SAMPLE: the fraction (0 to 1) of folded events whose per-hop times
+    are written to the lake (``hops``); 0 writes none."""
     applied_ids_retention_s: float = 7 * 86400
     """PLAYERPULSE_APPLIED_IDS_RETENTION_S: how long an applied event id is remembered."""
     lake_url: str | None = None
@@ -160,6 +163,8 @@ class Settings:
             raise SettingsError(f"{PREFIX}LAKE_RETENTION_DAYS must be 0 or more (unset: keep)")
         if settings.workers < 0:
             raise SettingsError(f"{PREFIX}WORKERS must be 0 (one per core) or more")
+        if not 0 <= settings.hop_sample <= 1:
+            raise SettingsError(f"{PREFIX}HOP_SAMPLE must be a fraction from 0 to 1")
         if settings.log_format not in ("console", "json"):
             raise SettingsError(
                 f"{PREFIX}LOG_FORMAT must be console or json, not {settings.log_format!r}"

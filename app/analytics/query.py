@@ -37,16 +37,30 @@ _PREDICTION_COLUMNS = {
 }
 
 
-def _predictions_source(folder: Path) -> str:
-    """A SELECT over the logged predictions, plus ``game``; no rows if there are none."""
+_HOP_COLUMNS = {
+    "type": "VARCHAR",
+    "partition": "INTEGER",
+    "offset": "BIGINT",
+    "ts": "TIMESTAMPTZ",
+    "device_ts": "TIMESTAMPTZ",
+    "received_at": "TIMESTAMPTZ",
+    "appended_at": "TIMESTAMPTZ",
+    "folded_at": "TIMESTAMPTZ",
+}
+
+
+def _predictions_source(folder: Path, columns: dict[str, str] = _PREDICTION_COLUMNS) -> str:
+    """A SELECT over a kind's files (logged predictions unless ``columns`` says another),
+    plus ``game``; no rows if there are none."""
     if any(folder.glob("game=*/date=*/*.parquet")):
         pattern = str(folder / "game=*" / "date=*" / "*.parquet").replace("'", "''")
+        quoted = ", ".join(f'"{name}"' for name in columns)  # offset is a keyword
         return (
-            f"SELECT {', '.join(_PREDICTION_COLUMNS)}, game "
+            f"SELECT {quoted}, game "
             f"FROM read_parquet('{pattern}', hive_partitioning = true, "
             f"hive_types = {{'game': VARCHAR, 'date': DATE}}, union_by_name = true)"
         )
-    typed = ", ".join(f"NULL::{kind} AS {name}" for name, kind in _PREDICTION_COLUMNS.items())
+    typed = ", ".join(f'NULL::{kind} AS "{name}"' for name, kind in columns.items())
     return f"SELECT {typed}, NULL::VARCHAR AS game LIMIT 0"
 
 
@@ -56,6 +70,7 @@ def connect(lake: Path | LakeLocation) -> duckdb.DuckDBPyConnection:
     ``events``: every event, each event_id of a game once (the first received); also
     ``lake_rows`` and ``distinct_events`` (see :func:`connect_lake`).
     ``predictions``: every logged prediction (served and shadow), with ``game``.
+    ``hops``: the sample of folded events with each hop's time (PLAYERPULSE_HOP_SAMPLE).
     """
     location = lake if isinstance(lake, LakeLocation) else LakeLocation(str(lake))
     conn = connect_lake(location)
@@ -63,6 +78,8 @@ def connect(lake: Path | LakeLocation) -> duckdb.DuckDBPyConnection:
     if not is_url(location.hot):
         source = _predictions_source(hot / "predictions")
         conn.execute(f"CREATE VIEW predictions AS {source}")
+        hops = _predictions_source(hot / "hops", _HOP_COLUMNS)
+        conn.execute(f"CREATE VIEW hops AS {hops}")
     return conn
 
 

@@ -38,6 +38,7 @@ def create_stream_app(
     folder: ProfileFolder,
     archiver: LakeArchiver[EventRecord],
     prediction_archiver: LakeArchiver[PredictionRecord],
+    hop_archiver: LakeArchiver[Any] | None = None,
 ) -> faust.App:
     """The Faust app with the fold and archive agents wired to their services."""
     app = StreamApp(
@@ -115,8 +116,10 @@ def create_stream_app(
 
     @app.timer(interval=0.5, name="lake-flush")  # type: ignore[untyped-decorator]
     async def flush_lake() -> None:
-        for buffer in (archiver, prediction_archiver):
-            if buffer.due:
+        buffers: list[LakeArchiver[Any]] = [archiver, prediction_archiver]
+        buffers += [hop_archiver] if hop_archiver is not None else []
+        for buffer in buffers:
+            if buffer.due or buffer.full:
                 await buffer.flush()
 
     @app.timer(interval=600.0, name="forget-applied-ids")  # type: ignore[untyped-decorator]
