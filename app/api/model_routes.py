@@ -89,8 +89,8 @@ class GuardBody(msgspec.Struct, forbid_unknown_fields=True):
     """Limits a serving version must keep over a window of its traffic (name one or both):
     a share of failed predictions (0 up to, not including, 1) and a p99 in ms."""
 
-    max_error_rate: Annotated[float, msgspec.Meta(ge=0, lt=1)] | None = None
-    max_p99_ms: Annotated[float, msgspec.Meta(gt=0)] | None = None
+    max_error_rate: float | None = None
+    max_p99_ms: float | None = None
 
 
 class RolloutBody(msgspec.Struct, forbid_unknown_fields=True):
@@ -105,11 +105,9 @@ class OutcomeBody(msgspec.Struct, forbid_unknown_fields=True):
     """What counts as a model's outcome: an event type in a time after the exposure
     (``within``: 30m, 24h, 7d...), and its value: any, count or sum:FIELD (a props path)."""
 
-    event: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
-    within: Annotated[str, msgspec.Meta(pattern=r"^[1-9][0-9]*[smhd]$")]
-    value: Annotated[
-        str, msgspec.Meta(pattern=r"^(any|count|sum:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})$")
-    ] = "any"
+    event: str
+    within: str
+    value: str = "any"
 
 
 class GuardEventReply(msgspec.Struct):

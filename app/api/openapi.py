@@ -220,7 +220,18 @@ _GUARD = {
     "max_error_rate": {"type": ["number", "null"], "minimum": 0, "exclusiveMaximum": 1},
     "max_p99_ms": {"type": ["number", "null"], "exclusiveMinimum": 0},
 }
-"""Litestar leaves out bounds of 0 (``ge=0``, ``gt=0``); a guard names at least one."""
+"""A guard's limits (checked by the rollout, 422 naming the limit); it names one or both."""
+
+_OUTCOME = {
+    "event": {"type": "string", "minLength": 1, "maxLength": 64},
+    "within": {"type": "string", "pattern": "^[1-9][0-9]*[smhd]$"},
+    "value": {
+        "type": "string",
+        "pattern": "^(any|count|sum:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})$",
+        "default": "any",
+    },
+}
+"""An outcome's rules (checked when it is set, 422 naming the field)."""
 
 _ONE_FORM = [
     {"required": ["features"], "properties": {"features": {"type": "object"}}},
@@ -244,6 +255,9 @@ def _fix_components(schemas: dict[str, Schema], strict: list[type[msgspec.Struct
         guard.any_of = cast(
             Any, [{"required": [name], "properties": {name: {"type": "number"}}} for name in _GUARD]
         )
+    outcome = schemas.get("OutcomeBody")
+    if outcome is not None:
+        outcome.properties = cast(Any, _OUTCOME)
     rollout = schemas.get("RolloutBody")
     if rollout is not None and rollout.properties:
         split = rollout.properties["split"]
