@@ -41,6 +41,7 @@ from app.replay import sync_features
 from app.settings import Settings
 from app.streams.app import create_stream_app
 from app.streams.folding import ProfileFolder
+from app.streams.hop_sample import HopRecord, HopSampler, write_hops
 from app.streams.lag import LagProbe
 from app.streams.lake import LakeArchiver, write_events, write_predictions
 from app.streams.prediction_log import PredictionLog
@@ -70,6 +71,7 @@ class Services:
     archiver: LakeArchiver[EventRecord]
     prediction_log: PredictionLog
     prediction_archiver: LakeArchiver[PredictionRecord]
+    hop_archiver: LakeArchiver[HopRecord]
     model_changes: ChangeListener
     reads: FastReads
     stream_app: faust.App
@@ -111,6 +113,7 @@ class Services:
         await self.archiver.flush()
         await self.prediction_log.close()
         await self.prediction_archiver.flush()
+        await self.hop_archiver.flush()
 
     async def close(self) -> None:
         """Release clients and pools (the stream app is stopped by its own lifespan)."""
@@ -255,6 +258,13 @@ async def open_services(settings: Settings) -> Services:
         dedup_horizon_s=settings.dedup_horizon,
     )
     archiver, prediction_archiver = _archivers(settings, tombstones)
+    hop_archiver: LakeArchiver[HopRecord] = LakeArchiver(
+        settings.lake_dir,
+        flush_s=settings.lake_flush_s,
+        flush_events=settings.lake_flush_events,
+        writer=write_hops,
+    )
+    folder.hop_sampler = HopSampler(settings.hop_sample, hop_archiver)
     location = LakeLocation.of(settings)
     topics = (settings.events_topic, settings.predictions_topic)
     eraser = Eraser(engine, location, BrokerView(brokers, settings.consumer_group, topics))
@@ -281,6 +291,7 @@ async def open_services(settings: Settings) -> Services:
         archiver=archiver,
         prediction_log=prediction_log,
         prediction_archiver=prediction_archiver,
+        hop_archiver=hop_archiver,
         model_changes=ChangeListener(url, MODEL_CHANNEL, registry.forget),
         reads=reads,
         stream_app=create_stream_app(
@@ -291,6 +302,7 @@ async def open_services(settings: Settings) -> Services:
             archiver=archiver,
             prediction_archiver=prediction_archiver,
             housekeeping=partial(housekeeping_tick, settings),
+            hop_archiver=hop_archiver,
         ),
         lag=LagProbe(brokers, settings.consumer_group, settings.events_topic),
         read_your_writes=ReadYourWrites(

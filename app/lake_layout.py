@@ -1,8 +1,9 @@
 """The Parquet lake's layout: what the archive writes and compaction rewrites.
 
-``<lake>/events/game=GAME/date=YYYY-MM-DD/*.parquet``, and the same for ``predictions``.
-One definition, so every writer keeps every column, and one definition of which copy of
-an event counts (:data:`FIRST_RECEIVED`), so every reader keeps the same one.
+``<lake>/events/game=GAME/date=YYYY-MM-DD/*.parquet``, and the same for ``predictions``
+and ``hops`` (the per-hop time sample, dated by when the event was received). One
+definition, so every writer keeps every column, and one definition of which copy of an
+event counts (:data:`FIRST_RECEIVED`), so every reader keeps the same one.
 """
 
 from __future__ import annotations
@@ -41,6 +42,22 @@ PREDICTIONS_SCHEMA = pa.schema(
 )
 
 
+HOPS_SCHEMA = pa.schema(
+    [
+        # A sample of folded events (PLAYERPULSE_HOP_SAMPLE), with the time of each hop.
+        # No player or event id: a latency sample says nothing about anyone.
+        ("type", pa.string()),
+        ("partition", pa.int32()),
+        ("offset", pa.int64()),
+        ("ts", TIMESTAMP),  # event time: the device's, clock-corrected
+        ("device_ts", TIMESTAMP),  # the device's own time when corrected, else null
+        ("received_at", TIMESTAMP),
+        ("appended_at", TIMESTAMP),  # the broker's timestamp (millisecond precision)
+        ("folded_at", TIMESTAMP),  # once the fold transaction holding it committed
+    ]
+)
+
+
 _SQL_TYPES = {
     pa.string(): "VARCHAR",
     pa.int32(): "INTEGER",
@@ -53,7 +70,7 @@ _SQL_TYPES = {
 def typed_nulls(schema: pa.Schema) -> str:
     """A select list of typed NULLs, one per column (``NULL::VARCHAR AS event_id, ...``):
     what a query over a lake without files selects, so its views keep their columns."""
-    return ", ".join(f"NULL::{_SQL_TYPES[f.type]} AS {f.name}" for f in schema)
+    return ", ".join(f'NULL::{_SQL_TYPES[f.type]} AS "{f.name}"' for f in schema)
 
 
 EVENT_COLUMNS = ", ".join(EVENTS_SCHEMA.names)

@@ -78,6 +78,9 @@ class Settings:
     dedup_horizon: int = 86400
     """PLAYERPULSE_DEDUP_HORIZON: seconds (received time) an event id is remembered, to
     skip a client's resend; set as a duration such as 60s, 30m, 24h or 7d, or seconds."""
+    hop_sample: float = 0.01
+    """PLAYERPULSE_HOP_SAMPLE: the fraction (0 to 1) of folded events whose per-hop times
+    are written to the lake (``hops``); 0 writes none."""
     lake_url: str | None = None
     """PLAYERPULSE_LAKE_URL: the hot lake root, a directory or s3://...; unset: DATA_DIR/lake."""
     lake_cold_url: str | None = None
@@ -173,6 +176,8 @@ class Settings:
             raise SettingsError(f"{PREFIX}LAKE_RETENTION_DAYS must be 0 or more (unset: keep)")
         if settings.workers < 0:
             raise SettingsError(f"{PREFIX}WORKERS must be 0 (one per core) or more")
+        if not 0 <= settings.hop_sample <= 1:
+            raise SettingsError(f"{PREFIX}HOP_SAMPLE must be a fraction from 0 to 1")
         if settings.log_format not in ("console", "json"):
             raise SettingsError(
                 f"{PREFIX}LOG_FORMAT must be console or json, not {settings.log_format!r}"

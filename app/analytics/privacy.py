@@ -158,10 +158,11 @@ class ExpiredPartition:
 def expired_partitions(
     location: LakeLocation, days: int, today: date | None = None
 ) -> list[ExpiredPartition]:
-    """Partitions (hot and cold, events and predictions) dated more than ``days`` ago."""
+    """Partitions (hot and cold events, predictions, hop samples) dated more than ``days``
+    ago."""
     cutoff = (today or datetime.now(UTC).date()) - timedelta(days=days)
     grouped: dict[tuple[str, str, str, str], list[PartitionFile]] = {}
-    for kind in KINDS:
+    for kind in (*KINDS, "hops"):  # the hop sample holds no player: never erased, only aged
         for root in _roots(location, kind):
             for f in partition_files(root, kind):
                 try:

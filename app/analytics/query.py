@@ -9,8 +9,9 @@ from typing import Any, TextIO
 
 import duckdb
 import msgspec
+import pyarrow as pa
 
-from app.lake_layout import PREDICTION_COLUMNS, PREDICTIONS_SCHEMA, typed_nulls
+from app.lake_layout import HOPS_SCHEMA, PREDICTIONS_SCHEMA, typed_nulls
 
 from .location import LakeLocation, connect_lake, is_url
 
@@ -27,16 +28,18 @@ class QueryResult:
     rows: list[tuple[Any, ...]]
 
 
-def _predictions_source(folder: Path) -> str:
-    """A SELECT over the logged predictions, plus ``game``; no rows if there are none."""
+def _kind_source(folder: Path, schema: pa.Schema = PREDICTIONS_SCHEMA) -> str:
+    """A SELECT over a kind's files (logged predictions unless ``schema`` says another),
+    plus ``game``; no rows if there are none."""
     if any(folder.glob("game=*/date=*/*.parquet")):
         pattern = str(folder / "game=*" / "date=*" / "*.parquet").replace("'", "''")
+        quoted = ", ".join(f'"{name}"' for name in schema.names)  # offset is a keyword
         return (
-            f"SELECT {PREDICTION_COLUMNS}, game "
+            f"SELECT {quoted}, game "
             f"FROM read_parquet('{pattern}', hive_partitioning = true, "
             f"hive_types = {{'game': VARCHAR, 'date': DATE}}, union_by_name = true)"
         )
-    return f"SELECT {typed_nulls(PREDICTIONS_SCHEMA)}, NULL::VARCHAR AS game LIMIT 0"
+    return f"SELECT {typed_nulls(schema)}, NULL::VARCHAR AS game LIMIT 0"
 
 
 def connect(lake: Path | LakeLocation) -> duckdb.DuckDBPyConnection:
@@ -45,13 +48,16 @@ def connect(lake: Path | LakeLocation) -> duckdb.DuckDBPyConnection:
     ``events``: every event, each event_id of a game once (the first received); also
     ``lake_rows`` and ``distinct_events`` (see :func:`connect_lake`).
     ``predictions``: every logged prediction (served and shadow), with ``game``.
+    ``hops``: the sample of folded events with each hop's time (PLAYERPULSE_HOP_SAMPLE).
     """
     location = lake if isinstance(lake, LakeLocation) else LakeLocation(str(lake))
     conn = connect_lake(location)
     hot = Path(location.hot.removeprefix("file://"))
     if not is_url(location.hot):
-        source = _predictions_source(hot / "predictions")
+        source = _kind_source(hot / "predictions")
         conn.execute(f"CREATE VIEW predictions AS {source}")
+        hops = _kind_source(hot / "hops", HOPS_SCHEMA)
+        conn.execute(f"CREATE VIEW hops AS {hops}")
     return conn
 
 

@@ -6,18 +6,21 @@ import asyncio
 import gc
 import time
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
+import msgspec
 from faust.contrib.asgi import faust_app_running
 from litestar import Litestar
+from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.enums import ScopeType
 from litestar.exceptions import HTTPException
 from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import SwaggerRenderPlugin
+from litestar.openapi.plugins import RedocRenderPlugin, SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
+from litestar.static_files import create_static_files_router
 from litestar.types import ASGIApp, Receive, Scope, Send
 
 from app import __version__
@@ -26,8 +29,18 @@ from app.log import get_logger
 from app.settings import Settings
 
 from .auth import PUBLIC_PATHS, ApiKeyAuthentication
+from .dashboard import STATIC
 from .errors import handle_http_error, handle_unexpected
-from .routes import build_routes, provide_services
+from .model_routes import (
+    ActivateBody,
+    GuardBody,
+    Instance,
+    OutcomeBody,
+    PredictRequest,
+    RolloutBody,
+)
+from .openapi import finish
+from .routes import build_routes
 
 log = get_logger(__name__)
 
@@ -64,8 +77,68 @@ class ServerTiming:
         await self.app(scope, receive, timed)
 
 
-def create_app(settings: Settings, on_fatal: Callable[[str], None] | None = None) -> Litestar:
-    """The ASGI app for ``settings``, which must name a database and brokers.
+# What each route may ask for by name (Litestar dependency injection): one part of the
+# services each, never the whole container.
+PROVIDED = {
+    "profiles": "profiles",
+    "read_your_writes": "read_your_writes",
+    "failed_events": "failed_events",
+    "ingestor": "ingestor",
+    "registry": "registry",
+    "experiments": "experiments",
+    "privacy": "privacy",
+    "eraser": "eraser",
+    "lag_probe": "lag",
+}
+
+DOCS_ASSETS = "/docs/assets"
+
+
+def _provider(attribute: str) -> Provide:
+    def provide(state: State) -> Any:
+        return getattr(state.services, attribute)
+
+    return Provide(provide, sync_to_thread=False)
+
+
+def _openapi_config() -> OpenAPIConfig:
+    """The document at /schema/openapi.json, Swagger UI at /schema/swagger and ReDoc at
+    /schema/redoc, their assets served from here (no CDN)."""
+    favicon = (
+        f"<link rel='icon' type='image/png' href='{DOCS_ASSETS}/swagger-ui/favicon-32x32.png'>"
+    )
+    swagger = f"{DOCS_ASSETS}/swagger-ui"
+    return OpenAPIConfig(
+        title="PlayerPulse",
+        version=__version__,
+        description="Live player events in; real-time profiles and ONNX predictions out. "
+        'Every error is `{"error": "...", "detail": ...}`.',
+        path="/schema",
+        render_plugins=[
+            SwaggerRenderPlugin(
+                js_url=f"{swagger}/swagger-ui-bundle.js",
+                css_url=f"{swagger}/swagger-ui.css",
+                standalone_preset_js_url=f"{swagger}/swagger-ui-standalone-preset.js",
+                favicon=favicon,
+            ),
+            RedocRenderPlugin(
+                js_url=f"{DOCS_ASSETS}/redoc/redoc.standalone.js",
+                google_fonts=False,
+                favicon=favicon,
+            ),
+        ],
+        components=Components(
+            security_schemes={
+                "apiKey": SecurityScheme(type="http", scheme="bearer", description="API key")
+            }
+        ),
+    )
+
+
+def _lifespan(
+    settings: Settings, on_fatal: Callable[[str], None] | None
+) -> Callable[[Litestar], AbstractAsyncContextManager[None]]:
+    """Open the services, run the stream agents beside HTTP, and stop in order.
 
     ``on_fatal`` is called if the stream agents crash: a process that accepts events it
     can no longer fold must stop (and be restarted), not limp on.
@@ -83,6 +156,7 @@ def create_app(settings: Settings, on_fatal: Callable[[str], None] | None = None
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         services = await open_services(settings)
         app.state.services = services
+        app.state.api_keys = services.keys  # for the authentication middleware
         try:
             # Before the agents join: a changed features file rebuilds profiles first.
             await services.start()
@@ -105,29 +179,38 @@ def create_app(settings: Settings, on_fatal: Callable[[str], None] | None = None
         finally:
             await services.close()
 
+    return lifespan
+
+
+STRICT_BODIES: list[type[msgspec.Struct]] = [
+    ActivateBody,
+    GuardBody,
+    Instance,
+    OutcomeBody,
+    PredictRequest,
+    RolloutBody,
+]
+"""Request bodies that refuse unknown fields (``additionalProperties: false``)."""
+
+
+def create_app(settings: Settings, on_fatal: Callable[[str], None] | None = None) -> Litestar:
+    """The ASGI app for ``settings``, which must name a database and brokers (``on_fatal``:
+    see :func:`_lifespan`)."""
+    docs_assets = create_static_files_router(
+        path=DOCS_ASSETS, directories=[STATIC / "docs"], include_in_schema=False
+    )
     app = Litestar(
-        route_handlers=build_routes(settings),
-        lifespan=[lifespan],
-        dependencies={"services": Provide(provide_services, sync_to_thread=False)},
+        route_handlers=[*build_routes(settings), docs_assets],
+        lifespan=[_lifespan(settings, on_fatal)],
+        dependencies={name: _provider(attribute) for name, attribute in PROVIDED.items()},
         middleware=[DefineMiddleware(ApiKeyAuthentication, exclude=PUBLIC_PATHS)],
         exception_handlers={HTTPException: handle_http_error, Exception: handle_unexpected},
         request_max_body_size=settings.max_body_bytes,
-        openapi_config=OpenAPIConfig(
-            title="PlayerPulse",
-            version=__version__,
-            description="Live player events in; real-time profiles and ONNX predictions out.",
-            path="/schema",
-            render_plugins=[SwaggerRenderPlugin()],
-            components=Components(
-                security_schemes={
-                    "apiKey": SecurityScheme(type="http", scheme="bearer", description="API key")
-                }
-            ),
-            security=[{"apiKey": []}],
-        ),
+        openapi_config=_openapi_config(),
         debug=False,
         logging_config=None,  # structlog owns logging (app.log)
     )
+    finish(app, settings, STRICT_BODIES)
     # Outermost, around routing too (app-level middleware runs after routing).
     app.asgi_handler = ServerTiming(app.asgi_handler)
     return app

@@ -14,8 +14,16 @@ from litestar.middleware.authentication import (
 )
 
 from app.domain.access import Principal, Role
+from app.keys import KeyService
 
-PUBLIC_PATHS = ["^/health$", "^/metrics$", "^/schema", "^/dashboard$", "^/dashboard/assets/"]
+PUBLIC_PATHS = [
+    "^/health$",
+    "^/metrics$",
+    "^/schema",
+    "^/docs/assets/",
+    "^/dashboard$",
+    "^/dashboard/assets/",
+]
 
 
 class ApiKeyAuthentication(AbstractAuthenticationMiddleware):
@@ -31,8 +39,8 @@ class ApiKeyAuthentication(AbstractAuthenticationMiddleware):
                 "Segment SDKs do, Basic auth with the key as user name)",
                 headers={"WWW-Authenticate": "Bearer"},
             )
-        services = connection.app.state.services
-        principal = await services.keys.authenticate(key)
+        keys: KeyService = connection.app.state.api_keys
+        principal = await keys.authenticate(key)
         if principal is None:
             raise NotAuthorizedException("unknown API key", headers={"WWW-Authenticate": "Bearer"})
         return AuthenticationResult(user=principal, auth=key)

@@ -22,10 +22,10 @@ from litestar.static_files import create_static_files_router
 from prometheus_client import Metric
 
 from app import metrics
-from app.bootstrap import Services
 from app.domain.access import Role
+from app.streams.lag import LagProbe
 
-from .auth import requires
+from .openapi import documented, secured
 
 STATIC = Path(__file__).parent / "static"
 PAGE = (STATIC / "dashboard.html").read_bytes()
@@ -131,23 +131,27 @@ async def dashboard_page() -> Response[bytes]:
     return Response(PAGE, media_type="text/html; charset=utf-8")
 
 
-async def dashboard_data(services: Services) -> DashboardSnapshot:
+async def dashboard_data(lag_probe: LagProbe) -> DashboardSnapshot:
     """Counters and latency histograms over every worker, and the fold's lag."""
-    lag = await services.lag.lag()
+    lag = await lag_probe.lag()
     return snapshot(list(metrics.registry().collect()), lag, time.time())
 
 
 def dashboard_routes() -> list[Any]:
     """The page, its assets and its data."""
     handlers: list[HTTPRouteHandler] = [
-        get("/dashboard", tags=["ops"], summary="Dashboard page", include_in_schema=False)(
-            dashboard_page
-        ),
+        get(
+            "/dashboard",
+            tags=["ops"],
+            summary="Dashboard page (no key)",
+            media_type="text/html",
+            **documented(),
+        )(dashboard_page),
         get(
             "/v1/dashboard",
-            guards=[requires(Role.READ)],
             tags=["ops"],
             summary="The dashboard's data: counters, latency histograms, fold lag",
+            **secured(Role.READ),
         )(dashboard_data),
     ]
     assets = create_static_files_router(

@@ -22,7 +22,6 @@ from litestar.status_codes import (
 )
 
 from app import metrics
-from app.bootstrap import Services
 from app.domain.access import Principal, Role
 from app.domain.events import (
     BatchError,
@@ -34,11 +33,11 @@ from app.domain.events import (
 )
 from app.domain.segment import parse_segment
 from app.domain.tokens import encode_token
-from app.ingest import BrokerUnavailable, Overloaded
+from app.ingest import BrokerUnavailable, Ingestor, Overloaded
 from app.settings import Settings
 
-from .auth import requires
 from .errors import ApiError
+from .openapi import secured
 
 
 class IngestReply(msgspec.Struct):
@@ -66,15 +65,11 @@ class SegmentReply(msgspec.Struct):
 _sent_at = msgspec.json.Decoder(datetime)
 
 
-async def send_events(request: Request[Principal, Any, Any], services: Services) -> IngestReply:
-    """Accept a batch of events; 202 only once the broker has every accepted one.
-
-    An ``X-Sent-At`` header (RFC 3339: when the device sent the batch) corrects each
-    event's device time by how far the device clock is off ours; the original is kept.
-    """
+def _sent_at_header(request: Request[Any, Any, Any]) -> datetime | None:
+    """The ``X-Sent-At`` header as a time with an offset, if sent."""
     sent_header = request.headers.get("x-sent-at")
     sent_at = None
-    if sent_header:
+    if sent_header is not None:
         try:
             sent_at = _sent_at.decode(msgspec.json.encode(sent_header))
         except msgspec.ValidationError:
@@ -83,25 +78,38 @@ async def send_events(request: Request[Principal, Any, Any], services: Services)
             ) from None
         if sent_at.tzinfo is None:
             raise ApiError(HTTP_400_BAD_REQUEST, "X-Sent-At: needs a UTC offset")
-    body, received_at = await _body(request, services.settings)
-    try:
-        records, rejections = parse_batch(
-            body, request.user.game, received_at, limits=_limits(services), sent_at=sent_at
-        )
-    except BatchTooLarge as exc:
-        raise ApiError(HTTP_413_REQUEST_ENTITY_TOO_LARGE, str(exc)) from None
-    except BatchError as exc:
-        raise ApiError(HTTP_400_BAD_REQUEST, str(exc)) from None
-    token = await _accept(services, request, records, rejections)
-    return IngestReply(accepted=len(records), rejected=rejections, token=token)
+    return sent_at
 
 
-def _segment_handler(single: str | None) -> Any:
-    async def handler(request: Request[Principal, Any, Any], services: Services) -> SegmentReply:
-        body, received_at = await _body(request, services.settings)
+def _events_handler(limits: IngestLimits, max_body: int) -> Any:
+    async def send_events(request: Request[Principal, Any, Any], ingestor: Ingestor) -> IngestReply:
+        """Accept a batch of events; 202 only once the broker has every accepted one.
+
+        An ``X-Sent-At`` header (RFC 3339: when the device sent the batch) corrects each
+        event's device time by how far the device clock is off ours; the original is kept.
+        """
+        sent_at = _sent_at_header(request)
+        body, received_at = await _body(request, max_body)
+        try:
+            records, rejections = parse_batch(
+                body, request.user.game, received_at, limits=limits, sent_at=sent_at
+            )
+        except BatchTooLarge as exc:
+            raise ApiError(HTTP_413_REQUEST_ENTITY_TOO_LARGE, str(exc)) from None
+        except BatchError as exc:
+            raise ApiError(HTTP_400_BAD_REQUEST, str(exc)) from None
+        token = await _accept(ingestor, request, records, rejections)
+        return IngestReply(accepted=len(records), rejected=rejections, token=token)
+
+    return send_events
+
+
+def _segment_handler(single: str | None, limits: IngestLimits, max_body: int) -> Any:
+    async def handler(request: Request[Principal, Any, Any], ingestor: Ingestor) -> SegmentReply:
+        body, received_at = await _body(request, max_body)
         try:
             records, rejections = parse_segment(
-                body, request.user.game, received_at, single=single, limits=_limits(services)
+                body, request.user.game, received_at, single=single, limits=limits
             )
         except BatchTooLarge as exc:
             raise ApiError(HTTP_413_REQUEST_ENTITY_TOO_LARGE, str(exc)) from None
@@ -109,7 +117,7 @@ def _segment_handler(single: str | None) -> Any:
             raise ApiError(HTTP_400_BAD_REQUEST, str(exc)) from None
         if single is not None and rejections:
             raise ApiError(HTTP_400_BAD_REQUEST, rejections[0].error)
-        token = await _accept(services, request, records, rejections)
+        token = await _accept(ingestor, request, records, rejections)
         return SegmentReply(success=True, accepted=len(records), rejected=rejections, token=token)
 
     handler.__name__ = f"segment_{single or 'batch'}"
@@ -121,7 +129,7 @@ def _segment_handler(single: str | None) -> Any:
 
 
 async def _accept(
-    services: Services,
+    ingestor: Ingestor,
     request: Request[Principal, Any, Any],
     records: list[EventRecord],
     rejections: list[Rejection],
@@ -130,7 +138,7 @@ async def _accept(
     if rejections:  # every update writes the worker's metrics file: not for nothing
         metrics.EVENTS_REJECTED.inc(len(rejections))
     try:
-        offsets = await services.ingestor.accept(str(request.auth), records)
+        offsets = await ingestor.accept(str(request.auth), records)
     except Overloaded as exc:
         status = HTTP_429_TOO_MANY_REQUESTS if exc.rate_limited else HTTP_503_SERVICE_UNAVAILABLE
         raise ApiError(
@@ -163,20 +171,11 @@ def _observe_hops(records: list[EventRecord]) -> None:
     )
 
 
-def _limits(services: Services) -> IngestLimits:
-    settings = services.settings
-    return IngestLimits(
-        max_event_bytes=settings.max_event_bytes, max_batch_events=settings.max_batch_events
-    )
-
-
-async def _body(request: Request[Any, Any, Any], settings: Settings) -> tuple[bytes, int]:
+async def _body(request: Request[Any, Any, Any], max_body: int) -> tuple[bytes, int]:
     """The decoded body and the time we received it (microseconds)."""
     body = await request.body()
     received_at = time.time_ns() // 1000
-    return _decoded(body, request.headers.get("content-encoding"), settings.max_body_bytes), (
-        received_at
-    )
+    return _decoded(body, request.headers.get("content-encoding"), max_body), received_at
 
 
 def _decoded(body: bytes, encoding: str | None, limit: int) -> bytes:
@@ -223,19 +222,21 @@ def _decoded(body: bytes, encoding: str | None, limit: int) -> bytes:
 
 
 def ingest_routes(settings: Settings) -> list[HTTPRouteHandler]:
-    """Route handlers for ingest, with the limits of the settings."""
-    common: dict[str, Any] = {
-        "guards": [requires(Role.INGEST)],
-        "request_max_body_size": settings.max_body_bytes,
-        "tags": ["events"],
-    }
+    """Route handlers for ingest, with the limits of the settings (built once)."""
+    limits = IngestLimits(
+        max_event_bytes=settings.max_event_bytes, max_batch_events=settings.max_batch_events
+    )
+    most = settings.max_body_bytes
+    common = secured(
+        Role.INGEST, 400, 413, 415, 429, 503, request_max_body_size=most, tags=["events"]
+    )
     routes = [
         post(
             "/v1/events",
             status_code=HTTP_202_ACCEPTED,
             summary="Send a batch of events",
             **common,
-        )(send_events)
+        )(_events_handler(limits, most))
     ]
     for single in (None, "track", "identify", "page", "screen"):
         routes.append(
@@ -244,6 +245,6 @@ def ingest_routes(settings: Settings) -> list[HTTPRouteHandler]:
                 status_code=HTTP_200_OK,
                 summary=f"Segment-compatible {single or 'batch'}",
                 **common,
-            )(_segment_handler(single))
+            )(_segment_handler(single, limits, most))
         )
     return routes

@@ -8,35 +8,39 @@ from datetime import date, datetime
 from typing import Annotated, Any
 
 import msgspec
-from litestar import Request, Response, get, post, put
+from litestar import Request, Response, get, post, put, route
 from litestar.datastructures import UploadFile
-from litestar.enums import RequestEncodingType
+from litestar.enums import HttpMethod, RequestEncodingType
 from litestar.handlers import HTTPRouteHandler
 from litestar.params import Body, Parameter
 from litestar.status_codes import (
     HTTP_200_OK,
     HTTP_201_CREATED,
+    HTTP_204_NO_CONTENT,
     HTTP_404_NOT_FOUND,
     HTTP_409_CONFLICT,
     HTTP_422_UNPROCESSABLE_ENTITY,
 )
 
 from app import metrics
-from app.bootstrap import Services
 from app.domain.access import Principal, Role
 from app.domain.guard import Guard, GuardError
 from app.domain.outcome import Outcome, OutcomeError
 from app.domain.rollout import Rollout, RolloutError
-from app.experiments import Period, ReportUnavailable, UnknownModelName
-from app.models.registry import ModelInfo, Prediction, UnknownModel
+from app.experiments import ExperimentService, Period, ReportUnavailable, UnknownModelName
+from app.models.registry import ModelInfo, ModelRegistry, Prediction, UnknownModel
 from app.models.runtime import ModelRejected, PredictionFailed
+from app.profiles import ProfileService, ReadYourWrites
 from app.settings import Settings
 
-from .auth import requires
 from .errors import ApiError
-from .read_your_writes import After, WaitMs, await_token
+from .openapi import secured
+from .read_your_writes import After, Freshness, WaitMs, await_token, freshness_of
 
 # -- bodies ----------------------------------------------------------------------------
+
+
+FROM = "First day (UTC) of the period; it may not be after `to`."
 
 
 class ModelVersionReply(msgspec.Struct):
@@ -47,12 +51,16 @@ class ModelVersionReply(msgspec.Struct):
 
 
 class PredictionReply(msgspec.Struct):
-    """A model's outputs for one player, and which version answered."""
+    """A model's outputs for one player, and which version answered.
+
+    ``freshness``: of the profile the prediction was made on (null for explicit features).
+    """
 
     model: str
     version: int
     outputs: dict[str, Any]
     player_id: str | None = None
+    freshness: Freshness | None = None
 
 
 class BatchPredictionReply(msgspec.Struct):
@@ -78,7 +86,8 @@ class PredictRequest(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class GuardBody(msgspec.Struct, forbid_unknown_fields=True):
-    """Limits a serving version must keep over a window of its traffic."""
+    """Limits a serving version must keep over a window of its traffic (name one or both):
+    a share of failed predictions (0 up to, not including, 1) and a p99 in ms."""
 
     max_error_rate: float | None = None
     max_p99_ms: float | None = None
@@ -93,7 +102,8 @@ class RolloutBody(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class OutcomeBody(msgspec.Struct, forbid_unknown_fields=True):
-    """What counts as a model's outcome: an event type in a time after the exposure."""
+    """What counts as a model's outcome: an event type in a time after the exposure
+    (``within``: 30m, 24h, 7d...), and its value: any, count or sum:FIELD (a props path)."""
 
     event: str
     within: str
@@ -177,12 +187,15 @@ def _rollout_reply(rollout: Rollout) -> RolloutReply:
     )
 
 
-def _reply(prediction: Prediction, player_id: str | None = None) -> PredictionReply:
+def _reply(
+    prediction: Prediction, player_id: str | None = None, freshness: Freshness | None = None
+) -> PredictionReply:
     return PredictionReply(
         model=prediction.model,
         version=prediction.version,
         outputs=prediction.outputs,
         player_id=player_id,
+        freshness=freshness,
     )
 
 
@@ -192,7 +205,7 @@ def _reply(prediction: Prediction, player_id: str | None = None) -> PredictionRe
 async def upload_model(
     name: str,
     request: Request[Principal, Any, Any],
-    services: Services,
+    registry: ModelRegistry,
     data: Annotated[dict[str, Any], Body(media_type=RequestEncodingType.MULTI_PART)],
     activate: bool = True,
 ) -> ModelVersionReply:
@@ -214,7 +227,7 @@ async def upload_model(
     stats = data.get("training_stats")
     stats_raw = await stats.read() if isinstance(stats, UploadFile) else stats
     try:
-        version = await services.registry.upload(
+        version = await registry.upload(
             request.user.game, name, raw, manifest_raw, activate=activate, training_stats=stats_raw
         )
     except ModelRejected as exc:
@@ -226,7 +239,9 @@ async def predict_for_player(
     player_id: str,
     name: str,
     request: Request[Principal, Any, Any],
-    services: Services,
+    registry: ModelRegistry,
+    profiles: ProfileService,
+    read_your_writes: ReadYourWrites,
     after: After = None,
     wait_ms: WaitMs = 1000,
 ) -> Response[PredictionReply]:
@@ -237,19 +252,23 @@ async def predict_for_player(
     and all of the application's handling of the request), the wait for ``after`` aside.
     """
     game = request.user.game
-    await await_token(services, game, player_id, after, wait_ms)
+    await await_token(read_your_writes, game, player_id, after, wait_ms)
     started = time.perf_counter()
-    profile = await services.profiles.get(game, player_id)
+    profile = await profiles.get(game, player_id)
     if profile is None:
         raise ApiError(HTTP_404_NOT_FOUND, f"player {player_id!r} has no events in this game")
     read = time.perf_counter()
-    prediction = await _predict(services, game, name, profile.features, player_id)
-    return _timed(_reply(prediction, player_id), started, read)
+    prediction = await _predict(registry, game, name, profile.features, player_id)
+    return _timed(_reply(prediction, player_id, freshness_of(profile)), started, read)
 
 
 async def predict(
-    name: str, data: PredictRequest, request: Request[Principal, Any, Any], services: Services
-) -> Response[PredictionReply] | BatchPredictionReply:
+    name: str,
+    data: PredictRequest,
+    request: Request[Principal, Any, Any],
+    registry: ModelRegistry,
+    profiles: ProfileService,
+) -> Response[PredictionReply | BatchPredictionReply]:
     """Predict on explicit features (to test a model), on several, or for several players.
 
     ``{"features": {...}}`` answers one prediction; ``{"instances": [{"features": ...},
@@ -265,28 +284,25 @@ async def predict(
     game = request.user.game
     if data.features is not None:
         started = time.perf_counter()
-        prediction = await _predict(services, game, name, data.features, data.player_id)
+        prediction = await _predict(registry, game, name, data.features, data.player_id)
         return _timed(_reply(prediction, data.player_id), started)
     if data.instances is not None:
         answers = [
-            _reply(await _predict(services, game, name, i.features, i.player_id), i.player_id)
+            _reply(await _predict(registry, game, name, i.features, i.player_id), i.player_id)
             for i in data.instances
         ]
-        return BatchPredictionReply(answers)
+        return Response(BatchPredictionReply(answers))
     answers = []
     for player_id in data.players or []:
-        profile = await services.profiles.get(game, player_id)
+        profile = await profiles.get(game, player_id)
         if profile is None:
             raise ApiError(HTTP_404_NOT_FOUND, f"player {player_id!r} has no events in this game")
-        answers.append(
-            _reply(await _predict(services, game, name, profile.features, player_id), player_id)
-        )
-    return BatchPredictionReply(answers)
+        prediction = await _predict(registry, game, name, profile.features, player_id)
+        answers.append(_reply(prediction, player_id, freshness_of(profile)))
+    return Response(BatchPredictionReply(answers))
 
 
-def _timed(
-    reply: PredictionReply, started: float, read: float | None = None
-) -> Response[PredictionReply]:
+def _timed(reply: PredictionReply, started: float, read: float | None = None) -> Response[Any]:
     """The reply, with how long the handler took in ``Server-Timing`` (ms).
 
     ``profile``: reading and evaluating the profile; ``model``: choosing the version and
@@ -310,10 +326,10 @@ def _timed(
 
 
 async def _predict(
-    services: Services, game: str, name: str, features: dict[str, Any], player_id: str | None
+    registry: ModelRegistry, game: str, name: str, features: dict[str, Any], player_id: str | None
 ) -> Prediction:
     try:
-        return await services.registry.predict(game, name, features, player_id)
+        return await registry.predict(game, name, features, player_id)
     except UnknownModel:
         raise ApiError(HTTP_404_NOT_FOUND, f"model {name!r} has no version in this game") from None
     except ModelRejected as exc:
@@ -324,38 +340,40 @@ async def _predict(
         raise ApiError(HTTP_422_UNPROCESSABLE_ENTITY, f"model {name!r}: {exc}") from None
 
 
-async def list_models(request: Request[Principal, Any, Any], services: Services) -> ModelsReply:
+async def list_models(
+    request: Request[Principal, Any, Any], registry: ModelRegistry
+) -> ModelsReply:
     """The game's models, with every version, its manifest and upload time, and rollouts."""
-    infos = await services.registry.describe(request.user.game)
+    infos = await registry.describe(request.user.game)
     return ModelsReply([_model_reply(i) for i in infos])
 
 
 async def get_model(
-    name: str, request: Request[Principal, Any, Any], services: Services
+    name: str, request: Request[Principal, Any, Any], registry: ModelRegistry
 ) -> ModelReply:
     """One model, with every version and its rollout."""
-    infos = await services.registry.describe(request.user.game, name)
+    infos = await registry.describe(request.user.game, name)
     if not infos:
         raise ApiError(HTTP_404_NOT_FOUND, f"model {name!r} has no version in this game")
     return _model_reply(infos[0])
 
 
 async def activate_version(
-    name: str, data: ActivateBody, request: Request[Principal, Any, Any], services: Services
+    name: str, data: ActivateBody, request: Request[Principal, Any, Any], registry: ModelRegistry
 ) -> RolloutReply:
     """Serve one version to every player."""
-    return await _change(services.registry.activate(request.user.game, name, data.version), name)
+    return await _change(registry.activate(request.user.game, name, data.version), name)
 
 
 async def rollback(
-    name: str, request: Request[Principal, Any, Any], services: Services
+    name: str, request: Request[Principal, Any, Any], registry: ModelRegistry
 ) -> RolloutReply:
     """Return to the rollout before the current one."""
-    return await _change(services.registry.rollback(request.user.game, name), name)
+    return await _change(registry.rollback(request.user.game, name), name)
 
 
 async def set_rollout(
-    name: str, data: RolloutBody, request: Request[Principal, Any, Any], services: Services
+    name: str, data: RolloutBody, request: Request[Principal, Any, Any], registry: ModelRegistry
 ) -> RolloutReply:
     """Split players between versions (sticky per player) and set or clear a shadow."""
     try:
@@ -363,11 +381,11 @@ async def set_rollout(
         rollout = Rollout(dict(data.split), data.shadow, guard)
     except (RolloutError, GuardError) as exc:
         raise ApiError(HTTP_422_UNPROCESSABLE_ENTITY, str(exc)) from None
-    return await _change(services.registry.set_rollout(request.user.game, name, rollout), name)
+    return await _change(registry.set_rollout(request.user.game, name, rollout), name)
 
 
 async def set_outcome(
-    name: str, data: OutcomeBody, request: Request[Principal, Any, Any], services: Services
+    name: str, data: OutcomeBody, request: Request[Principal, Any, Any], registry: ModelRegistry
 ) -> OutcomeBody:
     """Set what counts as the model's outcome, for its experiment report."""
     try:
@@ -375,7 +393,7 @@ async def set_outcome(
     except OutcomeError as exc:
         raise ApiError(HTTP_422_UNPROCESSABLE_ENTITY, str(exc)) from None
     try:
-        await services.registry.set_outcome(request.user.game, name, outcome)
+        await registry.set_outcome(request.user.game, name, outcome)
     except UnknownModel:
         raise ApiError(HTTP_404_NOT_FOUND, f"model {name!r} has no version in this game") from None
     return _outcome_reply(outcome)
@@ -402,30 +420,28 @@ async def _report(report: Any, name: str) -> dict[str, Any]:
 async def experiment_report(
     name: str,
     request: Request[Principal, Any, Any],
-    services: Services,
-    start: Annotated[date | None, Parameter(query="from")] = None,
+    experiments: ExperimentService,
+    start: Annotated[date | None, Parameter(query="from", description=FROM)] = None,
     end: Annotated[date | None, Parameter(query="to")] = None,
     control: int | None = None,
 ) -> dict[str, Any]:
     """Exposed players, outcomes and rates per version; uplift against the control with
     its 95% interval and p-value; the sample-ratio check; calibration of classifiers."""
     period = _period(start, end)
-    return await _report(
-        services.experiments.experiment(request.user.game, name, period, control), name
-    )
+    return await _report(experiments.experiment(request.user.game, name, period, control), name)
 
 
 async def drift_report(
     name: str,
     request: Request[Principal, Any, Any],
-    services: Services,
-    start: Annotated[date | None, Parameter(query="from")] = None,
+    experiments: ExperimentService,
+    start: Annotated[date | None, Parameter(query="from", description=FROM)] = None,
     end: Annotated[date | None, Parameter(query="to")] = None,
     version: int | None = None,
 ) -> dict[str, Any]:
     """PSI of each feature of logged predictions against the training statistics."""
     period = _period(start, end)
-    return await _report(services.experiments.drift(request.user.game, name, period, version), name)
+    return await _report(experiments.drift(request.user.game, name, period, version), name)
 
 
 async def _change(change: Any, name: str) -> RolloutReply:
@@ -455,63 +471,97 @@ def _refuse_large_uploads(limit: int) -> Any:
 
 
 def model_routes(settings: Settings) -> list[HTTPRouteHandler]:
-    """Route handlers for models."""
+    """Route handlers for models: admin ones, then predictions."""
+    return [*_admin_routes(settings), *_report_routes(), *_prediction_routes()]
+
+
+def _options(path: str, methods: str) -> HTTPRouteHandler:
+    """An explicit OPTIONS for a path served by several handlers: Litestar's own one is
+    made with the first handler registered and lists only its methods in ``Allow``."""
+
+    async def options() -> Response[None]:
+        return Response(None, status_code=HTTP_204_NO_CONTENT, headers={"Allow": methods})
+
+    return route(path, http_method=[HttpMethod.OPTIONS], include_in_schema=False)(options)
+
+
+def _admin_routes(settings: Settings) -> list[HTTPRouteHandler]:
+    """Uploads, rollouts, outcomes and reports (admin keys)."""
     upload_limit = settings.model_max_bytes + 1024 * 1024  # room for the manifest part
-    admin: dict[str, Any] = {"guards": [requires(Role.ADMIN)], "tags": ["models"]}
+    path = "/v1/admin/models/{name:str}"
+    tags = {"tags": ["models"]}
     return [
+        _options(path, "GET, OPTIONS, POST"),
         post(
-            "/v1/admin/models/{name:str}",
+            path,
             status_code=HTTP_201_CREATED,
             request_max_body_size=upload_limit,
             before_request=_refuse_large_uploads(upload_limit),
             summary="Upload a model version",
-            **admin,
+            **secured(Role.ADMIN, 400, 413, 422, **tags),
         )(upload_model),
-        get("/v1/admin/models", summary="List models, versions and rollouts", **admin)(list_models),
-        get("/v1/admin/models/{name:str}", summary="One model", **admin)(get_model),
+        get(
+            "/v1/admin/models",
+            summary="List models, versions and rollouts",
+            **secured(Role.ADMIN, **tags),
+        )(list_models),
+        get(path, summary="One model", **secured(Role.ADMIN, 400, 404, **tags))(get_model),
         post(
-            "/v1/admin/models/{name:str}/activate",
+            f"{path}/activate",
             status_code=HTTP_200_OK,
             summary="Serve one version",
-            **admin,
+            **secured(Role.ADMIN, 400, 404, 409, **tags),
         )(activate_version),
         post(
-            "/v1/admin/models/{name:str}/rollback",
+            f"{path}/rollback",
             status_code=HTTP_200_OK,
             summary="Back to the previous rollout",
-            **admin,
+            **secured(Role.ADMIN, 400, 404, 409, **tags),
         )(rollback),
         put(
-            "/v1/admin/models/{name:str}/rollout",
+            f"{path}/rollout",
             summary="Split traffic and set a shadow",
-            **admin,
+            **secured(Role.ADMIN, 400, 404, 409, 422, **tags),
         )(set_rollout),
         put(
-            "/v1/admin/models/{name:str}/outcome",
+            f"{path}/outcome",
             summary="Set the outcome experiment reports count",
-            **admin,
+            **secured(Role.ADMIN, 400, 404, 422, **tags),
         )(set_outcome),
+    ]
+
+
+def _report_routes() -> list[HTTPRouteHandler]:
+    """Experiment and drift reports (admin keys)."""
+    path = "/v1/admin/models/{name:str}"
+    tags = {"tags": ["models"]}
+    return [
         get(
-            "/v1/admin/models/{name:str}/experiment",
+            f"{path}/experiment",
             summary="Experiment report: outcomes per version against the control",
-            **admin,
+            **secured(Role.ADMIN, 400, 404, 409, 422, **tags),
         )(experiment_report),
         get(
-            "/v1/admin/models/{name:str}/drift",
+            f"{path}/drift",
             summary="Drift report: PSI of live features against the training set",
-            **admin,
+            **secured(Role.ADMIN, 400, 404, 409, 422, **tags),
         )(drift_report),
+    ]
+
+
+def _prediction_routes() -> list[HTTPRouteHandler]:
+    """Predictions (read keys)."""
+    tags = {"tags": ["predictions"]}
+    return [
         get(
             "/v1/players/{player_id:str}/predictions/{name:str}",
-            guards=[requires(Role.READ)],
-            tags=["predictions"],
             summary="Predict for a player",
+            **secured(Role.READ, 400, 404, 409, 422, 504, **tags),
         )(predict_for_player),
         post(
             "/v1/models/{name:str}/predict",
-            guards=[requires(Role.READ)],
             status_code=HTTP_200_OK,
-            tags=["predictions"],
             summary="Predict on explicit features, or for several players",
+            **secured(Role.READ, 400, 404, 409, 422, **tags),
         )(predict),
     ]

@@ -14,12 +14,11 @@ from litestar.status_codes import (
     HTTP_409_CONFLICT,
 )
 
-from app.bootstrap import Services
 from app.domain.access import Principal, Role
-from app.privacy import ErasurePending, ErasureReceipt, NoErasure, receipt
+from app.privacy import Eraser, ErasurePending, ErasureReceipt, NoErasure, PrivacyService, receipt
 
-from .auth import requires
 from .errors import ApiError
+from .openapi import secured
 
 _PLAYER_ID_MAX = 128
 
@@ -45,32 +44,32 @@ def _check_player(player_id: str) -> None:
 
 
 async def erase_player(
-    player_id: str, request: Request[Principal, Any, Any], services: Services
+    player_id: str, request: Request[Principal, Any, Any], privacy: PrivacyService, eraser: Eraser
 ) -> ErasureStarted:
     """Erase the player everywhere; a repeat returns the erasure already in force."""
     _check_player(player_id)
-    erasure = await services.privacy.erase(request.user.game, player_id)
-    services.eraser.wake.set()
+    erasure = await privacy.erase(request.user.game, player_id)
+    eraser.wake.set()
     return ErasureStarted(erasure_id=erasure.id, player_id=player_id, status=erasure.status)
 
 
 async def get_erasure(
-    erasure_id: str, request: Request[Principal, Any, Any], services: Services
+    erasure_id: str, request: Request[Principal, Any, Any], privacy: PrivacyService
 ) -> ErasureReceipt:
     """The receipt: status and what each store reports."""
-    erasure = await services.privacy.erasure(request.user.game, erasure_id)
+    erasure = await privacy.erasure(request.user.game, erasure_id)
     if erasure is None:
         raise ApiError(HTTP_404_NOT_FOUND, f"no erasure {erasure_id!r} in this game")
     return receipt(erasure)
 
 
 async def allow_reuse(
-    player_id: str, request: Request[Principal, Any, Any], services: Services
+    player_id: str, request: Request[Principal, Any, Any], privacy: PrivacyService
 ) -> ReuseReply:
     """Lift a done erasure: the player id's events count again from now on."""
     _check_player(player_id)
     try:
-        lifted = await services.privacy.allow_reuse(request.user.game, player_id)
+        lifted = await privacy.allow_reuse(request.user.game, player_id)
     except ErasurePending:
         raise ApiError(
             HTTP_409_CONFLICT, "the player's erasure is still pending: wait until it is done"
@@ -83,12 +82,12 @@ async def allow_reuse(
 
 
 async def export_player(
-    player_id: str, request: Request[Principal, Any, Any], services: Services
+    player_id: str, request: Request[Principal, Any, Any], privacy: PrivacyService
 ) -> Stream:
     """Everything held about the player, as one JSON document (streamed)."""
     _check_player(player_id)
     return Stream(
-        services.privacy.export(request.user.game, player_id),
+        privacy.export(request.user.game, player_id),
         media_type="application/json",
         headers={"Content-Disposition": 'attachment; filename="player-export.json"'},
     )
@@ -96,32 +95,29 @@ async def export_player(
 
 def privacy_routes() -> list[HTTPRouteHandler]:
     """The privacy route handlers."""
-    admin = [requires(Role.ADMIN)]
+    tags = {"tags": ["privacy"]}
     return [
         delete(
             "/v1/admin/players/{player_id:str}",
-            guards=admin,
-            tags=["privacy"],
             summary="Erase a player everywhere",
             status_code=HTTP_202_ACCEPTED,
+            **secured(Role.ADMIN, 400, **tags),
         )(erase_player),
         get(
             "/v1/admin/erasures/{erasure_id:str}",
-            guards=admin,
-            tags=["privacy"],
             summary="An erasure's receipt",
+            **secured(Role.ADMIN, 400, 404, **tags),
         )(get_erasure),
         post(
             "/v1/admin/players/{player_id:str}/reuse",
-            guards=admin,
-            tags=["privacy"],
             summary="Allow an erased player id to be used again",
             status_code=200,
+            **secured(Role.ADMIN, 400, 404, 409, **tags),
         )(allow_reuse),
         get(
             "/v1/admin/players/{player_id:str}/export",
-            guards=admin,
-            tags=["privacy"],
             summary="Export everything held about a player",
+            media_type="application/json",
+            **secured(Role.ADMIN, 400, **tags),
         )(export_player),
     ]

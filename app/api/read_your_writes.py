@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated
 
+import msgspec
 from litestar.params import Parameter
 from litestar.status_codes import HTTP_400_BAD_REQUEST, HTTP_504_GATEWAY_TIMEOUT
 
-from app.bootstrap import Services
 from app.domain.tokens import BadToken
-from app.profiles import NotFoldedInTime
+from app.profiles import NotFoldedInTime, Profile, ReadYourWrites
 
 from .errors import ApiError
 
@@ -18,9 +19,13 @@ After = Annotated[
     Parameter(
         description="The `token` of an ingest reply: answer only once that request's events "
         "for this player are folded (waiting at most `wait_ms`, else 504).",
-        max_length=65536,
+        max_length=4096,
     ),
 ]
+TOKEN_PATTERN = r"^([0-9]{1,5}\.[0-9]{1,19}(_[0-9]{1,5}\.[0-9]{1,19})*)?$"
+"""What a token looks like: in the document only, so that a wrong one gets the token
+check's own error (which says what a token is) rather than a bare pattern mismatch."""
+
 WaitMs = Annotated[
     int,
     Parameter(ge=0, le=10_000, description="How long to wait for `after`, in ms (default 1000)."),
@@ -28,14 +33,33 @@ WaitMs = Annotated[
 
 
 async def await_token(
-    services: Services, game: str, player_id: str, after: str | None, wait_ms: int
+    read_your_writes: ReadYourWrites, game: str, player_id: str, after: str | None, wait_ms: int
 ) -> None:
     """Wait for ``after``'s events for the player to be folded (no-op without a token)."""
     if after is None:
         return
     try:
-        await services.read_your_writes.wait(game, player_id, after, wait_ms)
+        await read_your_writes.wait(game, player_id, after, wait_ms)
     except BadToken as exc:
         raise ApiError(HTTP_400_BAD_REQUEST, str(exc)) from None
     except NotFoldedInTime as exc:
         raise ApiError(HTTP_504_GATEWAY_TIMEOUT, str(exc)) from None
+
+
+class Freshness(msgspec.Struct):
+    """How fresh a profile (or a prediction made on it) is.
+
+    ``folded_at``: when the fold transaction that last changed this profile wrote it (its
+    commit follows at once; the event that changed it was received before). ``event_watermark``:
+    the latest event time (``ts``, clock-corrected) among the events folded into this
+    profile; null before any. Events with a later time are not in it yet; an event with an
+    earlier time that arrives late is folded in when it arrives.
+    """
+
+    folded_at: datetime
+    event_watermark: datetime | None
+
+
+def freshness_of(profile: Profile) -> Freshness:
+    """The freshness of a stored profile."""
+    return Freshness(folded_at=profile.updated_at, event_watermark=profile.last_event_at)

@@ -7,7 +7,6 @@ from typing import Annotated, Any
 
 import msgspec
 from litestar import Request, Response, get
-from litestar.datastructures import State
 from litestar.params import Parameter
 from litestar.status_codes import (
     HTTP_404_NOT_FOUND,
@@ -15,23 +14,23 @@ from litestar.status_codes import (
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app import metrics
-from app.bootstrap import Services
 from app.domain.access import Principal, Role
+from app.profiles import FailedEventService, ProfileService, ReadYourWrites
 from app.settings import Settings
 
-from .auth import requires
 from .dashboard import dashboard_routes
 from .errors import ApiError
 from .ingest_routes import ingest_routes
 from .model_routes import model_routes
+from .openapi import documented, secured
 from .privacy_routes import privacy_routes
-from .read_your_writes import After, WaitMs, await_token
+from .read_your_writes import After, Freshness, WaitMs, await_token, freshness_of
 
 # -- response bodies -------------------------------------------------------------------
 
 
 class ProfileReply(msgspec.Struct):
-    """A player's real-time profile."""
+    """A player's real-time profile, and how fresh it is."""
 
     player_id: str
     features: dict[str, Any]
@@ -39,6 +38,7 @@ class ProfileReply(msgspec.Struct):
     last_event_at: datetime | None
     last_received_at: datetime | None
     updated_at: datetime
+    freshness: Freshness
 
 
 class FailedEventReply(msgspec.Struct):
@@ -69,12 +69,6 @@ class HealthReply(msgspec.Struct):
 # -- handlers --------------------------------------------------------------------------
 
 
-def provide_services(state: State) -> Services:
-    """The process's services, for dependency injection."""
-    services: Services = state.services
-    return services
-
-
 async def health() -> HealthReply:
     """200 once the service accepts events (the server only listens once it does)."""
     from app import __version__
@@ -85,14 +79,15 @@ async def health() -> HealthReply:
 async def get_profile(
     player_id: str,
     request: Request[Principal, Any, Any],
-    services: Services,
+    profiles: ProfileService,
+    read_your_writes: ReadYourWrites,
     after: After = None,
     wait_ms: WaitMs = 1000,
 ) -> ProfileReply:
     """The player's features as of now (with ``after``: once that ingest request's events
-    for the player are folded)."""
-    await await_token(services, request.user.game, player_id, after, wait_ms)
-    profile = await services.profiles.get(request.user.game, player_id)
+    for the player are folded), and how fresh they are (``freshness``)."""
+    await await_token(read_your_writes, request.user.game, player_id, after, wait_ms)
+    profile = await profiles.get(request.user.game, player_id)
     if profile is None:
         raise ApiError(HTTP_404_NOT_FOUND, f"player {player_id!r} has no events in this game")
     return ProfileReply(
@@ -102,17 +97,18 @@ async def get_profile(
         last_event_at=profile.last_event_at,
         last_received_at=profile.last_received_at,
         updated_at=profile.updated_at,
+        freshness=freshness_of(profile),
     )
 
 
 async def list_failed_events(
     request: Request[Principal, Any, Any],
-    services: Services,
+    failed_events: FailedEventService,
     limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
     before: int | None = None,
 ) -> FailedEventsReply:
     """Events of this game the fold could not apply, with the reason, newest first."""
-    rows = await services.failed_events.recent(request.user.game, limit=limit, before_id=before)
+    rows = await failed_events.recent(request.user.game, limit=limit, before_id=before)
     return FailedEventsReply(
         failed=[
             FailedEventReply(
@@ -145,22 +141,26 @@ async def metrics_page() -> Response[bytes]:
 def build_routes(settings: Settings) -> list[Any]:
     """Route handlers, with limits taken from the settings."""
     return [
-        get("/health", tags=["ops"], summary="Readiness")(health),
-        get("/metrics", tags=["ops"], summary="Prometheus metrics", include_in_schema=False)(
-            metrics_page
-        ),
+        get("/health", tags=["ops"], summary="Readiness (no key)", **documented())(health),
+        get(
+            "/metrics",
+            tags=["ops"],
+            summary="Prometheus metrics (no key)",
+            media_type=CONTENT_TYPE_LATEST,
+            **documented(),
+        )(metrics_page),
         *ingest_routes(settings),
         get(
             "/v1/players/{player_id:str}",
-            guards=[requires(Role.READ)],
             tags=["profiles"],
             summary="Read a player's profile",
+            **secured(Role.READ, 400, 404, 504),
         )(get_profile),
         get(
             "/v1/admin/failed-events",
-            guards=[requires(Role.ADMIN)],
             tags=["events"],
             summary="Events the fold could not apply",
+            **secured(Role.ADMIN, 400),
         )(list_failed_events),
         *model_routes(settings),
         *dashboard_routes(),

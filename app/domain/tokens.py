@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 
-_TOKEN = re.compile(r"^\d{1,5}\.\d{1,19}(_\d{1,5}\.\d{1,19}){0,4095}$")
+_TOKEN = re.compile(r"^\d{1,5}\.\d{1,19}(_\d{1,5}\.\d{1,19}){0,4095}$", re.ASCII)
 
 
 class BadToken(ValueError):

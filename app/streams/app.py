@@ -8,7 +8,7 @@ failed event instead of an exception inside Faust.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import faust
@@ -40,6 +40,7 @@ def create_stream_app(
     archiver: LakeArchiver[EventRecord],
     prediction_archiver: LakeArchiver[PredictionRecord],
     housekeeping: Callable[[], Awaitable[object]] | None = None,
+    hop_archiver: LakeArchiver[Any] | None = None,
 ) -> faust.App:
     """The Faust app with the fold and archive agents wired to their services.
 
@@ -52,7 +53,9 @@ def create_stream_app(
     predictions = _raw_topic(app, settings, settings.predictions_topic)
     _register_fold(app, settings, events, folder, archiver)
     _register_prediction_archive(app, predictions, prediction_archiver)
-    _register_timers(app, settings, folder, (archiver, prediction_archiver), housekeeping)
+    buffers: list[LakeArchiver[Any]] = [archiver, prediction_archiver]
+    buffers += [hop_archiver] if hop_archiver is not None else []
+    _register_timers(app, settings, buffers, housekeeping)
     return app
 
 
@@ -143,14 +146,13 @@ def _register_prediction_archive(
 def _register_timers(
     app: faust.App,
     settings: Settings,
-    folder: ProfileFolder,
-    buffers: tuple[LakeArchiver[EventRecord], LakeArchiver[PredictionRecord]],
+    buffers: Sequence[LakeArchiver[Any]],
     housekeeping: Callable[[], Awaitable[object]] | None,
 ) -> None:
     @app.timer(interval=0.5, name="lake-flush")  # type: ignore[untyped-decorator]
     async def flush_lake() -> None:
         for buffer in buffers:
-            if buffer.due:
+            if buffer.due or buffer.full:
                 await buffer.flush()
 
     if housekeeping is not None and settings.lake_compact_interval_s > 0:

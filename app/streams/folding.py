@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -72,6 +72,12 @@ def _observe_appended(positions: Sequence[Position], carried: Sequence[int]) -> 
     for position, count in zip(positions, carried, strict=True):
         if count:
             metrics.observe_times(child, max(0.0, now - position.appended_at), count)
+
+
+def _no_sample(
+    records: list[EventRecord], positions: Sequence[Position], carried: list[int]
+) -> None:
+    """No hop sample (until bootstrap sets one)."""
 
 
 class RefusedByDatabase(Exception):
@@ -227,6 +233,9 @@ class ProfileFolder:
         self._seen: dict[PlayerKey, bytes] = {}
         self.freshness_samples: list[float] | None = None
         """Set to a list to also collect every event's freshness in seconds (benchmarks)."""
+        self.hop_sampler: Callable[[list[EventRecord], Sequence[Position], list[int]], None]
+        self.hop_sampler = _no_sample
+        """Called once a batch is committed (the hop sample, app/streams/hop_sample.py)."""
 
     async def fold_batch(
         self, payloads: Sequence[bytes], positions: Sequence[Position] | None = None
@@ -267,7 +276,9 @@ class ProfileFolder:
                 await self._isolate(part)
         self._count_skipped(skipped)
         if positions:
-            _observe_appended(positions, [len(batch) for batch in decoded])
+            carried = [len(batch) for batch in decoded]
+            self.hop_sampler(records, positions, carried)
+            _observe_appended(positions, carried)
         self.stats.seen += len(records) + len(undecodable)
         self.stats.batches += 1
         return records

@@ -65,7 +65,7 @@ def write_events(lake_dir: Path, records: Iterable[EventRecord]) -> list[Path]:
         )
         for key, rows in groups.items()
     }
-    return _write_partitions(lake_dir / "events", tables)
+    return write_partitions(lake_dir / "events", tables)
 
 
 def write_predictions(lake_dir: Path, records: Iterable[PredictionRecord]) -> list[Path]:
@@ -89,10 +89,11 @@ def write_predictions(lake_dir: Path, records: Iterable[PredictionRecord]) -> li
         )
         for key, rows in groups.items()
     }
-    return _write_partitions(lake_dir / "predictions", tables)
+    return write_partitions(lake_dir / "predictions", tables)
 
 
-def _write_partitions(root: Path, tables: dict[tuple[str, str], pa.Table]) -> list[Path]:
+def write_partitions(root: Path, tables: dict[tuple[str, str], pa.Table]) -> list[Path]:
+    """Each (game, date) table as a new file under ``root/game=/date=/``, atomically."""
     written = []
     for (game, date), table in sorted(tables.items()):
         folder = root / f"game={game}" / f"date={date}"

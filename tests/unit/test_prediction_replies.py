@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from types import SimpleNamespace
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import msgspec
 import pytest
@@ -18,7 +19,6 @@ from app.api.model_routes import (
     predict,
     predict_for_player,
 )
-from app.bootstrap import Services
 from app.models.registry import Prediction
 
 pytestmark = pytest.mark.unit
@@ -38,65 +38,84 @@ class FakeRegistry:
         return Prediction(model=name, version=version, outputs={"score": values.get("spend")})
 
 
+FOLDED = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+LATEST = datetime(2026, 1, 2, 3, 4, 1, tzinfo=UTC)
+
+
 class FakeProfiles:
     async def get(self, game: str, player_id: str) -> Any:
-        return SimpleNamespace(features={"spend": len(player_id)})
+        return SimpleNamespace(
+            features={"spend": len(player_id)}, updated_at=FOLDED, last_event_at=LATEST
+        )
 
 
-def fakes() -> tuple[FakeRegistry, Services, Request[Any, Any, Any]]:
+class Handlers(NamedTuple):
+    """What the handlers take after their path and body, in order."""
+
+    request: Request[Any, Any, Any]
+    registry: Any
+    profiles: Any
+
+
+def fakes() -> tuple[FakeRegistry, Handlers]:
     registry = FakeRegistry()
-    services = SimpleNamespace(registry=registry, profiles=FakeProfiles())
     request = SimpleNamespace(user=SimpleNamespace(game="game-1"))
-    return registry, cast(Services, services), cast(Request[Any, Any, Any], request)
+    return registry, Handlers(cast(Request[Any, Any, Any], request), registry, FakeProfiles())
 
 
-def reply_json(response: Response[PredictionReply]) -> dict[str, Any]:
+def reply_json(response: Response[Any]) -> dict[str, Any]:
     assert isinstance(response.content, PredictionReply)
     return cast(dict[str, Any], msgspec.to_builtins(response.content))
 
 
 async def test_a_players_prediction_says_which_player() -> None:
-    registry, services, request = fakes()
-    response = await predict_for_player("bob-7", "churn", request, services)
+    registry, h = fakes()
+    response = await predict_for_player("bob-7", "churn", h.request, h.registry, h.profiles, None)  # type: ignore[arg-type]
     assert reply_json(response) == {
         "model": "churn",
         "version": 2,
         "outputs": {"score": 5},
         "player_id": "bob-7",
+        "freshness": {
+            "folded_at": "2026-01-02T03:04:05Z",
+            "event_watermark": "2026-01-02T03:04:01Z",
+        },
     }
     assert registry.calls == [("game-1", "churn", {"spend": 5}, "bob-7")]
     assert "profile;dur=" in response.headers["Server-Timing"]
 
 
 async def test_explicit_features_for_a_player_say_which_player() -> None:
-    registry, services, request = fakes()
+    registry, h = fakes()
     body = PredictRequest(features={"spend": 3}, player_id="bea")
-    response = await predict("churn", body, request, services)
-    assert isinstance(response, Response)
+    response = await predict("churn", body, h.request, h.registry, h.profiles)
     assert reply_json(response)["player_id"] == "bea"
     assert reply_json(response)["version"] == 2
-    anonymous = await predict("churn", PredictRequest(features={"spend": 3}), request, services)
-    assert isinstance(anonymous, Response)
+    assert reply_json(response)["freshness"] is None  # no profile behind explicit features
+    anonymous = await predict("churn", PredictRequest(features={"spend": 3}), *h)
     assert reply_json(anonymous)["player_id"] is None
     assert reply_json(anonymous)["version"] == 1
     assert [call[3] for call in registry.calls] == ["bea", None]
 
 
 async def test_batch_forms_name_each_player_in_order() -> None:
-    _, services, request = fakes()
+    _, h = fakes()
     instances = PredictRequest(
         instances=[Instance({"spend": 1}, "bo"), Instance({"spend": 2}, "al"), Instance({})]
     )
-    answered = await predict("churn", instances, request, services)
+    answered = (await predict("churn", instances, *h)).content
     assert isinstance(answered, BatchPredictionReply)
     assert [(p.player_id, p.version) for p in answered.predictions] == [
         ("bo", 2),
         ("al", 1),
         (None, 1),
     ]
-    players = await predict("churn", PredictRequest(players=["al", "bob"]), request, services)
+    players = (await predict("churn", PredictRequest(players=["al", "bob"]), *h)).content
     assert isinstance(players, BatchPredictionReply)
     assert [(p.player_id, p.version, p.outputs) for p in players.predictions] == [
         ("al", 1, {"score": 2}),
         ("bob", 2, {"score": 3}),
     ]
+    assert all(
+        p.freshness is not None and p.freshness.folded_at == FOLDED for p in players.predictions
+    )
