@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import msgspec
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.db.reads import FastReads
@@ -19,9 +19,22 @@ from app.domain.tokens import decode_token
 from app.streams.producer import partition_for
 
 
-@dataclass(frozen=True, slots=True)
-class Profile:
-    """A player's profile as the API returns it."""
+class Freshness(msgspec.Struct, frozen=True):
+    """How fresh a profile (or a prediction made on it) is.
+
+    ``folded_at``: when the fold transaction that last changed this profile wrote it (its
+    commit follows at once; the event that changed it was received before). ``event_watermark``:
+    the latest event time (``ts``, clock-corrected) among the events folded into this
+    profile; null before any. Events with a later time are not in it yet; an event with an
+    earlier time that arrives late is folded in when it arrives.
+    """
+
+    folded_at: datetime
+    event_watermark: datetime | None
+
+
+class Profile(msgspec.Struct, frozen=True):
+    """A player's real-time profile as the API returns it, and how fresh it is."""
 
     player_id: str
     features: dict[str, Any]
@@ -29,6 +42,7 @@ class Profile:
     last_event_at: datetime | None
     last_received_at: datetime | None
     updated_at: datetime
+    freshness: Freshness
 
 
 class ProfileService:
@@ -51,6 +65,7 @@ class ProfileService:
             last_event_at=stored.last_event_at,
             last_received_at=stored.last_received_at,
             updated_at=stored.updated_at,
+            freshness=Freshness(folded_at=stored.updated_at, event_watermark=stored.last_event_at),
         )
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
 from datetime import date, datetime
 from typing import Annotated, Any
 
@@ -24,18 +23,18 @@ from litestar.status_codes import (
 
 from app import metrics
 from app.domain.access import Principal, Role
-from app.domain.guard import Guard, GuardError
+from app.domain.guard import Guard, GuardError, GuardEvent
 from app.domain.outcome import Outcome, OutcomeError
 from app.domain.rollout import Rollout, RolloutError
 from app.experiments import ExperimentService, Period, ReportUnavailable, UnknownModelName
 from app.models.registry import ModelInfo, ModelRegistry, Prediction, UnknownModel
 from app.models.runtime import ModelRejected, PredictionFailed
-from app.profiles import ProfileService, ReadYourWrites
+from app.profiles import Freshness, ProfileService, ReadYourWrites
 from app.settings import Settings
 
 from .errors import ApiError
 from .openapi import secured
-from .read_your_writes import After, Freshness, WaitMs, await_token, freshness_of
+from .read_your_writes import After, WaitMs, await_token
 
 # -- bodies ----------------------------------------------------------------------------
 
@@ -110,19 +109,6 @@ class OutcomeBody(msgspec.Struct, forbid_unknown_fields=True):
     value: str = "any"
 
 
-class GuardEventReply(msgspec.Struct):
-    """A version a guard took out of the split."""
-
-    version: int
-    reason: str
-    requests: int
-    errors: int
-    p99_ms: float
-    split_before: dict[int, int]
-    split_after: dict[int, int]
-    at: datetime | None
-
-
 class ActivateBody(msgspec.Struct, forbid_unknown_fields=True):
     """The version to serve to every player."""
 
@@ -154,7 +140,7 @@ class ModelReply(msgspec.Struct):
     versions: list[VersionInfo]
     rollout: RolloutReply | None
     outcome: OutcomeBody | None = None
-    guard_events: list[GuardEventReply] = msgspec.field(default_factory=list)
+    guard_events: list[GuardEvent] = msgspec.field(default_factory=list)
 
 
 class ModelsReply(msgspec.Struct):
@@ -172,7 +158,7 @@ def _model_reply(info: ModelInfo) -> ModelReply:
         ],
         rollout=_rollout_reply(info.rollout) if info.rollout is not None else None,
         outcome=_outcome_reply(info.outcome) if info.outcome is not None else None,
-        guard_events=[GuardEventReply(**asdict(e)) for e in info.guard_events],
+        guard_events=info.guard_events,
     )
 
 
@@ -259,7 +245,7 @@ async def predict_for_player(
         raise ApiError(HTTP_404_NOT_FOUND, f"player {player_id!r} has no events in this game")
     read = time.perf_counter()
     prediction = await _predict(registry, game, name, profile.features, player_id)
-    return _timed(_reply(prediction, player_id, freshness_of(profile)), started, read)
+    return _timed(_reply(prediction, player_id, profile.freshness), started, read)
 
 
 async def predict(
@@ -298,7 +284,7 @@ async def predict(
         if profile is None:
             raise ApiError(HTTP_404_NOT_FOUND, f"player {player_id!r} has no events in this game")
         prediction = await _predict(registry, game, name, profile.features, player_id)
-        answers.append(_reply(prediction, player_id, freshness_of(profile)))
+        answers.append(_reply(prediction, player_id, profile.freshness))
     return Response(BatchPredictionReply(answers))
 
 

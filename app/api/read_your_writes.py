@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated
 
-import msgspec
 from litestar.params import Parameter
 from litestar.status_codes import HTTP_400_BAD_REQUEST, HTTP_504_GATEWAY_TIMEOUT
 
 from app.domain.tokens import BadToken
-from app.profiles import NotFoldedInTime, Profile, ReadYourWrites
+from app.profiles import NotFoldedInTime, ReadYourWrites
 
 from .errors import ApiError
 
@@ -44,22 +42,3 @@ async def await_token(
         raise ApiError(HTTP_400_BAD_REQUEST, str(exc)) from None
     except NotFoldedInTime as exc:
         raise ApiError(HTTP_504_GATEWAY_TIMEOUT, str(exc)) from None
-
-
-class Freshness(msgspec.Struct):
-    """How fresh a profile (or a prediction made on it) is.
-
-    ``folded_at``: when the fold transaction that last changed this profile wrote it (its
-    commit follows at once; the event that changed it was received before). ``event_watermark``:
-    the latest event time (``ts``, clock-corrected) among the events folded into this
-    profile; null before any. Events with a later time are not in it yet; an event with an
-    earlier time that arrives late is folded in when it arrives.
-    """
-
-    folded_at: datetime
-    event_watermark: datetime | None
-
-
-def freshness_of(profile: Profile) -> Freshness:
-    """The freshness of a stored profile."""
-    return Freshness(folded_at=profile.updated_at, event_watermark=profile.last_event_at)

@@ -15,7 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app import metrics
 from app.domain.access import Principal, Role
-from app.profiles import FailedEventService, ProfileService, ReadYourWrites
+from app.profiles import FailedEventService, Profile, ProfileService, ReadYourWrites
 from app.settings import Settings
 
 from .dashboard import dashboard_routes
@@ -24,21 +24,9 @@ from .ingest_routes import ingest_routes
 from .model_routes import model_routes
 from .openapi import documented, secured
 from .privacy_routes import privacy_routes
-from .read_your_writes import After, Freshness, WaitMs, await_token, freshness_of
+from .read_your_writes import After, WaitMs, await_token
 
 # -- response bodies -------------------------------------------------------------------
-
-
-class ProfileReply(msgspec.Struct):
-    """A player's real-time profile, and how fresh it is."""
-
-    player_id: str
-    features: dict[str, Any]
-    events_applied: int
-    last_event_at: datetime | None
-    last_received_at: datetime | None
-    updated_at: datetime
-    freshness: Freshness
 
 
 class FailedEventReply(msgspec.Struct):
@@ -83,22 +71,14 @@ async def get_profile(
     read_your_writes: ReadYourWrites,
     after: After = None,
     wait_ms: WaitMs = 1000,
-) -> ProfileReply:
+) -> Profile:
     """The player's features as of now (with ``after``: once that ingest request's events
     for the player are folded), and how fresh they are (``freshness``)."""
     await await_token(read_your_writes, request.user.game, player_id, after, wait_ms)
     profile = await profiles.get(request.user.game, player_id)
     if profile is None:
         raise ApiError(HTTP_404_NOT_FOUND, f"player {player_id!r} has no events in this game")
-    return ProfileReply(
-        player_id=profile.player_id,
-        features=profile.features,
-        events_applied=profile.events_applied,
-        last_event_at=profile.last_event_at,
-        last_received_at=profile.last_received_at,
-        updated_at=profile.updated_at,
-        freshness=freshness_of(profile),
-    )
+    return profile
 
 
 async def list_failed_events(

@@ -17,7 +17,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.domain.access import Role
-from app.domain.guard import Guard
+from app.domain.guard import Guard, GuardEvent
 from app.domain.outcome import Outcome
 from app.domain.rollout import Rollout
 
@@ -337,20 +337,6 @@ class StoredModel(ModelVersionInfo):
     """A stored version with its ONNX bytes."""
 
     onnx: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class GuardEvent:
-    """A version a guard took out of the split: why, on what traffic, and the change."""
-
-    version: int
-    reason: str
-    requests: int
-    errors: int
-    p99_ms: float
-    split_before: dict[int, int]
-    split_after: dict[int, int]
-    at: datetime | None = None
 
 
 def _rollout(split: dict[str, Any], shadow: int | None, guard: dict[str, Any] | None) -> Rollout:

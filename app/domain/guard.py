@@ -12,6 +12,9 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass, field
+from datetime import datetime
+
+import msgspec
 
 
 class GuardError(ValueError):
@@ -142,3 +145,16 @@ class GuardWatch:
     def reset(self, key: str, version: int) -> None:
         """Forget a version's current window (after it left the split)."""
         self._windows.pop((key, version), None)
+
+
+class GuardEvent(msgspec.Struct, frozen=True):
+    """A version a guard took out of the split: why, on what traffic, and the change."""
+
+    version: int
+    reason: str
+    requests: int
+    errors: int
+    p99_ms: float
+    split_before: dict[int, int]
+    split_after: dict[int, int]
+    at: datetime | None = None

@@ -20,11 +20,11 @@ from typing import Any
 import msgspec
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.db.repositories import GuardEvent, ModelRepository, ModelVersionInfo
+from app.db.repositories import ModelRepository, ModelVersionInfo
 from app.domain.drift import DriftError, parse_stats
 from app.domain.events import NAME_PATTERN
 from app.domain.features import FeatureSet
-from app.domain.guard import Breach, GuardWatch
+from app.domain.guard import Breach, GuardEvent, GuardWatch
 from app.domain.outcome import Outcome
 from app.domain.predictions import PredictionRecord
 from app.domain.rollout import Rollout, RolloutError

@@ -20,6 +20,7 @@ from app.api.model_routes import (
     predict_for_player,
 )
 from app.models.registry import Prediction
+from app.profiles import Freshness, Profile
 
 pytestmark = pytest.mark.unit
 
@@ -43,9 +44,15 @@ LATEST = datetime(2026, 1, 2, 3, 4, 1, tzinfo=UTC)
 
 
 class FakeProfiles:
-    async def get(self, game: str, player_id: str) -> Any:
-        return SimpleNamespace(
-            features={"spend": len(player_id)}, updated_at=FOLDED, last_event_at=LATEST
+    async def get(self, game: str, player_id: str) -> Profile:
+        return Profile(
+            player_id=player_id,
+            features={"spend": len(player_id)},
+            events_applied=1,
+            last_event_at=LATEST,
+            last_received_at=FOLDED,
+            updated_at=FOLDED,
+            freshness=Freshness(folded_at=FOLDED, event_watermark=LATEST),
         )
 
 
