@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
-import msgspec
 from faust.contrib.asgi import faust_app_running
 from litestar import Litestar
 from litestar.datastructures import State
@@ -31,14 +30,7 @@ from app.settings import Settings
 from .auth import PUBLIC_PATHS, ApiKeyAuthentication
 from .dashboard import STATIC
 from .errors import handle_http_error, handle_unexpected
-from .model_routes import (
-    ActivateBody,
-    GuardBody,
-    Instance,
-    OutcomeBody,
-    PredictRequest,
-    RolloutBody,
-)
+from .model_routes import STRICT_BODIES
 from .openapi import finish
 from .routes import build_routes
 
@@ -180,17 +172,6 @@ def _lifespan(
             await services.close()
 
     return lifespan
-
-
-STRICT_BODIES: list[type[msgspec.Struct]] = [
-    ActivateBody,
-    GuardBody,
-    Instance,
-    OutcomeBody,
-    PredictRequest,
-    RolloutBody,
-]
-"""Request bodies that refuse unknown fields (``additionalProperties: false``)."""
 
 
 def create_app(settings: Settings, on_fatal: Callable[[str], None] | None = None) -> Litestar:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import time
 import zlib
+from collections.abc import Callable
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 import msgspec
@@ -81,6 +83,23 @@ def _sent_at_header(request: Request[Any, Any, Any]) -> datetime | None:
     return sent_at
 
 
+Parse = Callable[[bytes, str, int], tuple[list[EventRecord], list[Rejection]]]
+
+
+async def _parsed(
+    request: Request[Principal, Any, Any], max_body: int, parse: Parse
+) -> tuple[list[EventRecord], list[Rejection]]:
+    """The request's body parsed by ``parse`` (body, game, received at); a batch that
+    cannot be read as a whole is refused: too many events 413, anything else 400."""
+    body, received_at = await _body(request, max_body)
+    try:
+        return parse(body, request.user.game, received_at)
+    except BatchTooLarge as exc:
+        raise ApiError(HTTP_413_REQUEST_ENTITY_TOO_LARGE, str(exc)) from None
+    except BatchError as exc:
+        raise ApiError(HTTP_400_BAD_REQUEST, str(exc)) from None
+
+
 def _events_handler(limits: IngestLimits, max_body: int) -> Any:
     async def send_events(request: Request[Principal, Any, Any], ingestor: Ingestor) -> IngestReply:
         """Accept a batch of events; 202 only once the broker has every accepted one.
@@ -89,15 +108,8 @@ def _events_handler(limits: IngestLimits, max_body: int) -> Any:
         event's device time by how far the device clock is off ours; the original is kept.
         """
         sent_at = _sent_at_header(request)
-        body, received_at = await _body(request, max_body)
-        try:
-            records, rejections = parse_batch(
-                body, request.user.game, received_at, limits=limits, sent_at=sent_at
-            )
-        except BatchTooLarge as exc:
-            raise ApiError(HTTP_413_REQUEST_ENTITY_TOO_LARGE, str(exc)) from None
-        except BatchError as exc:
-            raise ApiError(HTTP_400_BAD_REQUEST, str(exc)) from None
+        parse = partial(parse_batch, limits=limits, sent_at=sent_at)
+        records, rejections = await _parsed(request, max_body, parse)
         token = await _accept(ingestor, request, records, rejections)
         return IngestReply(accepted=len(records), rejected=rejections, token=token)
 
@@ -106,15 +118,8 @@ def _events_handler(limits: IngestLimits, max_body: int) -> Any:
 
 def _segment_handler(single: str | None, limits: IngestLimits, max_body: int) -> Any:
     async def handler(request: Request[Principal, Any, Any], ingestor: Ingestor) -> SegmentReply:
-        body, received_at = await _body(request, max_body)
-        try:
-            records, rejections = parse_segment(
-                body, request.user.game, received_at, single=single, limits=limits
-            )
-        except BatchTooLarge as exc:
-            raise ApiError(HTTP_413_REQUEST_ENTITY_TOO_LARGE, str(exc)) from None
-        except BatchError as exc:
-            raise ApiError(HTTP_400_BAD_REQUEST, str(exc)) from None
+        parse = partial(parse_segment, single=single, limits=limits)
+        records, rejections = await _parsed(request, max_body, parse)
         if single is not None and rejections:
             raise ApiError(HTTP_400_BAD_REQUEST, rejections[0].error)
         token = await _accept(ingestor, request, records, rejections)

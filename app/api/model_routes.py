@@ -551,3 +551,14 @@ def _prediction_routes() -> list[HTTPRouteHandler]:
             **secured(Role.READ, 400, 404, 409, 422, **tags),
         )(predict),
     ]
+
+
+STRICT_BODIES: list[type[msgspec.Struct]] = [
+    ActivateBody,
+    GuardBody,
+    Instance,
+    OutcomeBody,
+    PredictRequest,
+    RolloutBody,
+]
+"""Request bodies that refuse unknown fields (``additionalProperties: false``)."""

@@ -302,18 +302,7 @@ class FailedEventRepository:
         if before_id is not None:
             query = query.where(failed_events.c.id < before_id)
         rows = (await conn.execute(query)).all()
-        return [
-            FailedEvent(
-                id=r.id,
-                game=r.game,
-                player_id=r.player_id,
-                event_id=r.event_id,
-                reason=r.reason,
-                payload=r.payload,
-                failed_at=r.failed_at,
-            )
-            for r in rows
-        ]
+        return [FailedEvent(**r._mapping) for r in rows]  # the table's columns, by name
 
 
 MODEL_CHANNEL = "playerpulse_models"
