@@ -409,7 +409,7 @@ async def experiment_report(
     experiments: ExperimentService,
     start: Annotated[date | None, Parameter(query="from", description=FROM)] = None,
     end: Annotated[date | None, Parameter(query="to")] = None,
-    control: int | None = None,
+    control: Annotated[int | None, Parameter(ge=1, le=2**31 - 1)] = None,
 ) -> dict[str, Any]:
     """Exposed players, outcomes and rates per version; uplift against the control with
     its 95% interval and p-value; the sample-ratio check; calibration of classifiers."""
@@ -423,7 +423,7 @@ async def drift_report(
     experiments: ExperimentService,
     start: Annotated[date | None, Parameter(query="from", description=FROM)] = None,
     end: Annotated[date | None, Parameter(query="to")] = None,
-    version: int | None = None,
+    version: Annotated[int | None, Parameter(ge=1, le=2**31 - 1)] = None,
 ) -> dict[str, Any]:
     """PSI of each feature of logged predictions against the training statistics."""
     period = _period(start, end)

@@ -85,7 +85,7 @@ async def list_failed_events(
     request: Request[Principal, Any, Any],
     failed_events: FailedEventService,
     limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
-    before: int | None = None,
+    before: Annotated[int | None, Parameter(ge=1, le=2**63 - 1)] = None,
 ) -> FailedEventsReply:
     """Events of this game the fold could not apply, with the reason, newest first."""
     rows = await failed_events.recent(request.user.game, limit=limit, before_id=before)
