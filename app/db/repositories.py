@@ -12,6 +12,7 @@ from datetime import datetime
 from operator import attrgetter
 from typing import Any, NamedTuple
 
+import msgspec
 from sqlalchemy import func, insert, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -302,7 +303,7 @@ class FailedEventRepository:
         if before_id is not None:
             query = query.where(failed_events.c.id < before_id)
         rows = (await conn.execute(query)).all()
-        return [FailedEvent(**r._mapping) for r in rows]  # the table's columns, by name
+        return [FailedEvent(**r._asdict()) for r in rows]  # the table's columns, by name
 
 
 MODEL_CHANNEL = "playerpulse_models"
@@ -522,19 +523,9 @@ class ModelRepository:
         self, conn: AsyncConnection, game: str, name: str, event: GuardEvent
     ) -> None:
         """Record that a guard took a version out of a split."""
-        await conn.execute(
-            insert(model_guard_events).values(
-                game=game,
-                name=name,
-                version=event.version,
-                reason=event.reason,
-                requests=event.requests,
-                errors=event.errors,
-                p99_ms=event.p99_ms,
-                split_before={str(v): p for v, p in sorted(event.split_before.items())},
-                split_after={str(v): p for v, p in sorted(event.split_after.items())},
-            )
-        )
+        fields = msgspec.to_builtins(event, order="sorted", str_keys=True)
+        del fields["at"]  # the row's created_at
+        await conn.execute(insert(model_guard_events).values(game=game, name=name, **fields))
 
     async def guard_events(self, conn: AsyncConnection, game: str, name: str) -> list[GuardEvent]:
         """Every removal by a guard, oldest first."""
@@ -545,16 +536,13 @@ class ModelRepository:
                 .order_by(model_guard_events.c.id)
             )
         ).all()
+        # The JSON splits' string keys become versions again (non-strict conversion);
+        # column names are SQLAlchemy's str subclass, which msgspec takes only as str.
         return [
-            GuardEvent(
-                version=r.version,
-                reason=r.reason,
-                requests=r.requests,
-                errors=r.errors,
-                p99_ms=r.p99_ms,
-                split_before={int(v): int(p) for v, p in r.split_before.items()},
-                split_after={int(v): int(p) for v, p in r.split_after.items()},
-                at=r.created_at,
+            msgspec.convert(
+                {str(k): v for k, v in r._mapping.items()} | {"at": r.created_at},
+                GuardEvent,
+                strict=False,
             )
             for r in rows
         ]

@@ -214,13 +214,17 @@ async def test_a_resend_is_a_duplicate_within_the_horizon_and_counts_again_after
     engine: AsyncEngine, reads: FastReads, features: FeatureSet
 ) -> None:
     folder = ProfileFolder(engine, features, dedup_horizon_s=60)
-    hour_ago = NOW_US - 3_600_000_000
+    # The clock now, not NOW_US (taken at import, maybe minutes before this test runs):
+    # the fold measures the horizon against the clock.
+    now = int(time.time() * 1_000_000)
+    hour_ago = now - 3_600_000_000
     old = record("r-1", "resender", "session_start", hour_ago)
     old = EventRecord(**{**_fields(old), "received_at": hour_ago})
-    fresh = record("r-2", "resender", "session_start", NOW_US)
+    fresh = record("r-2", "resender", "session_start", now)
+    fresh = EventRecord(**{**_fields(fresh), "received_at": now})
     await folder.fold_batch([encode_record(old), encode_record(fresh)])
     # Resent (a new request, so received now): r-2 is remembered, r-1 fell out of it.
-    resent = [EventRecord(**{**_fields(r), "received_at": NOW_US}) for r in (old, fresh)]
+    resent = [EventRecord(**{**_fields(r), "received_at": now}) for r in (old, fresh)]
     await folder.fold_batch([encode_record(r) for r in resent])
     assert (folder.stats.applied, folder.stats.duplicates) == (3, 1)
     # The resend past the horizon is counted: its event time is older than the horizon.
