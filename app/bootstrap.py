@@ -257,13 +257,7 @@ async def open_services(settings: Settings) -> Services:
         tombstones=tombstones,
         dedup_horizon_s=settings.dedup_horizon,
     )
-    archiver, prediction_archiver = _archivers(settings, tombstones)
-    hop_archiver: LakeArchiver[HopRecord] = LakeArchiver(
-        settings.lake_dir,
-        flush_s=settings.lake_flush_s,
-        flush_events=settings.lake_flush_events,
-        writer=write_hops,
-    )
+    archiver, prediction_archiver, hop_archiver = _archivers(settings, tombstones)
     folder.hop_sampler = HopSampler(settings.hop_sample, hop_archiver)
     location = LakeLocation.of(settings)
     topics = (settings.events_topic, settings.predictions_topic)
@@ -326,17 +320,18 @@ def _ensure_topics(settings: Settings, brokers: str) -> int:
 
 def _archivers(
     settings: Settings, tombstones: TombstoneWatch
-) -> tuple[LakeArchiver[EventRecord], LakeArchiver[PredictionRecord]]:
-    """The lake buffers of events and of predictions (erased players dropped at write)."""
+) -> tuple[LakeArchiver[EventRecord], LakeArchiver[PredictionRecord], LakeArchiver[HopRecord]]:
+    """The lake buffers of events and of predictions (erased players dropped at write),
+    and of the hop sample (no player in it)."""
     buffer = partial(
         LakeArchiver,
         settings.lake_dir,
         flush_s=settings.lake_flush_s,
         flush_events=settings.lake_flush_events,
-        tombstones=tombstones,
     )
-    events = buffer(writer=write_events, counter=metrics.EVENTS_ARCHIVED)
-    return events, buffer(writer=write_predictions)
+    events = buffer(writer=write_events, tombstones=tombstones, counter=metrics.EVENTS_ARCHIVED)
+    predictions = buffer(writer=write_predictions, tombstones=tombstones)
+    return events, predictions, buffer(writer=write_hops)
 
 
 def _registry(
