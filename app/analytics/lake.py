@@ -35,40 +35,25 @@ def player_events(lake: Path | LakeLocation, batch_rows: int = 50_000) -> Iterat
     with connect_lake(_location(lake)) as conn:
         conn.execute("SET preserve_insertion_order = true")
         reader = conn.execute(
-            "SELECT game, player_id, event_id, type, epoch_us(ts) AS ts, props, "
-            "epoch_us(received_at) AS received_at FROM distinct_events ORDER BY game, player_id"
+            "SELECT game, event_id, player_id, type, epoch_us(ts) AS ts, "
+            "epoch_us(received_at) AS received_at, props "
+            "FROM distinct_events ORDER BY game, player_id"
         ).to_arrow_reader(batch_rows)
         if reader is None:
             return
         current: tuple[str, str] | None = None
         events: list[EventRecord] = []
         for batch in reader:
-            columns = batch.to_pydict()
-            for game, player, event_id, kind, ts, props, received_at in zip(
-                columns["game"],
-                columns["player_id"],
-                columns["event_id"],
-                columns["type"],
-                columns["ts"],
-                columns["props"],
-                columns["received_at"],
-                strict=True,
+            # the columns in EventRecord's field order
+            for game, event_id, player, kind, ts, received_at, props in zip(
+                *batch.to_pydict().values(), strict=True
             ):
                 key = (game, player)
                 if key != current:
                     if current is not None:
                         yield current[0], current[1], events
                     current, events = key, []
-                events.append(
-                    EventRecord(
-                        game=game,
-                        event_id=event_id,
-                        player_id=player,
-                        type=kind,
-                        ts=ts,
-                        received_at=received_at,
-                        props=None if props is None else _json.decode(props),
-                    )
-                )
+                props = None if props is None else _json.decode(props)
+                events.append(EventRecord(game, event_id, player, kind, ts, received_at, props))
         if current is not None:
             yield current[0], current[1], events

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from datetime import datetime
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
 from litestar import Request, Response, get
@@ -25,6 +26,9 @@ from .model_routes import model_routes
 from .openapi import documented, secured
 from .privacy_routes import privacy_routes
 from .read_your_writes import After, WaitMs, await_token
+
+if TYPE_CHECKING:
+    from app.db.repositories import FailedEvent
 
 # -- response bodies -------------------------------------------------------------------
 
@@ -90,19 +94,14 @@ async def list_failed_events(
     """Events of this game the fold could not apply, with the reason, newest first."""
     rows = await failed_events.recent(request.user.game, limit=limit, before_id=before)
     return FailedEventsReply(
-        failed=[
-            FailedEventReply(
-                id=row.id,
-                event_id=row.event_id,
-                player_id=row.player_id,
-                reason=row.reason,
-                failed_at=row.failed_at,
-                record=_as_json(row.payload),
-            )
-            for row in rows
-        ],
+        failed=[_shown(row) for row in rows],
         next=rows[-1].id if len(rows) == limit else None,
     )
+
+
+def _shown(row: FailedEvent) -> FailedEventReply:
+    """A stored failure as the API shows it: its fields, and its payload as ``record``."""
+    return msgspec.convert(asdict(row) | {"record": _as_json(row.payload)}, FailedEventReply)
 
 
 def _as_json(payload: bytes) -> Any:

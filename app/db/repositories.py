@@ -7,7 +7,7 @@ of thousands of events is a handful of round trips, not one per event.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
 from operator import attrgetter
 from typing import Any, NamedTuple
@@ -36,6 +36,12 @@ PlayerKey = tuple[str, str]
 """(game, player_id)"""
 
 _game_player = attrgetter("game", "player_id")
+
+
+def _arrays(rows: Sequence[Any]) -> dict[str, list[Any]]:
+    """The parameters of an ``unnest`` insert of these records (dataclasses, at least one):
+    one array per field, named as the field."""
+    return {f.name: [getattr(row, f.name) for row in rows] for f in fields(rows[0])}
 
 
 class ApiKeyRepository:
@@ -119,9 +125,9 @@ _UPSERT = text(
     INSERT INTO profiles (game, player_id, state, events_applied, last_event_at,
                           last_received_at, updated_at, version, seen_ids)
     SELECT g, p, s, n, le, lr, clock_timestamp(), 1, i
-    FROM unnest(CAST(:games AS text[]), CAST(:players AS text[]), CAST(:states AS bytea[]),
-                CAST(:counts AS bigint[]), CAST(:last_events AS timestamptz[]),
-                CAST(:last_received AS timestamptz[]), CAST(:seen AS bytea[]))
+    FROM unnest(CAST(:game AS text[]), CAST(:player_id AS text[]), CAST(:state AS bytea[]),
+                CAST(:events_applied AS bigint[]), CAST(:last_event_at AS timestamptz[]),
+                CAST(:last_received_at AS timestamptz[]), CAST(:seen_ids AS bytea[]))
          AS u(g, p, s, n, le, lr, i)
     ON CONFLICT (game, player_id) DO UPDATE
     SET state = excluded.state,
@@ -137,9 +143,9 @@ _UPSERT = text(
 _FAIL = text(
     """
     INSERT INTO failed_events (game, player_id, event_id, reason, payload)
-    SELECT * FROM unnest(CAST(:games AS text[]), CAST(:players AS text[]),
-                         CAST(:ids AS text[]), CAST(:reasons AS text[]),
-                         CAST(:payloads AS bytea[]))
+    SELECT * FROM unnest(CAST(:game AS text[]), CAST(:player_id AS text[]),
+                         CAST(:event_id AS text[]), CAST(:reason AS text[]),
+                         CAST(:payload AS bytea[]))
     """
 )
 
@@ -176,18 +182,7 @@ class ProfileRepository:
         if not rows:
             return
         ordered = sorted(rows, key=_game_player)
-        await conn.execute(
-            _UPSERT,
-            {
-                "games": [r.game for r in ordered],
-                "players": [r.player_id for r in ordered],
-                "states": [r.state for r in ordered],
-                "counts": [r.events_applied for r in ordered],
-                "last_events": [r.last_event_at for r in ordered],
-                "last_received": [r.last_received_at for r in ordered],
-                "seen": [r.seen_ids for r in ordered],
-            },
-        )
+        await conn.execute(_UPSERT, _arrays(ordered))
 
     async def record_progress(
         self, conn: AsyncConnection, topic: str, offsets: dict[int, Progress]
@@ -237,16 +232,7 @@ class ProfileRepository:
         """Keep events that could not be folded, with the reason."""
         if not failures:
             return
-        await conn.execute(
-            _FAIL,
-            {
-                "games": [f.game for f in failures],
-                "players": [f.player_id for f in failures],
-                "ids": [f.event_id for f in failures],
-                "reasons": [f.reason for f in failures],
-                "payloads": [f.payload for f in failures],
-            },
-        )
+        await conn.execute(_FAIL, _arrays(failures))
 
 
 class FeatureDefRepository:
@@ -329,6 +315,11 @@ class StoredModel(ModelVersionInfo):
     onnx: bytes
 
 
+def _model_columns(record: type[ModelVersionInfo]) -> list[Any]:
+    """The columns of ``models`` named by the record's fields, in their order."""
+    return [models.c[f.name] for f in fields(record)]
+
+
 def _rollout(split: dict[str, Any], shadow: int | None, guard: dict[str, Any] | None) -> Rollout:
     return Rollout(
         {int(v): int(p) for v, p in split.items()},
@@ -351,24 +342,14 @@ class ModelRepository:
     ) -> list[ModelVersionInfo]:
         """Every stored version of the game's models (or of one), by name and version."""
         query = (
-            select(
-                models.c.name,
-                models.c.version,
-                models.c.manifest,
-                models.c.sha256,
-                models.c.size_bytes,
-                models.c.created_at,
-            )
+            select(*_model_columns(ModelVersionInfo))
             .where(models.c.game == game)
             .order_by(models.c.name, models.c.version)
         )
         if name is not None:
             query = query.where(models.c.name == name)
         rows = (await conn.execute(query)).all()
-        return [
-            ModelVersionInfo(r.name, r.version, r.manifest, r.sha256, r.size_bytes, r.created_at)
-            for r in rows
-        ]
+        return [ModelVersionInfo(**r._asdict()) for r in rows]
 
     async def rollout(self, conn: AsyncConnection, game: str, name: str) -> Rollout | None:
         """The current rollout of a model, or None if it has none."""
@@ -553,22 +534,12 @@ class ModelRepository:
         """One version with its ONNX bytes."""
         row = (
             await conn.execute(
-                select(models).where(
+                select(*_model_columns(StoredModel)).where(
                     models.c.game == game, models.c.name == name, models.c.version == version
                 )
             )
         ).first()
-        if row is None:
-            return None
-        return StoredModel(
-            name=row.name,
-            version=row.version,
-            manifest=row.manifest,
-            sha256=row.sha256,
-            size_bytes=row.size_bytes,
-            created_at=row.created_at,
-            onnx=row.onnx,
-        )
+        return None if row is None else StoredModel(**row._asdict())
 
 
 _PROGRESS = text(

@@ -48,8 +48,7 @@ class Guard:
         return out
 
 
-@dataclass(frozen=True, slots=True)
-class Breach:
+class Breach(msgspec.Struct, frozen=True):
     """A window of a version's traffic that broke its guard."""
 
     version: int
@@ -57,6 +56,12 @@ class Breach:
     errors: int
     p99_ms: float
     reason: str
+
+    def removal(self, before: dict[int, int], after: dict[int, int]) -> GuardEvent:
+        """The record of this breach taking its version out of a split ``before`` -> ``after``."""
+        return GuardEvent(
+            **msgspec.structs.asdict(self), split_before=dict(before), split_after=dict(after)
+        )
 
 
 def p99(latencies_ms: list[float]) -> float:
@@ -147,14 +152,9 @@ class GuardWatch:
         self._windows.pop((key, version), None)
 
 
-class GuardEvent(msgspec.Struct, frozen=True):
-    """A version a guard took out of the split: why, on what traffic, and the change."""
+class GuardEvent(Breach, frozen=True):
+    """A version a guard took out of the split: the breach, and the change it made."""
 
-    version: int
-    reason: str
-    requests: int
-    errors: int
-    p99_ms: float
     split_before: dict[int, int]
     split_after: dict[int, int]
     at: datetime | None = None

@@ -209,15 +209,7 @@ class ModelRegistry:
                 )
                 return None
             await self.repository.set_rollout(conn, game, name, after)
-            event = GuardEvent(
-                version=breach.version,
-                reason=breach.reason,
-                requests=breach.requests,
-                errors=breach.errors,
-                p99_ms=breach.p99_ms,
-                split_before=dict(current.split),
-                split_after=dict(after.split),
-            )
+            event = breach.removal(current.split, after.split)
             await self.repository.add_guard_event(conn, game, name, event)
         self.forget(f"{game}/{name}")
         log.warning(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from dataclasses import KW_ONLY, dataclass, field
 
 from app.domain.predictions import PredictionRecord, encode_predictions
 from app.log import get_logger
@@ -13,6 +14,7 @@ from .producer import BrokerUnavailable, EventProducer
 log = get_logger(__name__)
 
 
+@dataclass(eq=False)
 class PredictionLog:
     """Collects prediction records and produces them every ``interval_s`` as one message.
 
@@ -20,22 +22,15 @@ class PredictionLog:
     in memory, and logs the broker refuses are counted and dropped (logged as errors).
     """
 
-    def __init__(
-        self,
-        producer: EventProducer,
-        topic: str,
-        *,
-        interval_s: float = 0.2,
-        max_batch: int = 2000,
-    ) -> None:
-        self.producer = producer
-        self.topic = topic
-        self.interval_s = interval_s
-        self.max_batch = max_batch
-        self.logged = 0
-        self.dropped = 0
-        self._pending: list[PredictionRecord] = []
-        self._task: asyncio.Task[None] | None = None
+    producer: EventProducer
+    topic: str
+    _: KW_ONLY
+    interval_s: float = 0.2
+    max_batch: int = 2000
+    logged: int = field(default=0, init=False)
+    dropped: int = field(default=0, init=False)
+    _pending: list[PredictionRecord] = field(default_factory=list, init=False)
+    _task: asyncio.Task[None] | None = field(default=None, init=False)
 
     def __call__(self, record: PredictionRecord) -> None:
         self._pending.append(record)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 import time
 
 import asyncpg
@@ -12,6 +13,10 @@ from sqlalchemy.engine import make_url
 from app.db.engine import alembic_config
 from app.domain.dedup import SeenIds, event_hash
 from tests.support import unique
+
+MIGRATION = importlib.import_module("app.migrations.versions.0008_dedup")
+WRITE_PLAYERS = MIGRATION.WRITE_PLAYERS
+MANY, IDS_EACH = 2_500, 5
 
 
 async def _run(url: str, *statements: str) -> list[asyncpg.Record]:
@@ -42,10 +47,24 @@ def test_upgrade_carries_the_last_day_of_ids_over_and_downgrade_restores_the_tab
             "('g', 'p', 'new-1', now()), ('g', 'p', 'new-2', now() - interval '2 hours'), "
             "('g', 'p', 'old', now() - interval '3 days'), "
             "('g', 'gone', 'x', now())",  # no profile (erased meanwhile): not carried
+            # More players than one range of the carry-over
+            "INSERT INTO profiles (game, player_id, state, events_applied, updated_at) "
+            f"SELECT 'h', 'q' || n, '\\x00', {IDS_EACH}, now() "
+            f"FROM generate_series(1, {MANY}) AS n",
+            "INSERT INTO applied_events (game, player_id, event_id, applied_at) "
+            "SELECT 'h', 'q' || n, 'e' || k, now() "
+            f"FROM generate_series(1, {MANY}) AS n, generate_series(1, {IDS_EACH}) AS k",
         )
     )
+    assert MANY > WRITE_PLAYERS
     command.upgrade(config, "head")
-    rows = asyncio.run(_run(url, "SELECT player_id, seen_ids FROM profiles"))
+    many = asyncio.run(_run(url, "SELECT player_id, seen_ids FROM profiles WHERE game = 'h'"))
+    assert len(many) == MANY
+    for row in many:
+        held = SeenIds.decode(row["seen_ids"])
+        assert len(held) == IDS_EACH, row["player_id"]
+        assert all(held.holds(event_hash("h", row["player_id"], f"e{k}")) for k in (1, IDS_EACH))
+    rows = asyncio.run(_run(url, "SELECT player_id, seen_ids FROM profiles WHERE game = 'g'"))
     assert [r["player_id"] for r in rows] == ["p"]
     seen = SeenIds.decode(rows[0]["seen_ids"])
     assert len(seen) == 2

@@ -14,6 +14,8 @@ Create Date: 2026-11-28
 """
 
 from collections.abc import Sequence
+from itertools import groupby
+from operator import itemgetter
 
 import sqlalchemy as sa
 from alembic import op
@@ -27,6 +29,7 @@ depends_on: str | Sequence[str] | None = None
 
 TZ = sa.DateTime(timezone=True)
 CARRIED_S = 86400
+WRITE_PLAYERS = 1_000
 
 
 def upgrade() -> None:
@@ -43,29 +46,49 @@ def upgrade() -> None:
 
 
 def _carry_over() -> None:
-    """Each player's ids of the last day, hashed into its ``seen_ids``."""
+    """Each player's ids of the last day, hashed into its ``seen_ids``.
+
+    ``WRITE_PLAYERS`` profiles at a time, in key order, each range's ids read by the
+    primary key: memory holds one range's ids, whatever the size of ``applied_events`` (a
+    busy service can hold hundreds of millions of rows there). No server-side cursor: an
+    open one would keep ``applied_events`` in use when the table is dropped.
+    """
     conn = op.get_bind()
-    rows = conn.execute(
-        sa.text(
-            "SELECT a.game, a.player_id, a.event_id, "
-            "CAST(extract(epoch FROM a.applied_at) AS bigint) "
-            "FROM applied_events a JOIN profiles p USING (game, player_id) "
-            "WHERE a.applied_at > now() - make_interval(secs => :age)"
-        ),
-        {"age": CARRIED_S},
-    )
     width = bucket_width_s(CARRIED_S)
-    sets: dict[tuple[str, str], SeenIds] = {}
-    for game, player, event_id, at in rows:
-        seen = sets.get((game, player))
-        if seen is None:
-            seen = sets[(game, player)] = SeenIds()
-        seen.add(event_hash(game, player, event_id), int(at), width)
-    # Written once the read is done (8 bytes an id in memory meanwhile).
-    if sets:
+    after: tuple[str, str] = ("", "")
+    while keys := conn.execute(_PROFILES, {"g": after[0], "p": after[1], "n": WRITE_PLAYERS}).all():
+        last = (keys[-1][0], keys[-1][1])
+        rows = conn.execute(
+            _IDS, {"g": after[0], "p": after[1], "lg": last[0], "lp": last[1], "age": CARRIED_S}
+        )
+        pending: list[dict[str, object]] = []
+        for (game, player), ids in groupby(rows, key=itemgetter(0, 1)):
+            seen = SeenIds()
+            for _, _, event_id, at in ids:
+                seen.add(event_hash(game, player, event_id), int(at), width)
+            pending.append({"s": seen.encode(), "g": game, "p": player})
+        _write(conn, pending)
+        after = last
+
+
+_PROFILES = sa.text(
+    "SELECT game, player_id FROM profiles WHERE (game, player_id) > (:g, :p) "
+    "ORDER BY game, player_id LIMIT :n"
+)
+_IDS = sa.text(
+    "SELECT a.game, a.player_id, a.event_id, CAST(extract(epoch FROM a.applied_at) AS bigint) "
+    "FROM applied_events a JOIN profiles p USING (game, player_id) "
+    "WHERE (a.game, a.player_id) > (:g, :p) AND (a.game, a.player_id) <= (:lg, :lp) "
+    "AND a.applied_at > now() - make_interval(secs => :age) "
+    "ORDER BY a.game, a.player_id"
+)
+
+
+def _write(conn: sa.Connection, pending: list[dict[str, object]]) -> None:
+    if pending:
         conn.execute(
             sa.text("UPDATE profiles SET seen_ids = :s WHERE game = :g AND player_id = :p"),
-            [{"s": s.encode(), "g": g, "p": p} for (g, p), s in sets.items()],
+            pending,
         )
 
 
