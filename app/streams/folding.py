@@ -84,6 +84,12 @@ class RefusedByDatabase(Exception):
     """PostgreSQL refused the data itself (not a transient failure): retrying cannot help."""
 
 
+def _messages(ends: list[tuple[int, Position]]) -> tuple[list[Position], list[int]]:
+    """Messages from their end indices in the folded records: positions, events each."""
+    starts = [0, *(end for end, _ in ends[:-1])]
+    return [p for _, p in ends], [end - start for (end, _), start in zip(ends, starts, strict=True)]
+
+
 def _refused(exc: DBAPIError) -> bool:
     """True for SQLSTATE classes 22 (data exception) and 23 (integrity violation)."""
     cause: BaseException | None = exc
@@ -244,8 +250,9 @@ class ProfileFolder:
 
         ``positions``: each message's partition, offset and broker timestamp: messages
         at or below their partition's recorded progress are not folded again (they are
-        still returned, for the archive), the others' offsets are recorded in the
-        transaction that commits their events (read-your-writes reads them too).
+        still returned, for the archive, but have no hop times), the others' offsets are
+        recorded in the transaction that commits their events (read-your-writes reads them
+        too).
         """
         decoded, undecodable = _decode(payloads)
         committed = await self._committed(positions)
@@ -275,10 +282,10 @@ class ProfileFolder:
                 log.warning("fold batch rejected by database; isolating events", error=str(exc))
                 await self._isolate(part)
         self._count_skipped(skipped)
-        if positions:
-            carried = [len(batch) for batch in decoded]
-            self.hop_sampler(records, positions, carried)
-            _observe_appended(positions, carried)
+        if ends:  # hop times of the messages folded now, not of redeliveries
+            folded, carried = _messages(ends)
+            self.hop_sampler(kept, folded, carried)
+            _observe_appended(folded, carried)
         self.stats.seen += len(records) + len(undecodable)
         self.stats.batches += 1
         return records

@@ -153,6 +153,10 @@ async def test_a_redelivered_message_is_skipped_by_its_offset_without_an_id_look
     engine: AsyncEngine, reads: FastReads, features: FeatureSet
 ) -> None:
     folder = ProfileFolder(engine, features, dedup_horizon_s=60)
+    sampled: list[tuple[list[str], list[Position], list[int]]] = []
+    folder.hop_sampler = lambda records, positions, carried: sampled.append(
+        ([r.event_id for r in records], list(positions), list(carried))
+    )
     first = [record(f"o-{i}", "offsets", "purchase", NOW_US, amount=1) for i in range(3)]
     messages = [encode_record(first[0]), encode_record(first[1]), encode_record(first[2])]
     folded = await folder.fold_batch(messages, [at(0, 10), at(0, 11), at(1, 4)])
@@ -171,6 +175,11 @@ async def test_a_redelivered_message_is_skipped_by_its_offset_without_an_id_look
     )
     # Returned all the same, for the archive (it may not have written them yet).
     assert [r.event_id for r in redelivered] == ["o-1", "o-2", "o-3"]
+    # Hop times only for what was folded now: not for the redelivered messages.
+    assert sampled == [
+        (["o-0", "o-1", "o-2"], [at(0, 10), at(0, 11), at(1, 4)], [1, 1, 1]),
+        (["o-3"], [at(1, 5)], [1]),
+    ]
     assert (folder.stats.applied, folder.stats.redelivered, folder.stats.duplicates) == (4, 2, 2)
     profile = await ProfileService(reads, features).get("g", "offsets")
     assert profile is not None

@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from app.domain.events import EventRecord
-from app.streams.folding import Position
+from app.streams.folding import Position, _messages
 from app.streams.hop_sample import HopSampler, write_hops
 from app.streams.lake import LakeArchiver
 
@@ -74,3 +74,10 @@ async def test_the_hook_buffers_and_the_flush_writes_parquet(tmp_path: Path) -> 
         "folded_at",
     ]
     assert table.num_rows == 3
+
+
+def test_messages_folded_now_are_read_back_from_their_end_indices() -> None:
+    first, second, third = Position(0, 7, 1.0), Position(1, 2, 2.0), Position(0, 9, 3.0)
+    # 3 events from the first message, 1 from the second, 2 from the third
+    assert _messages([(3, first), (4, second), (6, third)]) == ([first, second, third], [3, 1, 2])
+    assert _messages([(2, second)]) == ([second], [2])
