@@ -71,6 +71,28 @@ async def _sizes(url: str, vacuum: bool = False) -> tuple[int, int, int]:
         await conn.close()
 
 
+async def _rows(url: str) -> str:
+    """What an average profile row holds, and the table's pages."""
+    import asyncpg
+
+    conn = await asyncpg.connect(url)
+    try:
+        row = await conn.fetchrow(
+            "SELECT count(*) AS n, avg(pg_column_size(p.*)) AS whole, "
+            "avg(pg_column_size(state)) AS state, "
+            "avg(coalesce(pg_column_size(seen_ids), 0)) AS ids, "
+            "(SELECT relpages FROM pg_class WHERE relname = 'profiles') AS pages "
+            "FROM profiles p"
+        )
+    finally:
+        await conn.close()
+    return (
+        f"profile rows: {row['n']:,}, on average {float(row['whole']):.0f} bytes each "
+        f"(state {float(row['state']):.0f}, id hashes with their headers {float(row['ids']):.0f}); "
+        f"heap pages (at the last vacuum or analyze): {row['pages']:,}"
+    )
+
+
 def folded(url: str) -> float:
     return scrape(url).get("playerpulse_events_folded_total", 0.0)
 
@@ -140,6 +162,7 @@ def run(serve: Serve, args: argparse.Namespace, seconds: float) -> None:
         f"{PLAYERS:,} players) and VACUUM: db {db / 1e6:.2f} MB, profiles "
         f"{profiles / 1e6:.2f} MB, ids {ids / 1e6:.2f} MB"
     )
+    print(asyncio.run(_rows(db_url)))
     result: list[PacedResult] = []
     load = threading.Thread(
         target=lambda: result.append(
@@ -163,6 +186,7 @@ def run(serve: Serve, args: argparse.Namespace, seconds: float) -> None:
     show(sample(serve.url, db_url, started, base, vacuum=True), "(after VACUUM)")
     summarise(samples, args.horizon)
     print(asyncio.run(_updates(db_url)))
+    print(asyncio.run(_rows(db_url)))
 
 
 async def _updates(url: str) -> str:

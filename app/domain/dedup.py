@@ -5,10 +5,13 @@ client resend is recognised and skipped. Only the last ``horizon_s`` of received
 is remembered: buckets are ``horizon_s / BUCKETS`` wide, and a bucket goes as a whole
 the first time its player is folded after every id in it is older than the horizon.
 Nothing is deleted row by row; the set of a player holds at most the ids received in
-``horizon_s + horizon_s / BUCKETS``, at 8 bytes each plus 8 bytes per bucket.
+``horizon_s + horizon_s / BUCKETS``, at 8 bytes each plus a few bytes per bucket.
 
-Encoding: ``<H`` bucket count, then per bucket ``<II`` (start in epoch seconds, ids),
-then every hash, bucket by bucket, oldest first.
+Encoding: a msgpack array ``[first start (epoch s), [gap to each next start (s)],
+[ids per bucket], hashes (bin)]``, every hash bucket by bucket, oldest first: small
+numbers take one byte each, so a bucket costs 2 to 4 bytes besides its hashes. Sets
+stored by the first version of this module (``<H`` bucket count, ``<II`` start and ids
+per bucket, then the hashes: 8 bytes a bucket) are read too, and written anew.
 """
 
 from __future__ import annotations
@@ -17,12 +20,21 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from hashlib import blake2b
+from itertools import accumulate, pairwise
+
+import msgspec
 
 HASH_BYTES = 8
 BUCKETS = 8
 """Buckets per horizon: ids are kept at most 1/BUCKETS of a horizon past it."""
 
 _COUNT = struct.Struct("<H")
+_PACKED = 0x94
+"""First byte of the encoding (a msgpack array of 4); the old one began with its bucket
+count, never above BUCKETS + 2."""
+_Packed = tuple[int, list[int], list[int], bytes]
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(_Packed)
 
 
 def event_hash(game: str, player_id: str, event_id: str) -> bytes:
@@ -65,13 +77,26 @@ class SeenIds:
         """The set stored as ``blob`` (None or empty: nothing remembered)."""
         if not blob:
             return cls()
+        if blob[0] != _PACKED:
+            return cls._decode_first(blob)
+        try:
+            first, gaps, counts, hashes = _decoder.decode(blob)
+        except msgspec.DecodeError as exc:
+            raise ValueError(f"corrupt seen-ids blob: {exc}") from exc
+        if len(gaps) + 1 != len(counts) or len(hashes) != HASH_BYTES * sum(counts):
+            raise ValueError("corrupt seen-ids blob: hash bytes do not match the counts")
+        return cls(list(accumulate(gaps, initial=first)), counts, hashes, stored=blob)
+
+    @classmethod
+    def _decode_first(cls, blob: bytes) -> SeenIds:
+        """A set in the first encoding (8 bytes a bucket); it is encoded anew when written."""
         (buckets,) = _COUNT.unpack_from(blob)
         header = struct.unpack_from(f"<{2 * buckets}I", blob, _COUNT.size)
         counts = list(header[1::2])
         hashes = blob[_COUNT.size + 4 * len(header) :]
         if len(hashes) != HASH_BYTES * sum(counts):
             raise ValueError("corrupt seen-ids blob: hash bytes do not match the counts")
-        return cls(list(header[::2]), counts, hashes, stored=blob)
+        return cls(list(header[::2]), counts, hashes)
 
     def __len__(self) -> int:
         return sum(self.counts) + sum(len(b) for b in self.added.values()) // HASH_BYTES
@@ -143,7 +168,5 @@ class SeenIds:
 def _pack(starts: list[int], counts: list[int], body: Sequence[bytes | bytearray]) -> bytes:
     if not starts:
         return b""
-    if len(starts) > 0xFFFF:
-        raise ValueError("too many seen-id buckets")
-    pairs = [n for pair in zip(starts, counts, strict=True) for n in pair]
-    return struct.pack(f"<H{len(pairs)}I", len(starts), *pairs) + b"".join(body)
+    gaps = [later - earlier for earlier, later in pairwise(starts)]
+    return _encoder.encode((starts[0], gaps, counts, b"".join(body)))

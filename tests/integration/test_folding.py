@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.db.reads import FastReads
 from app.db.tables import failed_events
+from app.domain.dedup import SeenIds
 from app.domain.events import EventRecord, encode_record
 from app.domain.features import FeatureSet
 from app.profiles import ProfileService
@@ -239,8 +240,9 @@ async def test_a_resend_is_a_duplicate_within_the_horizon_and_counts_again_after
     # The resend past the horizon is counted: its event time is older than the horizon.
     assert folder.stats.beyond_horizon == 1
     async with engine.connect() as conn:
-        size = await conn.scalar(text("SELECT octet_length(seen_ids) FROM profiles"))
-    assert size == 2 + 8 + 2 * 8  # one bucket holds both ids received now
+        blob = await conn.scalar(text("SELECT seen_ids FROM profiles"))
+    # One bucket holds both ids received now: 11 bytes of msgpack around their hashes.
+    assert (SeenIds.decode(blob).counts, len(blob)) == ([2], 11 + 2 * 8)
 
 
 def _fields(r: EventRecord) -> dict[str, Any]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import struct
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -55,13 +57,13 @@ def test_remembers_within_the_horizon_and_only_a_bucket_past_it(
                 assert h not in held, "kept longer than a bucket past the horizon"
         for h in held:
             assert received[h] >= now - horizon_s - width
-        # Bounded: 8 bytes an id kept, 8 a bucket, and no more buckets than the horizon
-        # and one bucket past it can span.
+        # Bounded: 8 bytes an id kept, at most 17 for the set and 6 a bucket (gaps and counts
+        # under 2**16), and no more buckets than the horizon and one bucket past it span.
         blob = seen.encode()
         assert len(seen) == len(held)
         buckets = len(set(SeenIds.decode(blob).starts))
         assert buckets <= horizon_s // width + 2
-        assert len(blob) <= (2 + 8 * buckets + HASH_BYTES * len(held) if held else 0)
+        assert len(blob) <= (17 + 6 * buckets + HASH_BYTES * len(held) if held else 0)
 
 
 @settings(max_examples=200, deadline=None)
@@ -115,3 +117,32 @@ def test_a_bucket_is_an_eighth_of_the_horizon() -> None:
     assert bucket_width_s(86400) == 86400 // BUCKETS
     assert bucket_width_s(3) == 1
     assert SeenIds.decode(None).encode() == b""
+
+
+def test_a_bucket_costs_two_bytes_besides_its_hashes_when_its_numbers_are_small() -> None:
+    # What a busy player's set looks like with a 60 s horizon: a bucket every 7 s, one id each.
+    seen = SeenIds()
+    for n in range(9):
+        seen.add(digest(n), START_S + 7 * n, 7)
+    blob = seen.encode()
+    # array, first start (uint32), 8 gaps and 9 counts (one byte each, with their array
+    # headers), then the hashes as one bin (2-byte header)
+    assert len(blob) == 1 + 5 + (1 + 8) + (1 + 9) + 2 + 9 * HASH_BYTES
+    again = SeenIds.decode(blob)
+    assert again.starts == [START_S - START_S % 7 + 7 * n for n in range(9)]
+    assert again.counts == [1] * 9
+
+
+def test_a_set_stored_in_the_first_encoding_is_read_and_written_anew() -> None:
+    starts, counts = [START_S, START_S + 60], [2, 1]
+    hashes = digest(1) + digest(2) + digest(3)
+    first = struct.pack("<H4I", 2, starts[0], counts[0], starts[1], counts[1]) + hashes
+    seen = SeenIds.decode(first)
+    assert (seen.starts, seen.counts, len(seen)) == (starts, counts, 3)
+    assert all(seen.holds(digest(n)) for n in (1, 2, 3))
+    assert not seen.holds(digest(4))
+    again = SeenIds.decode(seen.encode())
+    assert seen.encode() != first
+    assert (again.starts, again.counts, again.hashes) == (starts, counts, hashes)
+    with pytest.raises(ValueError, match="corrupt"):
+        SeenIds.decode(first[:-1])
