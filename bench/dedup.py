@@ -19,8 +19,10 @@ up after it, then again after a plain ``VACUUM``):
   baseline: the table that holds the id hashes now;
 * ``ids``: ``sum(octet_length(seen_ids))`` minus the baseline: the live id hash bytes;
 * ``folded``: events folded since the baseline (``playerpulse_events_folded_total``).
-Then the bytes per event within the first horizon (growth at the first sample at or past
-one horizon / events folded by then) and the steady state: the growth from that sample
+Also, at the baseline and at the end, what an average profile row holds (its state, its
+id hashes with their headers) and the table's heap pages. Then the bytes per event
+within the first horizon (growth at the first sample at or past one horizon / events
+folded by then) and the steady state: the growth from that sample
 to the last, per event folded meanwhile (0 means it does not grow with traffic).
 Dead row versions left by profile updates are part of ``db`` and ``profiles`` until
 autovacuum (on, at its defaults) or the final ``VACUUM`` marks them reusable; a plain
