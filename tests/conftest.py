@@ -5,12 +5,19 @@ exactly-once folding, model change notices between servers)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from tests.support import ServeProcess
+
+# CI draws the same property-test examples every run, so a failure there repeats on a
+# rerun; elsewhere each run explores new ones (failures are kept in .hypothesis/).
+settings.register_profile("ci", derandomize=True, database=None)
+settings.load_profile(os.environ.get("PLAYERPULSE_HYPOTHESIS_PROFILE", "default"))
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
