@@ -175,7 +175,8 @@ class ProfileRepository:
                 "known": [known.get(k, -1) for k in keys],
             },
         )
-        return {(r[0], r[1]): LockedProfile(r[2], r[3], r[4]) for r in result}
+        # all() fetches the rows at once (iterating the result fetches them one by one)
+        return {(r[0], r[1]): LockedProfile(r[2], r[3], r[4]) for r in result.all()}
 
     async def save_states(self, conn: AsyncConnection, rows: Sequence[ProfileWrite]) -> None:
         """Insert or replace these profiles, stamping them with the commit-time clock."""

@@ -17,7 +17,6 @@ per bucket, then the hashes: 8 bytes a bucket) are read too, and written anew.
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from hashlib import blake2b
 from itertools import accumulate, pairwise
@@ -132,26 +131,35 @@ class SeenIds:
         return dropped
 
     def encode(self) -> bytes:
-        """The stored form, with what was added merged into its buckets."""
-        if not self.added:
-            if self.stored is None:
-                self.stored = _pack(self.starts, self.counts, [self.hashes])
-            return self.stored
-        starts, counts = list(self.starts), list(self.counts)
-        body: list[bytes | bytearray] = [self.hashes]
-        for start in sorted(self.added):
-            more = self.added[start]
-            if starts and start < starts[-1]:
-                return self._merge()  # an id received before the newest bucket: rare
-            if starts and start == starts[-1]:
-                counts[-1] += len(more) // HASH_BYTES
-            else:
-                starts.append(start)
-                counts.append(len(more) // HASH_BYTES)
-            body.append(more)
-        return _pack(starts, counts, body)
+        """The stored form, with what was added merged into its buckets.
 
-    def _merge(self) -> bytes:
+        The set then holds that form itself (as ``decode`` of the bytes would), so the
+        fold keeps it for the player's next events instead of decoding them again.
+        """
+        if self.added:
+            self._settle()
+        if self.stored is None:
+            self.stored = _pack(self.starts, self.counts, self.hashes)
+        return self.stored
+
+    def _settle(self) -> None:
+        """Merge what was added into the buckets (kept in time order)."""
+        added = sorted(self.added)
+        if self.starts and added[0] < self.starts[-1]:
+            self._merge()  # an id received before the newest bucket: rare
+            return
+        body: list[bytes | bytearray] = [self.hashes]
+        for start in added:
+            more = self.added[start]
+            if self.starts and start == self.starts[-1]:
+                self.counts[-1] += len(more) // HASH_BYTES
+            else:
+                self.starts.append(start)
+                self.counts.append(len(more) // HASH_BYTES)
+            body.append(more)
+        self.hashes, self.added, self.stored = b"".join(body), {}, None
+
+    def _merge(self) -> None:
         parts: dict[int, list[bytes]] = {}
         offset = 0
         for start, count in zip(self.starts, self.counts, strict=True):
@@ -160,13 +168,14 @@ class SeenIds:
             offset = end
         for start, more in self.added.items():
             parts.setdefault(start, []).append(bytes(more))
-        starts = sorted(parts)
-        body = [b"".join(parts[start]) for start in starts]
-        return _pack(starts, [len(chunk) // HASH_BYTES for chunk in body], body)
+        self.starts = sorted(parts)
+        chunks = [b"".join(parts[start]) for start in self.starts]
+        self.counts = [len(chunk) // HASH_BYTES for chunk in chunks]
+        self.hashes, self.added, self.stored = b"".join(chunks), {}, None
 
 
-def _pack(starts: list[int], counts: list[int], body: Sequence[bytes | bytearray]) -> bytes:
+def _pack(starts: list[int], counts: list[int], hashes: bytes) -> bytes:
     if not starts:
         return b""
     gaps = [later - earlier for earlier, later in pairwise(starts)]
-    return _encoder.encode((starts[0], gaps, counts, b"".join(body)))
+    return _encoder.encode((starts[0], gaps, counts, hashes))

@@ -151,8 +151,9 @@ class _Outcome(FoldCounts):
     event_ts: list[int] = field(default_factory=list)
     states: dict[PlayerKey, ProfileState] = field(default_factory=dict)
     versions: dict[PlayerKey, int] = field(default_factory=dict)
-    seen: dict[PlayerKey, bytes] = field(default_factory=dict)
-    """Written states, their new versions and id hashes: cached once the transaction commits."""
+    seen: dict[PlayerKey, SeenIds] = field(default_factory=dict)
+    """Written states, their new versions and id sets (as encoded): cached once the
+    transaction commits (so the next events of a player decode nothing)."""
 
 
 @dataclass(slots=True)
@@ -236,7 +237,7 @@ class ProfileFolder:
         # object for the garbage collector to track and scan, per player, per batch.
         self._cache: OrderedDict[PlayerKey, ProfileState] = OrderedDict()
         self._versions: dict[PlayerKey, int] = {}
-        self._seen: dict[PlayerKey, bytes] = {}
+        self._seen: dict[PlayerKey, SeenIds] = {}
         self.freshness_samples: list[float] | None = None
         """Set to a list to also collect every event's freshness in seconds (benchmarks)."""
         self.hop_sampler: Callable[[list[EventRecord], Sequence[Position], list[int]], None]
@@ -421,7 +422,7 @@ class ProfileFolder:
         cache, known, seen = self._cache, self._versions, self._seen
         held = {key: cache.pop(key) for key in keys if key in cache}
         versions = {key: known.pop(key) for key in held}
-        held_seen = {key: seen.pop(key, None) for key in held}
+        held_seen = {key: seen.pop(key) for key in held}  # cached with their state
         stored = await self.repository.lock_states(conn, keys, versions)
         players = {}
         for key in keys:
@@ -429,9 +430,7 @@ class ProfileFolder:
             if row is None:
                 players[key] = _Player(ProfileState(), SeenIds(), 0, stored=False)
             elif row.state is None:  # our copy is current
-                players[key] = _Player(
-                    held[key], SeenIds.decode(held_seen[key]), row.version, stored=True
-                )
+                players[key] = _Player(held[key], held_seen[key], row.version, stored=True)
             else:
                 state, seen_ids = decode_state(row.state), SeenIds.decode(row.seen_ids)
                 players[key] = _Player(state, seen_ids, row.version, stored=True)
@@ -499,7 +498,7 @@ class ProfileFolder:
             seen_ids = player.seen.encode()
             outcome.states[key] = state
             outcome.versions[key] = player.version + 1
-            outcome.seen[key] = seen_ids
+            outcome.seen[key] = player.seen
             writes.append(profile_write(key, state, seen_ids))
         return writes
 

@@ -30,9 +30,13 @@ steps = st.lists(
 
 
 @settings(max_examples=300, deadline=None)
-@given(steps=steps, horizon_s=st.sampled_from([1, 7, 60, 300, 86400]), stored=st.booleans())
+@given(
+    steps=steps,
+    horizon_s=st.sampled_from([1, 7, 60, 300, 86400]),
+    kept=st.sampled_from(["object", "encoded", "stored"]),
+)
 def test_remembers_within_the_horizon_and_only_a_bucket_past_it(
-    steps: list[tuple[int, list[tuple[int, int]]]], horizon_s: int, stored: bool
+    steps: list[tuple[int, list[tuple[int, int]]]], horizon_s: int, kept: str
 ) -> None:
     width = bucket_width_s(horizon_s)
     seen = SeenIds()
@@ -47,8 +51,11 @@ def test_remembers_within_the_horizon_and_only_a_bucket_past_it(
                 seen.add(h, at, width)
                 received[h] = at
         seen.prune(now, horizon_s, width)
-        if stored:  # as the fold does: encoded with the profile, decoded next time
+        if kept == "stored":  # encoded with the profile, decoded next time
             seen = SeenIds.decode(seen.encode())
+        elif kept == "encoded":  # encoded, and the same set used next time (the fold's cache)
+            encoded = seen.encode()
+            assert (seen.added, SeenIds.decode(encoded).starts) == ({}, seen.starts)
         held = {h for h in received if seen.holds(h)}
         for h, at in received.items():
             if at >= now - horizon_s:
