@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app import metrics
 from app.db.repositories import Failure, PlayerKey, ProfileRepository, ProfileWrite, Progress
+from app.domain.compiled_fold import compile_fold
 from app.domain.dedup import SeenIds, bucket_width_s, event_hash
 from app.domain.events import EventRecord, decode_records, encode_record, maybe_from_micros
 from app.domain.features import FeatureSet
@@ -34,7 +35,6 @@ from app.domain.fold import (
     _bucket_range,
     decode_state,
     encode_state,
-    fold_event,
     prune_windows,
 )
 from app.log import get_logger
@@ -220,6 +220,9 @@ class ProfileFolder:
         self.engine = engine
         self.topic = topic
         self.features = features
+        # The fold specialised to these features (equal to fold_event, checked by a
+        # property test), compiled once.
+        self._fold = compile_fold(features)
         self.repository = repository or ProfileRepository()
         self.retry_max_s = retry_max_s
         self.transaction_events = transaction_events
@@ -453,7 +456,7 @@ class ProfileFolder:
         player.seen.add(digest, record.received_at // 1_000_000, self._width_s)
         player.changed = True
         try:
-            fold_event(player.state, record, self.features)
+            self._fold(player.state, record)
         except PoisonEvent as exc:
             failures.append(_failure(record, str(exc)))
             return
