@@ -7,8 +7,10 @@ module is imported), and ``/metrics`` adds up every worker's, whichever answers.
 
 from __future__ import annotations
 
+import gc
 import math
 import os
+import time
 from bisect import bisect_left
 from collections.abc import Sequence
 from typing import Any
@@ -154,3 +156,23 @@ PREDICTIONS_BY_VERSION = Histogram(
     ["model", "version"],
     buckets=(0.0002, 0.0005, 0.001, 0.0015, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1),
 )
+GC_SECONDS = Counter(
+    "playerpulse_gc_seconds",
+    "Time this process spent in the garbage collector, by generation collected (2: full).",
+    ["generation"],
+)
+
+
+def watch_gc() -> None:
+    """Count every garbage collection's time in :data:`GC_SECONDS` (once per process)."""
+    started: list[float] = [0.0]
+    children = [GC_SECONDS.labels(str(generation)) for generation in range(3)]
+
+    def on_gc(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            started[0] = time.perf_counter()
+        else:
+            children[info["generation"]].inc(time.perf_counter() - started[0])
+
+    if not any(getattr(c, "__name__", "") == "on_gc" for c in gc.callbacks):
+        gc.callbacks.append(on_gc)

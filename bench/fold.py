@@ -22,7 +22,10 @@ as in one `playerpulse serve` worker:
 3. freshness: events produced at a steady rate while the fold runs; percentiles of
    (profile change committed) - (event received), per event.
 
-Prints figures and the fold/baseline ratio of each shape, measured in this same run.
+Prints figures and the fold/baseline ratio of each shape, measured in this same run, and
+for both the baseline and the fold the CPU microseconds per event of each process, from
+/proc: ``fold`` is this process (the consumer: raw, or Faust and the fold), ``kafka``
+the broker's JVM, ``postgres`` every PostgreSQL process (the baseline does not use it).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import asyncio
 import os
 import random
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -46,9 +50,13 @@ from app.db.engine import migrate
 from app.domain.events import EventRecord, decode_records
 from app.embedded.kafka import EmbeddedKafka
 from app.embedded.postgres import EmbeddedPostgres
+from app.gc_tuning import settle_heap
 from app.log import configure_logging
 from app.settings import Settings
 from app.streams.producer import group_messages
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.load import CpuShare
 
 TYPES = ("purchase", "session_start", "level_complete", "purchase", "session_start")
 
@@ -157,6 +165,7 @@ async def throughput(settings: Settings, events: list[EventRecord], single: bool
     """Preload ``events`` on a topic of their own, then time raw consumption and the fold."""
     assert settings.kafka_brokers is not None
     services = await open_services(settings)
+    settle_heap()  # as a serving worker does once started
     t = time.perf_counter()
     if single:
         partitions = await services.producer.partition_count(settings.events_topic)
@@ -166,15 +175,27 @@ async def throughput(settings: Settings, events: list[EventRecord], single: bool
     else:
         await produce(services, settings.events_topic, events)
     produce_s = time.perf_counter() - t
+    raw = CpuShare(None, own="fold").start()
     raw_s = await raw_consume(settings.kafka_brokers, settings.events_topic, len(events))
+    raw.stop()
+    raw_cpu = raw.per_event(len(events))
     async with faust_app_running(services.stream_app, stop_timeout=60):
         t = time.perf_counter()
+        cpu = CpuShare(None, own="fold").start()
         while services.folder.stats.applied < len(events):
             await asyncio.sleep(0.05)
         fold_s = time.perf_counter() - t
+        cpu.stop()
         await services.flush()
     await services.close()
-    return {"n": len(events), "produce_s": produce_s, "raw_s": raw_s, "fold_s": fold_s}
+    return {
+        "n": len(events),
+        "produce_s": produce_s,
+        "raw_s": raw_s,
+        "raw_cpu": raw_cpu,
+        "fold_s": fold_s,
+        "cpu": cpu.per_event(len(events)),
+    }
 
 
 async def bench(settings: Settings, args: argparse.Namespace) -> None:
@@ -197,6 +218,7 @@ async def bench(settings: Settings, args: argparse.Namespace) -> None:
     # 3: steady load while folding.
     steady = _renamed(settings, "steady")
     services = await open_services(steady)
+    settle_heap()
     samples: list[float] = []
     services.folder.freshness_samples = samples
     batch_sum0 = metrics.FOLD_BATCH_SECONDS._sum.get()
@@ -234,6 +256,8 @@ async def bench(settings: Settings, args: argparse.Namespace) -> None:
             f"    fold into PostgreSQL:          {n / run['fold_s']:,.0f} events/s per process "
             f"(ratio to baseline {run['raw_s'] / run['fold_s']:.2f})"
         )
+        print(f"    baseline {run['raw_cpu']}")
+        print(f"    fold     {run['cpu']}")
     print(
         f"  steady load {len(live) / sent_s:,.0f} events/s for {sent_s:.1f}s: freshness "
         f"p50 {pct(samples, 0.5) * 1000:.1f} ms, p90 {pct(samples, 0.9) * 1000:.1f} ms, "

@@ -10,14 +10,24 @@ A probe, in this process, over its own two keep-alive connections: POST one even
 probe player; once its 202 is read, GET /v1/players/{probe} right away and then every
 ``--poll-ms`` until ``events_applied`` went up; the sample is the time from the 202 having
 been read to the answer that shows the event (so it includes one GET round trip, and up to
-``--poll-ms`` of polling granularity). Probes rotate over 8 probe players, one per
-partition of the events topic (so both workers' partitions are measured), 20 ms apart.
+``--poll-ms`` of polling granularity). Two kinds of probe, alternating, 20 ms apart:
+
+- *existing player, polled*: probes rotate over 8 probe players, one per partition of the
+  events topic (so both workers' partitions are measured), and poll as above;
+- *new player, with the token*: each probe posts for a player never seen before and
+  reads it once with the 202's read-your-writes token (``?after=TOKEN``), which answers
+  as soon as the event is folded; the sample ends with the answer that shows it.
 
 1. baseline: ``--samples`` probes with nothing else sent to the server;
 2. under load: the same probes while a paced load (bench/load.py ``paced_load``, another
    process: ``--batch``-event requests with new ids, ``--players-per-request`` distinct
    players each, default one per event; players in rotation) offers ``--rate``
    events/s; the probing starts after a ``--warmup`` of that load.
+
+Before any probe, the service's CPU with no traffic at all is measured for ``--idle-s``
+seconds (cores, from /proc). Under load, the CPU each of the service's processes spent
+per event answered 202 (µs, from /proc: workers, Kafka, PostgreSQL, supervisor) is
+printed beside the cores.
 
 Printed for each: samples, p50/p90/p99/max in ms, the POST's own latency p50/p99; for the
 load: offered and achieved events/s (202 answers only) and failures; the service's own
@@ -90,12 +100,14 @@ async def probe(
         )
         applied[player] = json.loads(body)["events_applied"] if status == 200 else 0
     fresh: list[float] = []
+    fresh_new: list[float] = []
     posts: list[float] = []
     gets: list[float] = []
     failed = 0
     k = 0
-    while len(fresh) < samples and time.time() < deadline:
-        player = players[k % len(players)]
+    while len(fresh) + len(fresh_new) < samples and time.time() < deadline:
+        token_probe = k % 2 == 1
+        player = f"fresh-{uuid.uuid4().hex[:12]}" if token_probe else players[k // 2 % len(players)]
         k += 1
         event = {
             "event_id": f"probe-{uuid.uuid4().hex}",
@@ -114,6 +126,17 @@ async def probe(
             await asyncio.sleep(0.1)
             continue
         posts.append((acked - sent) * 1000)
+        if token_probe:
+            token = json.loads(body)["token"]
+            path = f"/v1/players/{player}?after={token}&wait_ms=10000"
+            status, body = await get.request(request_bytes("GET", host, path, read_key))
+            now = time.perf_counter()
+            gets.append((now - acked) * 1000)
+            if status != 200 or json.loads(body)["events_applied"] != 1:
+                raise RuntimeError(f"read after its token: {status} {body[:200]!r}")
+            fresh_new.append((now - acked) * 1000)
+            await asyncio.sleep(0.02)
+            continue
         target = applied[player] + 1
         polls = 0
         while True:
@@ -138,6 +161,7 @@ async def probe(
     get.close()
     return {
         "fresh": sorted(fresh),
+        "fresh_new": sorted(fresh_new),
         "posts": sorted(posts),
         "gets": sorted(gets),
         "failed": [failed],
@@ -160,15 +184,25 @@ def _background(args: tuple[Any, ...], queue: Any) -> None:
 
 
 def describe(label: str, result: dict[str, list[float]]) -> str:
-    fresh, posts = result["fresh"], result["posts"]
-    if not fresh:
-        return f"  {label}: no samples"
-    return (
-        f"  {label}: {len(fresh)} samples; 202 -> readable p50 {pct(fresh, 0.5):.1f} ms, "
-        f"p90 {pct(fresh, 0.9):.1f} ms, p99 {pct(fresh, 0.99):.1f} ms, max {fresh[-1]:.1f} ms "
-        f"(POST itself p50 {pct(posts, 0.5):.1f} ms, p99 {pct(posts, 0.99):.1f} ms; "
-        f"GET p50 {pct(result['gets'], 0.5):.1f} ms; failed posts {result['failed'][0]})"
-    )
+    posts = result["posts"]
+    lines = [
+        f"  {label} (POST itself p50 {pct(posts, 0.5):.1f} ms, p99 {pct(posts, 0.99):.1f} ms; "
+        f"failed posts {result['failed'][0]}):"
+    ]
+    for key, kind in [
+        ("fresh", "existing player, polled"),
+        ("fresh_new", "new player, read with the token"),
+    ]:
+        fresh = result[key]
+        if not fresh:
+            lines.append(f"    {kind}: no samples")
+            continue
+        lines.append(
+            f"    {kind}: {len(fresh)} samples; 202 -> readable p50 {pct(fresh, 0.5):.1f} ms, "
+            f"p90 {pct(fresh, 0.9):.1f} ms, p99 {pct(fresh, 0.99):.1f} ms, "
+            f"max {fresh[-1]:.1f} ms"
+        )
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -179,6 +213,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=100, help="events per load request")
     parser.add_argument("--warmup", type=float, default=5, help="seconds of load before probing")
     parser.add_argument("--load-seconds", type=float, default=60, help="longest load phase")
+    parser.add_argument("--idle-s", type=float, default=10, help="seconds of idle CPU measure")
     parser.add_argument(
         "--workers", type=int, default=None, help="serve --workers (default: cores)"
     )
@@ -196,6 +231,10 @@ def main() -> None:
     background: Any = None
     try:
         poll = args.poll_ms / 1000
+        time.sleep(2)  # let start-up work (topic creation, first fetches) settle
+        idle_cpu = CpuShare(serve).start()
+        time.sleep(args.idle_s)
+        idle_cpu.stop()
         idle = asyncio.run(
             probe(
                 serve.url,
@@ -259,6 +298,10 @@ def main() -> None:
         f" workers, durable embedded Apache Kafka and PostgreSQL on this machine; "
         f"polling every {args.poll_ms:g} ms"
     )
+    print(
+        f"  idle, no traffic for {args.idle_s:g} s: service {idle_cpu.service_cores():.3f} cores"
+        f" ({idle_cpu.line()})"
+    )
     print(describe("no load (baseline)", idle))
     print(describe(f"under {args.rate:,.0f} events/s", loaded))
     print(
@@ -272,6 +315,8 @@ def main() -> None:
         f"p99 in {p99[0] * 1000:g}..{p99[1] * 1000:g} ms"
     )
     print(f"  {cpu.line()}")
+    accepted_in_window = round(load.accepted_events / load.seconds * cpu.seconds)
+    print(f"  {cpu.per_event(accepted_in_window)} (events answered 202 in the window, estimated)")
 
 
 if __name__ == "__main__":

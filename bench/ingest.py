@@ -34,7 +34,10 @@ Printed: events/s answered 202 (= 202 answers x batch / wrk's duration), request
 latency p50/p90/p99/max of all answers (wrk), failures by status; how many events/s the
 fold applied (or found duplicate) meanwhile (/metrics counters); the CPU each part used
 during the measured load (in cores; "others" is the rest of the machine: other jobs on
-a shared machine show there); the two baselines and HTTP / baseline ratios.
+a shared machine show there) and per event answered 202, in CPU microseconds of each of
+the service's processes (workers, Kafka, PostgreSQL, supervisor, from /proc); the two
+baselines, each with its CPU microseconds per event (the producer: this process; Kafka),
+and HTTP / baseline ratios.
 """
 
 from __future__ import annotations
@@ -112,6 +115,7 @@ def http_run(serve: Serve, template: BodyTemplate, args: argparse.Namespace) -> 
         for name in ("playerpulse_events_folded_total", "playerpulse_events_duplicate_total")
     )
     result["cpu"] = cpu.line()
+    result["cpu_per_event"] = cpu.per_event(result["ok"] * args.batch)
     result["workers"] = len(serve.worker_pids())
     return result
 
@@ -214,10 +218,14 @@ def baselines(data_dir: Path, template: BodyTemplate, seconds: float) -> dict[st
         brokers = broker.start()
         ensure_topic(brokers, "bench-baseline-single")
         ensure_topic(brokers, "bench-baseline-grouped")
+        cpu_single = CpuShare(None, own="producer").start()
         single_rate, single_failed = produce_for(brokers, "bench-baseline-single", single, seconds)
+        cpu_single.stop()
+        cpu_grouped = CpuShare(None, own="producer").start()
         grouped_rate, grouped_failed = produce_for(
             brokers, "bench-baseline-grouped", grouped, seconds
         )
+        cpu_grouped.stop()
     finally:
         broker.stop()
     return {
@@ -226,6 +234,9 @@ def baselines(data_dir: Path, template: BodyTemplate, seconds: float) -> dict[st
         "grouped": grouped_rate,
         "grouped_failed": grouped_failed,
         "messages_per_batch": len(grouped) / len(records),
+        # Events produced in the window: the rate over the time to the last acknowledgement.
+        "single_cpu": cpu_single.per_event(round(single_rate * cpu_single.seconds)),
+        "grouped_cpu": cpu_grouped.per_event(round(grouped_rate * cpu_grouped.seconds)),
     }
 
 
@@ -245,7 +256,8 @@ def describe(label: str, run: dict[str, Any], batch: int, seconds: float) -> str
         f"{run['wrong_body']}, socket errors {run['socket_errors']})\n"
         f"      meanwhile the fold, in the same workers, applied or deduplicated "
         f"{run['folded'] / run['seconds']:,.0f} events/s\n"
-        f"      {run['cpu']}"
+        f"      {run['cpu']}\n"
+        f"      {run['cpu_per_event']} (events answered 202; the workers also fold them)"
     )
 
 
@@ -310,13 +322,15 @@ def main() -> None:
         print(
             f"  baseline (a) raw confluent-kafka producer, one message per event (idempotent, "
             f"lz4, acks=all), broker alone: {base['single']:,.0f} events/s "
-            f"(failed {base['single_failed']}); HTTP / (a) = {http / base['single']:.2f}"
+            f"(failed {base['single_failed']}); HTTP / (a) = {http / base['single']:.2f}\n"
+            f"      {base['single_cpu']}"
         )
         print(
             f"  baseline (b) same producer, the service's grouping "
             f"({base['messages_per_batch']:.1f} messages per {args.batch}-event batch): "
             f"{base['grouped']:,.0f} events/s "
-            f"(failed {base['grouped_failed']}); HTTP / (b) = {http / base['grouped']:.2f}"
+            f"(failed {base['grouped_failed']}); HTTP / (b) = {http / base['grouped']:.2f}\n"
+            f"      {base['grouped_cpu']}"
         )
 
 

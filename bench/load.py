@@ -604,9 +604,18 @@ class CpuShare:
     ``stop()`` (wrk, the paced load's pool), or among ``load_pids``.
     """
 
-    def __init__(self, serve: Serve | None, load_pids: Callable[[], list[int]] | None = None):
+    def __init__(
+        self,
+        serve: Serve | None,
+        load_pids: Callable[[], list[int]] | None = None,
+        own: str | None = None,
+    ):
         self.serve = serve
         self.load_pids = load_pids or (lambda: [])
+        self.own = own
+        """The work measured runs in this process (bench/fold.py's fold, a baseline
+        producer): this process counts under this name, and its child processes as the
+        broker (java) and PostgreSQL."""
         self.shares: dict[str, float] = {}
 
     def _snapshot(self) -> tuple[float, dict[str, float], float]:
@@ -629,6 +638,16 @@ class CpuShare:
                     members.append(("postgres", child))
                 else:
                     members.append(("supervisor", child))
+        if self.own:
+            for child in psutil.Process().children(recursive=True):
+                try:
+                    cmd = " ".join(child.cmdline())
+                except psutil.Error:
+                    continue
+                if "java" in cmd:
+                    members.append(("kafka", child))
+                elif "postgres" in cmd or "postgres" in child.name():
+                    members.append(("postgres", child))
         for pid in self.load_pids():
             with contextlib.suppress(psutil.Error):
                 members.append(("load", psutil.Process(pid)))
@@ -639,7 +658,7 @@ class CpuShare:
                 groups[name] = groups.get(name, 0.0) + times.user + times.system
         # This process, and its children once reaped (wrk, the load generator's processes).
         own = os.times()
-        groups["bench"] = own.user + own.system
+        groups[self.own or "bench"] = own.user + own.system
         groups["load"] = groups.get("load", 0.0) + own.children_user + own.children_system
         busy, _total = _machine_busy()
         return time.monotonic(), groups, busy
@@ -653,12 +672,36 @@ class CpuShare:
         t0, g0, b0 = self._start
         t1, g1, b1 = end
         seconds = t1 - t0
+        self.seconds = seconds
         shares = {k: (v - g0.get(k, 0.0)) / seconds for k, v in g1.items()}
         known = sum(shares.values())
         shares["machine"] = (b1 - b0) / seconds
         shares["others"] = max(0.0, shares["machine"] - known)
         self.shares = shares
         return shares
+
+    SERVICE = ("workers", "kafka", "postgres", "supervisor")
+    """The service's own processes (what a deployment pays for)."""
+
+    def _parts(self) -> list[str]:
+        return [*([self.own] if self.own else []), *self.SERVICE]
+
+    def service_cores(self) -> float:
+        """Cores the service's processes (or this one and its children) used together."""
+        return sum(self.shares.get(k, 0.0) for k in self._parts())
+
+    def per_event(self, events: int, unit: str = "event") -> str:
+        """CPU microseconds per ``unit`` spent by each of the service's processes."""
+        if not events:
+            return f"CPU per {unit}: no {unit}s"
+        seconds = getattr(self, "seconds", 0.0)
+        parts = [
+            f"{k} {self.shares[k] * seconds / events * 1e6:.1f}"
+            for k in self._parts()
+            if k in self.shares
+        ]
+        total = self.service_cores() * seconds / events * 1e6
+        return f"CPU us per {unit}: " + ", ".join(parts) + f"; total {total:.1f}"
 
     def line(self) -> str:
         order = ["workers", "kafka", "postgres", "supervisor", "load", "bench", "others"]

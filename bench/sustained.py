@@ -87,7 +87,8 @@ def bounds(low: float, high: float) -> str:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="pp-bench-sustained-"))
-    serve = start_serve(work, workers=args.workers)
+    env = dict(item.split("=", 1) for item in args.env)
+    serve = start_serve(work, workers=args.workers, env=env)
     try:
         brokers = serve.brokers()
         idle = LagMonitor(brokers)
@@ -159,12 +160,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "catchup": catchup,
             "warm_catchup": warm_catchup,
             "cpu": cpu.line(),
+            "cpu_per_event": cpu.per_event(holder[0].accepted_events),
             "messages": high_end - high_start,
             "workers": len(serve.worker_pids()),
         }
     finally:
         serve.stop()
         shutil.rmtree(work, ignore_errors=True)
+
+
+def gc_line(before: dict[str, float], after: dict[str, float]) -> str:
+    """Seconds the workers spent in the garbage collector, by generation (all workers)."""
+    parts = []
+    for generation in range(3):
+        key = f'playerpulse_gc_seconds_total{{generation="{generation}"}}'
+        parts.append(f"gen{generation} {after.get(key, 0.0) - before.get(key, 0.0):.2f}")
+    return "garbage collection during the load and catch-up, s (all workers): " + ", ".join(parts)
 
 
 def sum_high(monitor: LagMonitor) -> int:
@@ -197,6 +208,9 @@ def main() -> None:
         type=int,
         default=None,
         help="distinct players in a load request (default: one per event)",
+    )
+    parser.add_argument(
+        "--env", action="append", default=[], help="KEY=VALUE for serve (repeatable)"
     )
     args = parser.parse_args()
 
@@ -257,6 +271,8 @@ def main() -> None:
         f"(after the warm-up: {out['warm_catchup']:.1f}s)"
     )
     print(f"  {out['cpu']}")
+    print(f"  {out['cpu_per_event']}")
+    print(f"  {gc_line(before, after)}")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -24,6 +23,7 @@ from litestar.types import ASGIApp, Receive, Scope, Send
 
 from app import __version__
 from app.bootstrap import Services, open_services
+from app.gc_tuning import settle_heap
 from app.log import get_logger
 from app.settings import Settings
 
@@ -152,10 +152,7 @@ def _lifespan(
         try:
             # Before the agents join: a changed features file rebuilds profiles first.
             await services.start()
-            # Everything alive now lives as long as the process: keep it out of the
-            # collector's scans, which otherwise show as pauses in request latency.
-            gc.collect()
-            gc.freeze()
+            settle_heap()
             async with faust_app_running(services.stream_app, stop_timeout=30):
                 log.info("stream agents started", topic=settings.events_topic)
                 watcher = asyncio.create_task(watch(services))

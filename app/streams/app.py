@@ -21,7 +21,7 @@ from app.settings import Settings
 
 from .folding import Position, ProfileFolder
 from .lake import LakeArchiver
-from .transport import StreamApp
+from .transport import FETCH_MAX_WAIT_MS_HOLDING, StreamApp
 
 log = get_logger(__name__)
 
@@ -60,7 +60,7 @@ def create_stream_app(
 
 
 def _faust_app(settings: Settings, brokers: str, replication: int) -> faust.App:
-    return StreamApp(
+    app = StreamApp(
         settings.consumer_group,
         broker=faust_broker_url(brokers),
         web_enabled=False,
@@ -82,6 +82,9 @@ def _faust_app(settings: Settings, brokers: str, replication: int) -> faust.App:
         # redelivered to the next owner: deduplicated by the fold and by the lake's views.
         stream_wait_empty=False,
     )
+    if settings.embedded_broker and settings.broker == "memory":
+        app.fetch_max_wait_ms = FETCH_MAX_WAIT_MS_HOLDING
+    return app
 
 
 def _raw_topic(app: faust.App, settings: Settings, name: str) -> Any:
