@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import dataclasses
 import errno
 import fcntl
@@ -195,6 +196,17 @@ def _cached_runtime(home: Path) -> KafkaRuntime | None:
     return KafkaRuntime(java, java_version, jars, home)
 
 
+_STALE_S = 7 * 86400
+"""A class archive (or its failure mark) not used for this long is deleted."""
+
+
+def _unused_for(path: Path, seconds: float) -> bool:
+    try:
+        return time.time() - path.stat().st_mtime > seconds
+    except OSError:
+        return False
+
+
 def _archive_path(runtime: KafkaRuntime) -> Path:
     return runtime.home / "cds" / f"{runtime.archive_key}.jsa"
 
@@ -213,6 +225,8 @@ def _with_archive(runtime: KafkaRuntime) -> KafkaRuntime:
     archive = _archive_path(runtime)
     if not archive.exists():
         return runtime
+    with contextlib.suppress(OSError):  # marks it used (see _build_class_archive)
+        os.utime(archive)
     return dataclasses.replace(runtime, class_archive=archive)
 
 
@@ -365,7 +379,10 @@ def _build_class_archive(runtime: KafkaRuntime) -> None:
     archive = _archive_path(runtime)
     archive.parent.mkdir(parents=True, exist_ok=True)
     for stale in archive.parent.iterdir():  # archives for an earlier JDK image
-        if not stale.name.startswith(runtime.archive_key):
+        # Several virtual environments on one machine (each with its own JDK image)
+        # share this cache: deleting each other's archive made every one rebuild its
+        # own, holding the lock, at each start. Only archives unused for a while go.
+        if not stale.name.startswith(runtime.archive_key) and _unused_for(stale, _STALE_S):
             stale.unlink(missing_ok=True)
     started = time.monotonic()
     log.info("building the Kafka class archive (once; takes ~20 s)", archive=str(archive))
