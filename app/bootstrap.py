@@ -20,12 +20,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app import metrics
 from app.analytics.location import LakeLocation
 from app.analytics.privacy import housekeeping_tick
+from app.audit import AuditTrail
+from app.cors import CORS_CHANNEL, CorsOrigins
 from app.db.engine import create_engine, migrate
 from app.db.locks import hold_serving_lock
 from app.db.notify import ChangeListener
 from app.db.privacy import ERASURE_CHANNEL
 from app.db.reads import FastReads
-from app.db.repositories import MODEL_CHANNEL
+from app.db.repositories import KEY_CHANNEL, MODEL_CHANNEL
 from app.domain.events import EventRecord
 from app.domain.features import FeatureSet, load_features
 from app.domain.guard import GuardWatch
@@ -80,6 +82,10 @@ class Services:
     privacy: PrivacyService
     eraser: Eraser
     erasure_notices: ChangeListener
+    audit: AuditTrail
+    key_changes: ChangeListener
+    cors: CorsOrigins
+    cors_changes: ChangeListener
     _release_serving_lock: Callable[[], Awaitable[None]] | None = None
     _eraser_task: asyncio.Task[None] | None = None
 
@@ -99,6 +105,9 @@ class Services:
         )
         self._release_serving_lock = await hold_serving_lock(self.engine)
         await self.model_changes.start()
+        await self.key_changes.start()
+        await self.cors.load()
+        await self.cors_changes.start()
         self.prediction_log.start()
         await self.erasure_notices.start()
         self._eraser_task = asyncio.create_task(self.eraser.run_forever(), name="eraser")
@@ -120,6 +129,8 @@ class Services:
         if self._release_serving_lock is not None:
             await self._release_serving_lock()
         await self.model_changes.stop()
+        await self.key_changes.stop()
+        await self.cors_changes.stop()
         if self._eraser_task is not None:
             self._eraser_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -152,6 +163,10 @@ class CommandServices:
     @functools.cached_property
     def keys(self) -> KeyService:
         return KeyService(self.engine, cache_s=0)
+
+    @functools.cached_property
+    def audit(self) -> AuditTrail:
+        return AuditTrail(self.engine)
 
     @functools.cached_property
     def failed_events(self) -> FailedEventService:
@@ -265,11 +280,13 @@ async def open_services(settings: Settings) -> Services:
     prediction_log = PredictionLog(producer, settings.predictions_topic)
     registry = _registry(settings, engine, features, prediction_log)
     profiles = ProfileService(reads, features)
+    keys = KeyService(engine, cache_s=settings.key_cache_s, reads=reads)
+    cors = CorsOrigins(settings.cors_everywhere, engine)
     return Services(
         settings=settings,
         features=features,
         engine=engine,
-        keys=KeyService(engine, cache_s=settings.key_cache_s, reads=reads),
+        keys=keys,
         profiles=profiles,
         failed_events=FailedEventService(engine),
         registry=registry,
@@ -305,6 +322,10 @@ async def open_services(settings: Settings) -> Services:
         privacy=PrivacyService(engine, location, profiles),
         eraser=eraser,
         erasure_notices=ChangeListener(url, ERASURE_CHANNEL, eraser.notice),
+        audit=AuditTrail(engine),
+        key_changes=ChangeListener(url, KEY_CHANNEL, keys.forget),
+        cors=cors,
+        cors_changes=ChangeListener(url, CORS_CHANNEL, cors.changed),
     )
 
 

@@ -56,16 +56,86 @@ def main() -> None:
     help="Worker processes sharing the port and the fold [default: PLAYERPULSE_WORKERS, "
     "else one per CPU core].",
 )
-def serve(host: str, port: int, workers: int | None) -> None:
-    """Migrate, start everything, and serve until SIGINT/SIGTERM."""
+@click.option(
+    "--tls-cert",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="PEM certificate (chain): serve HTTPS [default: PLAYERPULSE_TLS_CERT].",
+)
+@click.option(
+    "--tls-key",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="PEM private key of --tls-cert [default: PLAYERPULSE_TLS_KEY].",
+)
+def serve(
+    host: str, port: int, workers: int | None, tls_cert: Path | None, tls_key: Path | None
+) -> None:
+    """Migrate, start everything, and serve until SIGINT/SIGTERM (SIGHUP: upgrade the
+    workers one at a time)."""
+    from dataclasses import replace
+
     from app.server import serve as run
 
-    sys.exit(run(_settings(), host, port, workers))
+    settings = _settings()
+    if tls_cert is not None or tls_key is not None:
+        if tls_cert is None or tls_key is None:
+            raise click.UsageError("--tls-cert and --tls-key go together")
+        settings = replace(settings, tls_cert=tls_cert, tls_key=tls_key)
+    sys.exit(run(settings, host, port, workers))
 
 
 @main.group()
 def keys() -> None:
     """API keys."""
+
+
+def _duration(text: str | None, option: str) -> float | None:
+    """Seconds of a duration such as 90d, 24h or 30m (None stays None)."""
+    from app.domain.features import parse_window
+
+    if text is None:
+        return None
+    try:
+        return float(parse_window(text))
+    except ValueError:
+        raise click.BadParameter(
+            f"{text!r}: a positive integer followed by s, m, h or d, such as 90d",
+            param_hint=option,
+        ) from None
+
+
+def _run_audited(
+    settings: Settings,
+    action: Any,
+    *,
+    what: str,
+    game: str | None,
+    target: str | Any,
+    pool_size: int = 1,
+) -> Any:
+    """Run ``action(services)`` and record it in the audit trail (outcome ok, or the
+    error); ``target`` may be a function of the result (the new key's id, say)."""
+    from app.audit import os_actor
+    from app.bootstrap import CommandServices, run_command
+    from app.domain.audit import AuditEntry
+
+    async def run(services: CommandServices) -> Any:
+        try:
+            result = await action(services)
+        except Exception as exc:
+            shown = target if isinstance(target, str) else ""
+            await services.audit.record(
+                AuditEntry(game, os_actor(), what, shown, f"error: {type(exc).__name__}")
+            )
+            raise
+        entry_game, shown = game, target
+        if not isinstance(target, str):
+            entry_game, shown = target(result)
+        await services.audit.record(AuditEntry(entry_game, os_actor(), what, shown, "ok"))
+        return result
+
+    return run_command(settings, run, pool_size=pool_size)
 
 
 @keys.command("create")
@@ -76,18 +146,181 @@ def keys() -> None:
     type=click.Choice([r.value for r in Role]),
     help="ingest: send events; read: profiles and predictions; admin: everything.",
 )
-def keys_create(game: str, role: str) -> None:
+@click.option("--name", default=None, help="What the key is for (shown in listings).")
+@click.option("--expires", default=None, help="Lifetime, such as 90d; default: none.")
+def keys_create(game: str, role: str, name: str | None, expires: str | None) -> None:
     """Print a new API key, alone on one line."""
-    from app.bootstrap import CommandServices, run_command
+    from app.bootstrap import CommandServices
 
-    async def create(services: CommandServices) -> str:
-        return await services.keys.create(game, Role(role))
+    expires_in = _duration(expires, "--expires")
+
+    async def create(services: CommandServices) -> Any:
+        return await services.keys.issue(game, Role(role), name=name, expires_in_s=expires_in)
 
     try:
-        key = run_command(_settings("warning"), create)
+        key, _stored = _run_audited(
+            _settings("warning"),
+            create,
+            what="keys.create",
+            game=game,
+            target=lambda result: (game, f"key:{result[1].id}"),
+        )
     except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--game") from None
+        raise click.BadParameter(str(exc)) from None
     click.echo(key)
+
+
+def _key_row(key: Any) -> dict[str, Any]:
+    def when(value: Any) -> str | None:
+        return None if value is None else value.isoformat(timespec="seconds")
+
+    return {
+        "id": key.id,
+        "game": key.game,
+        "role": key.role,
+        "name": key.name,
+        "created": when(key.created_at),
+        "last_used": when(key.last_used_at),
+        "expires": when(key.expires_at),
+        "revoked": when(key.revoked_at),
+        "replaced_by": key.replaced_by,
+    }
+
+
+@keys.command("list")
+@click.option("--game", default=None, help="Only this game's keys.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+def keys_list(game: str | None, fmt: str) -> None:
+    """Every key: id, game, role, name, created, last used, expires, revoked (no secret)."""
+    import msgspec
+
+    from app.bootstrap import CommandServices, run_command
+
+    async def fetch(services: CommandServices) -> list[dict[str, Any]]:
+        return [_key_row(k) for k in await services.keys.list(game)]
+
+    rows = run_command(_settings("warning"), fetch)
+    if fmt == "json":
+        click.echo(msgspec.json.encode(rows).decode())
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    columns = ("id", "game", "role", "name", "created", "last_used", "expires", "revoked")
+    table = Table(*columns)
+    for row in rows:
+        table.add_row(*("" if row[c] is None else str(row[c]) for c in columns))
+    Console(width=200).print(table)
+
+
+@keys.command("revoke")
+@click.argument("key_id")
+def keys_revoke(key_id: str) -> None:
+    """Revoke KEY_ID now: every server refuses it within a second."""
+    from app.bootstrap import CommandServices
+    from app.keys import UnknownKey
+
+    async def revoke(services: CommandServices) -> Any:
+        return await services.keys.revoke(key_id)
+
+    try:
+        key = _run_audited(
+            _settings("warning"),
+            revoke,
+            what="keys.revoke",
+            game=None,
+            target=lambda k: (k.game, f"key:{k.id}"),
+        )
+    except UnknownKey:
+        raise click.ClickException(f"no key with id {key_id!r}") from None
+    click.echo(f"revoked {key.id} ({key.game}, {key.role})")
+
+
+@keys.command("rotate")
+@click.argument("key_id")
+@click.option(
+    "--overlap", default="24h", show_default=True, help="How long the old key keeps working."
+)
+def keys_rotate(key_id: str, overlap: str) -> None:
+    """Print a new key replacing KEY_ID; the old one is revoked after the overlap."""
+    from app.bootstrap import CommandServices
+    from app.keys import UnknownKey
+
+    overlap_s = 0.0 if overlap in ("0", "0s") else _duration(overlap, "--overlap")
+    assert overlap_s is not None
+
+    async def rotate(services: CommandServices) -> Any:
+        return await services.keys.rotate(key_id, overlap_s=overlap_s)
+
+    try:
+        key, new, old = _run_audited(
+            _settings("warning"),
+            rotate,
+            what="keys.rotate",
+            game=None,
+            target=lambda r: (r[2].game, f"key:{r[2].id} -> key:{r[1].id}"),
+        )
+    except UnknownKey:
+        raise click.ClickException(f"no key with id {key_id!r}") from None
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(key)
+    click.echo(
+        f"{old.id} keeps working until {old.revoked_at.isoformat(timespec='seconds')}; "
+        f"the new key's id is {new.id}",
+        err=True,
+    )
+
+
+@main.group()
+def audit() -> None:
+    """The audit trail of admin actions (API and command line), hash-chained."""
+
+
+@audit.command("list")
+@click.option("--game", default=None, help="Only this game's records.")
+@click.option("--after", default=0, type=click.IntRange(min=0), help="Records after this seq.")
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 100_000))
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+def audit_list(game: str | None, after: int, limit: int, fmt: str) -> None:
+    """Audit records, oldest first."""
+    from dataclasses import asdict
+
+    import msgspec
+
+    from app.bootstrap import CommandServices, run_command
+
+    async def fetch(services: CommandServices) -> list[dict[str, Any]]:
+        records = await services.audit.list(game, after=after, limit=limit)
+        return [asdict(r) | {"at": r.at.isoformat()} for r in records]
+
+    rows = run_command(_settings("warning"), fetch)
+    if fmt == "json":
+        click.echo(msgspec.json.encode(rows).decode())
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    columns = ("seq", "at", "game", "actor", "action", "target", "outcome")
+    table = Table(*columns)
+    for row in rows:
+        table.add_row(*("" if row[c] is None else str(row[c]) for c in columns))
+    Console(width=200).print(table)
+
+
+@audit.command("verify")
+def audit_verify() -> None:
+    """Check the hash chain; exit 1 naming the first record that does not hold."""
+    from app.bootstrap import CommandServices, run_command
+
+    async def verify(services: CommandServices) -> Any:
+        return await services.audit.verify()
+
+    checked, broken = run_command(_settings("warning"), verify)
+    if broken is not None:
+        click.echo(f"audit chain broken at record {broken.seq}: {broken.reason}", err=True)
+        sys.exit(1)
+    click.echo(f"audit chain intact: {checked} records")
 
 
 @main.group()

@@ -77,6 +77,10 @@ def serve(settings: Settings, host: str, port: int, workers: int | None = None) 
         log.error("cannot start: the features file has an error", error=str(exc))
         return 2
     count = workers or settings.worker_count
+    problem = _tls_problem(settings)
+    if problem is not None:
+        log.error("cannot start: TLS", error=problem)
+        return 2
     try:
         listener = _bind(host, port)
     except OSError as exc:
@@ -91,6 +95,7 @@ def serve(settings: Settings, host: str, port: int, workers: int | None = None) 
                 "starting",
                 host=host,
                 port=port,
+                scheme="https" if settings.tls_cert else "http",
                 workers=count,
                 data_dir=str(settings.data_dir.resolve()),
                 database="embedded" if settings.embedded_postgres else "external",
@@ -101,6 +106,21 @@ def serve(settings: Settings, host: str, port: int, workers: int | None = None) 
     except Interrupted as exc:
         log.info("interrupted while starting", signal=str(exc))
         return 0
+
+
+def _tls_problem(settings: Settings) -> str | None:
+    """Why the TLS certificate and key cannot be used, or None (also when TLS is off)."""
+    if settings.tls_cert is None or settings.tls_key is None:
+        return None
+    import ssl
+
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
+            settings.tls_cert, settings.tls_key
+        )
+    except (OSError, ssl.SSLError) as exc:
+        return f"{settings.tls_cert} / {settings.tls_key}: {exc}"
+    return None
 
 
 def _broker_kind(settings: Settings) -> str:
@@ -201,6 +221,10 @@ class _Supervisor:
                 "PLAYERPULSE_KAFKA_BROKERS": settings.kafka_brokers or "",
                 "PLAYERPULSE_LOG_FORMAT": settings.log_format,
                 WORKER_FD: str(listener.fileno()),
+                "PLAYERPULSE_TLS_CERT": str(settings.tls_cert.resolve())
+                if settings.tls_cert
+                else "",
+                "PLAYERPULSE_TLS_KEY": str(settings.tls_key.resolve()) if settings.tls_key else "",
                 METRICS_DIR: str(_metrics_dir(settings)),
             }
         )
@@ -317,6 +341,8 @@ async def _serve_worker(settings: Settings, sock: socket.socket) -> int:
 
     config = uvicorn.Config(
         create_app(settings, on_fatal=fatal),
+        ssl_certfile=settings.tls_cert,
+        ssl_keyfile=settings.tls_key,
         log_config=None,
         lifespan="on",
         access_log=False,

@@ -32,6 +32,8 @@ from .dashboard import STATIC
 from .errors import handle_http_error, handle_unexpected
 from .model_routes import STRICT_BODIES
 from .openapi import finish
+from .ops import AdminAudit, Cors
+from .ops_routes import OPS_BODIES
 from .routes import build_routes
 
 log = get_logger(__name__)
@@ -81,6 +83,9 @@ PROVIDED = {
     "privacy": "privacy",
     "eraser": "eraser",
     "lag_probe": "lag",
+    "keys": "keys",
+    "audit": "audit",
+    "cors": "cors",
 }
 
 DOCS_ASSETS = "/docs/assets"
@@ -191,7 +196,9 @@ def create_app(settings: Settings, on_fatal: Callable[[str], None] | None = None
         debug=False,
         logging_config=None,  # structlog owns logging (app.log)
     )
-    finish(app, settings, STRICT_BODIES)
+    finish(app, settings, [*STRICT_BODIES, *OPS_BODIES])
     # Outermost, around routing too (app-level middleware runs after routing).
-    app.asgi_handler = ServerTiming(app.asgi_handler)
+    app.asgi_handler = ServerTiming(
+        Cors(AdminAudit(app.asgi_handler, lambda: app.state), lambda: app.state.services.cors)
+    )
     return app

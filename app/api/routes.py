@@ -24,6 +24,7 @@ from .errors import ApiError
 from .ingest_routes import ingest_routes
 from .model_routes import model_routes
 from .openapi import documented, secured
+from .ops_routes import ops_routes
 from .privacy_routes import privacy_routes
 from .read_your_writes import After, WaitMs, await_token
 
@@ -144,4 +145,5 @@ def build_routes(settings: Settings) -> list[Any]:
         *model_routes(settings),
         *dashboard_routes(),
         *privacy_routes(),
+        *ops_routes(),
     ]
