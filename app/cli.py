@@ -324,6 +324,105 @@ def audit_verify() -> None:
 
 
 @main.group()
+def backup() -> None:
+    """Backups: the database snapshot, the features file, the lake, with checksums."""
+
+
+def _backup_error(exc: Exception) -> click.ClickException:
+    return click.ClickException(str(exc))
+
+
+@backup.command("create")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+def backup_create(directory: Path) -> None:
+    """Back up into DIRECTORY (the server may run; a later backup into the same
+    directory copies only the lake files it does not hold yet)."""
+    from app.audit import os_actor
+    from app.backup import BackupError, create_backup
+    from app.bootstrap import command_database, run_command
+    from app.domain.audit import AuditEntry
+
+    settings = _settings("warning")
+    try:
+        with command_database(settings) as url:
+            summary = create_backup(_with_brokers(settings), url, directory)
+    except BackupError as exc:
+        raise _backup_error(exc) from None
+
+    entry = AuditEntry(None, os_actor(), "backup.create", str(directory.resolve()), "ok")
+
+    async def record(services: Any) -> None:
+        await services.audit.record(entry)
+
+    run_command(settings, record)
+    rows = ", ".join(f"{t} {n}" for t, n in summary.tables.items() if n)
+    click.echo(
+        f"backup in {directory}: {summary.files} files, {summary.bytes} bytes "
+        f"({summary.copied} lake files copied now); rows: {rows}"
+    )
+
+
+def _with_brokers(settings: Settings) -> Settings:
+    """The settings, with the embedded broker's address if one runs on the data dir."""
+    if settings.kafka_brokers is not None:
+        return settings
+    from dataclasses import replace
+
+    from app.backup import running_embedded_broker
+
+    brokers = running_embedded_broker(settings.data_dir)
+    return settings if brokers is None else replace(settings, kafka_brokers=brokers)
+
+
+@backup.command("verify")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+def backup_verify(directory: Path) -> None:
+    """Check every checksum, restore into a scratch PostgreSQL and compare row counts."""
+    from app.backup import BackupError, verify_backup
+
+    _settings("warning")
+    try:
+        summary = verify_backup(directory)
+    except BackupError as exc:
+        click.echo(f"backup {directory} is damaged: {exc}", err=True)
+        sys.exit(1)
+    rows = sum(summary.tables.values())
+    click.echo(
+        f"backup {directory} verified: {summary.files} files match their checksums, "
+        f"{len(summary.tables)} tables restore with their {rows} rows"
+    )
+
+
+@backup.command("restore")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+def backup_restore(directory: Path) -> None:
+    """Restore DIRECTORY into an empty data dir (or empty database), server stopped."""
+    from app.audit import os_actor
+    from app.backup import BackupError, restore_backup
+    from app.bootstrap import run_command
+    from app.domain.audit import AuditEntry
+
+    settings = _settings("warning")
+    try:
+        summary, notes = restore_backup(settings, directory)
+    except BackupError as exc:
+        raise _backup_error(exc) from None
+
+    entry = AuditEntry(None, os_actor(), "backup.restore", str(directory.resolve()), "ok")
+
+    async def record(services: Any) -> None:
+        await services.audit.record(entry)
+
+    run_command(settings, record)
+    click.echo(
+        f"restored {directory} into {settings.data_dir}: {sum(summary.tables.values())} rows, "
+        f"{summary.copied} lake files"
+    )
+    for note in notes:
+        click.echo(note)
+
+
+@main.group()
 def analytics() -> None:
     """Questions to the Parquet lake (DuckDB)."""
 

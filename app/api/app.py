@@ -48,10 +48,12 @@ class ServerTiming:
     response, next to the finer entries a handler may send (``profile``, ``model``).
     """
 
-    __slots__ = ("app",)
+    __slots__ = ("app", "closing")
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        self.closing = False
+        """Set while the worker drains: every answer closes its connection."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != ScopeType.HTTP:
@@ -66,6 +68,8 @@ class ServerTiming:
                     *message.get("headers", ()),
                     (b"server-timing", b"app;dur=%.3f" % took),
                 ]
+                if self.closing:
+                    message["headers"].append((b"connection", b"close"))
             await send(message)
 
         await self.app(scope, receive, timed)

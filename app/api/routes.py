@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict
 from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any
@@ -57,16 +58,21 @@ class HealthReply(msgspec.Struct):
 
     status: str
     version: str
+    worker: int
+    """The answering worker's process id."""
+    generation: int
+    """How many rolling upgrades (SIGHUP) the server had when this worker started."""
 
 
 # -- handlers --------------------------------------------------------------------------
 
 
-async def health() -> HealthReply:
+async def health(request: Request[Any, Any, Any]) -> HealthReply:
     """200 once the service accepts events (the server only listens once it does)."""
     from app import __version__
 
-    return HealthReply(status="ok", version=__version__)
+    generation = request.app.state.get("generation", 0)
+    return HealthReply(status="ok", version=__version__, worker=os.getpid(), generation=generation)
 
 
 async def get_profile(
