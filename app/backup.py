@@ -248,7 +248,15 @@ def _group_offsets(settings: Settings) -> dict[str, int] | None:
     except KafkaException as exc:
         log.warning("consumer group offsets not read", error=str(exc))
         return None
-    return {str(tp.partition): tp.offset for tp in result.topic_partitions if tp.offset >= 0}
+    offsets = {str(tp.partition): tp.offset for tp in result.topic_partitions if tp.offset >= 0}
+    if not offsets:
+        log.warning(
+            "the consumer group has committed no offset yet",
+            group=settings.consumer_group,
+            topic=settings.events_topic,
+            answer=[(tp.partition, tp.offset, str(tp.error)) for tp in result.topic_partitions],
+        )
+    return offsets
 
 
 # -- verify --------------------------------------------------------------------------------

@@ -76,10 +76,18 @@ def test_backup_during_ingest_then_restore_into_a_new_data_dir(tmp_path: Path, b
                 files={"model": ("m.onnx", m.sklearn_classifier()), "manifest": (None, m.MANIFEST)},
             )
             assert upload.status_code == 201, upload.text
+        lake_count = """SELECT count(*) AS n FROM events WHERE game = 'backup-game'"""
+
+        def lake_has(server: ServeProcess, n: int) -> bool:
+            out = server.cli("analytics", "query", lake_count, "--format", "json").stdout
+            return bool(json.loads(out)[0]["n"] == n)
+
         sent = 0
         with first.client(ingest_key) as ingest, first.client(read_key) as read:
             sent += send(ingest, "before", 5)
             wait_for(lambda: sum(applied(read).values()) == sent, timeout=60)
+            # Folded and archived, so acknowledged: the group has offsets to record.
+            wait_for(lambda: lake_has(first, sent), timeout=60)
 
             stop = threading.Event()
             during = [0]
@@ -94,28 +102,24 @@ def test_backup_during_ingest_then_restore_into_a_new_data_dir(tmp_path: Path, b
             sender = threading.Thread(target=keep_sending)
             sender.start()
             try:
-                made = first.cli("backup", "create", str(tmp_path / "backup")).stdout
+                made = first.cli("backup", "create", str(tmp_path / "backup"))
             finally:
                 stop.set()
                 sender.join()
-            assert made.startswith(f"backup in {tmp_path / 'backup'}:")
+            assert made.stdout.startswith(f"backup in {tmp_path / 'backup'}:"), made.stderr
+            assert "committed no offset" not in made.stderr, made.stderr
             sent += during[0]
             sent += send(ingest, "after", 3)  # accepted after the backup, held by the broker
             wait_for(lambda: sum(applied(read).values()) == sent, timeout=60)
             expected = applied(read)
-        lake_count = """SELECT count(*) AS n FROM events WHERE game = 'backup-game'"""
-
-        def lake_has_all() -> bool:
-            out = first.cli("analytics", "query", lake_count, "--format", "json").stdout
-            return bool(json.loads(out)[0]["n"] == sent)
-
-        wait_for(lake_has_all, timeout=60)
+        wait_for(lambda: lake_has(first, sent), timeout=60)
     finally:
         assert first.stop() == 0, first.log()
 
     verified = first.cli("backup", "verify", str(tmp_path / "backup"))
     assert "verified" in verified.stdout
 
+    (tmp_path / "second").mkdir()
     second = ServeProcess(tmp_path / "second", shared)
     restored = second.cli("backup", "restore", str(tmp_path / "backup"))
     assert "restored" in restored.stdout
@@ -129,11 +133,7 @@ def test_backup_during_ingest_then_restore_into_a_new_data_dir(tmp_path: Path, b
         with second.client(admin) as api:
             assert api.get("/v1/admin/models/churn").json()["name"] == "churn"
 
-        def restored_lake_has_all() -> bool:
-            out = second.cli("analytics", "query", lake_count, "--format", "json").stdout
-            return bool(json.loads(out)[0]["n"] == sent)
-
-        wait_for(restored_lake_has_all, timeout=60)
+        wait_for(lambda: lake_has(second, sent), timeout=60)
         actions = [
             r["action"] for r in json.loads(second.cli("audit", "list", "--format", "json").stdout)
         ]

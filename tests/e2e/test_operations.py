@@ -5,8 +5,12 @@ verification, CORS preflights, TLS."""
 from __future__ import annotations
 
 import json
+import shutil
+import signal
 import ssl
+import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,6 +21,8 @@ import pytest
 import trustme
 
 from app.embedded.postgres import EmbeddedPostgres
+from app.settings import DEFAULT_FEATURES
+from tests import onnx_models as m
 from tests.support import ServeProcess, unique, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -34,9 +40,14 @@ def ops(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
     cert.private_key_pem.write_to_path(workdir / "key.pem")
     trust = ssl.create_default_context()
     ca.configure_trust(trust)
+    shutil.copyfile(DEFAULT_FEATURES, workdir / "features.toml")  # edited by the upgrade test
     process = ServeProcess(
         workdir,
-        {"PLAYERPULSE_WORKERS": "2", "PLAYERPULSE_CORS_ORIGINS": ALLOWED},
+        {
+            "PLAYERPULSE_WORKERS": "2",
+            "PLAYERPULSE_CORS_ORIGINS": ALLOWED,
+            "PLAYERPULSE_FEATURES": str(workdir / "features.toml"),
+        },
         serve_args=["--tls-cert", str(workdir / "cert.pem"), "--tls-key", str(workdir / "key.pem")],
         tls_ca=trust,
     ).start()
@@ -297,3 +308,114 @@ def test_cors_preflights_and_headers(ops: ServeProcess) -> None:
                 headers={"Origin": site, "Access-Control-Request-Method": "GET"},
             )
             assert answer.headers["access-control-allow-origin"] == site
+
+
+def generations(server: ServeProcess, probes: int = 16) -> set[tuple[int, int]]:
+    """(worker pid, generation) of the workers answering ``probes`` fresh connections."""
+    with fresh(server, "") as client:
+        return {
+            (h["worker"], h["generation"])
+            for h in (client.get("/health").json() for _ in range(probes))
+        }
+
+
+def test_sighup_replaces_every_worker_under_load_without_a_failed_request(
+    ops: ServeProcess,
+) -> None:
+    """Last in the module: it replaces the workers the other tests used."""
+    game = unique("hup")
+    players = [f"h{i}" for i in range(8)]
+    ingest, read = ops.key(game, "ingest"), ops.key(game, "read")
+    with ops.client(ops.key(game, "admin")) as admin:
+        uploaded = admin.post(
+            "/v1/admin/models/offers",
+            files={"model": ("m.onnx", m.sklearn_classifier()), "manifest": (None, m.MANIFEST)},
+        )
+        assert uploaded.status_code == 201, uploaded.text
+    accepted: Counter[str] = Counter()
+    statuses: Counter[int] = Counter()
+    failures: list[str] = []
+    stop = threading.Event()
+    lock = threading.Lock()
+
+    def purchases() -> dict[str, object]:
+        now = datetime.now(UTC).isoformat()
+        return {
+            "events": [
+                {
+                    "event_id": unique("e"),
+                    "player_id": p,
+                    "type": "purchase",
+                    "ts": now,
+                    "props": {"amount": 1.0},
+                }
+                for p in players
+            ]
+        }
+
+    with ops.client(ingest) as client:
+        assert client.post("/v1/events", json=purchases()).status_code == 202
+    accepted.update(players)
+    with ops.client(read) as client:
+        wait_for(lambda: all(client.get(f"/v1/players/{p}").status_code == 200 for p in players))
+
+    def load(key: str, predict: bool) -> None:
+        with ops.client(key) as client:
+            n = 0
+            while not stop.is_set():
+                n += 1
+                try:
+                    if predict:
+                        got = client.get(f"/v1/players/{players[n % 8]}/predictions/offers")
+                    else:
+                        got = client.post("/v1/events", json=purchases())
+                except httpx.HTTPError as exc:
+                    with lock:
+                        failures.append(repr(exc))
+                    continue
+                with lock:
+                    statuses[got.status_code] += 1
+                    if not predict and got.status_code == 202:
+                        accepted.update(players)
+
+    before = {pid for pid, _ in generations(ops)}
+    threads = [
+        threading.Thread(target=load, args=(k, k == read)) for k in (ingest, ingest, read, read)
+    ]
+    for thread in threads:
+        thread.start()
+    try:
+        wait_for(lambda: sum(statuses.values()) > 20, timeout=30)
+        assert ops.proc is not None
+        ops.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: {g for _, g in generations(ops)} == {1}, timeout=180, interval=0.5)
+        wait_for(lambda: len(ops.workers()) == 2, timeout=60)
+        served = sum(statuses.values())
+        wait_for(lambda: sum(statuses.values()) > served + 20, timeout=30)  # still serving
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    assert failures == []
+    assert set(statuses) <= {200, 202}, statuses
+    after = {pid for pid, _ in generations(ops, 24)}
+    assert not after & before  # every worker is a new one
+    assert {w.pid for w in ops.workers()} == after
+    with ops.client(read) as client:  # nothing lost, nothing counted twice
+
+        def folded() -> dict[str, int]:
+            return {p: client.get(f"/v1/players/{p}").json()["events_applied"] for p in players}
+
+        wait_for(lambda: folded() == dict(accepted), timeout=60)
+
+    # A features file that needs a replay is refused, not half-applied.
+    features = Path(ops.env["PLAYERPULSE_FEATURES"])
+    original = features.read_text()
+    features.write_text(original.replace('window = "7d"', 'window = "8d"', 1))
+    try:
+        ops.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "upgrade refused" in ops.log(), timeout=30)
+        assert "profiles must be rebuilt" in ops.log()
+        assert {g for _, g in generations(ops)} == {1}
+    finally:
+        features.write_text(original)
