@@ -455,7 +455,7 @@ def replay() -> None:
     """Rebuild every profile from the lake (stop the service first)."""
     from rich.progress import Progress
 
-    from app.bootstrap import CommandServices, run_command
+    from app.bootstrap import CommandServices
     from app.replay import ServiceRunning, replay_alone
 
     settings = _settings("warning")
@@ -480,7 +480,9 @@ def replay() -> None:
         )
 
     try:
-        click.echo(run_command(settings, run, pool_size=2))
+        click.echo(
+            _run_audited(settings, run, what="replay", game=None, target="profiles", pool_size=2)
+        )
     except ServiceRunning as exc:
         raise click.ClickException(str(exc)) from None
 
@@ -530,8 +532,9 @@ def models() -> None:
     """Model versions and rollouts (running servers follow within a second)."""
 
 
-def _with_registry(action: Any) -> Any:
-    """Run ``action(registry)`` against the configured database."""
+def _with_registry(action: Any, audit: tuple[str, str, str] | None = None) -> Any:
+    """Run ``action(registry)`` against the configured database; with ``audit`` (action,
+    game, target), record it in the audit trail."""
     from app.bootstrap import CommandServices, run_command
     from app.domain.rollout import RolloutError
     from app.models.registry import ModelRejected, UnknownModel
@@ -543,6 +546,11 @@ def _with_registry(action: Any) -> Any:
         return await action(services.registry)
 
     try:
+        if audit is not None:
+            what, game, target = audit
+            return _run_audited(
+                settings, lambda s: action(s.registry), what=what, game=game, target=target
+            )
         return run_command(settings, run)
     except UnknownModel as exc:
         raise click.ClickException(f"model {exc} has no version in this game") from None
@@ -598,7 +606,12 @@ def models_list(game: str, fmt: str) -> None:
 @click.argument("version", type=int)
 def models_activate(game: str, name: str, version: int) -> None:
     """Serve VERSION of NAME to every player."""
-    _show_rollout(_with_registry(lambda registry: registry.activate(game, name, version)))
+    _show_rollout(
+        _with_registry(
+            lambda registry: registry.activate(game, name, version),
+            ("models.activate", game, f"model:{name} v{version}"),
+        )
+    )
 
 
 @models.command("rollback")
@@ -606,7 +619,12 @@ def models_activate(game: str, name: str, version: int) -> None:
 @click.argument("name")
 def models_rollback(game: str, name: str) -> None:
     """Return NAME to its previous rollout."""
-    _show_rollout(_with_registry(lambda registry: registry.rollback(game, name)))
+    _show_rollout(
+        _with_registry(
+            lambda registry: registry.rollback(game, name),
+            ("models.rollback", game, f"model:{name}"),
+        )
+    )
 
 
 @models.command("upload")
@@ -667,7 +685,8 @@ def models_upload(
     version = _with_registry(
         lambda registry: registry.upload(
             game, name, raw, manifest, activate=activate, training_stats=stats
-        )
+        ),
+        ("models.upload", game, f"model:{name}"),
     )
     click.echo(f"{name} version {version}")
 
@@ -686,7 +705,10 @@ def models_outcome(game: str, name: str, event: str, within: str, value: str) ->
         outcome = Outcome.parse(event, within, value)
     except OutcomeError as exc:
         raise click.BadParameter(str(exc)) from None
-    _with_registry(lambda registry: registry.set_outcome(game, name, outcome))
+    _with_registry(
+        lambda registry: registry.set_outcome(game, name, outcome),
+        ("models.outcome", game, f"model:{name}"),
+    )
     click.echo(f"{name}: outcome {outcome.event} within {outcome.within} ({outcome.value})")
 
 
@@ -725,7 +747,12 @@ def models_rollout(
         rollout = Rollout(split, shadow, guard)
     except (ValueError, RolloutError) as exc:
         raise click.BadParameter(str(exc), param_hint="--split") from None
-    _show_rollout(_with_registry(lambda registry: registry.set_rollout(game, name, rollout)))
+    _show_rollout(
+        _with_registry(
+            lambda registry: registry.set_rollout(game, name, rollout),
+            ("models.rollout", game, f"model:{name} {split_text}"),
+        )
+    )
 
 
 @main.group()
@@ -733,15 +760,17 @@ def players() -> None:
     """Player privacy: erasure and export."""
 
 
-def _with_privacy(action: Any, *, profiles: bool = False) -> Any:
-    """Run ``action(privacy)``; with ``profiles``, the service can also read profiles."""
-    from app.bootstrap import CommandServices, run_command
+def _with_privacy(action: Any, audit: tuple[str, str, str], *, profiles: bool = False) -> Any:
+    """Run ``action(privacy)`` and record it (action, game, target) in the audit trail;
+    with ``profiles``, the service can also read profiles."""
+    from app.bootstrap import CommandServices
 
     async def run(services: CommandServices) -> Any:
         privacy = await services.privacy_with_profiles() if profiles else services.privacy
         return await action(privacy)
 
-    return run_command(_settings("warning"), run, pool_size=2)
+    what, game, target = audit
+    return _run_audited(_settings("warning"), run, what=what, game=game, target=target, pool_size=2)
 
 
 @players.command("erase")
@@ -764,7 +793,8 @@ def players_erase(game: str, player_id: str, wait_s: float) -> None:
             erasure = await privacy.erasure(game, erasure.id)
         return receipt(erasure, player_id)
 
-    click.echo(msgspec.json.encode(_with_privacy(erase)).decode())
+    erased = _with_privacy(erase, ("players.erase", game, f"player:{player_id}"))
+    click.echo(msgspec.json.encode(erased).decode())
 
 
 @players.command("export")
@@ -778,7 +808,7 @@ def players_export(game: str, player_id: str) -> None:
             sys.stdout.buffer.write(piece)
         sys.stdout.buffer.write(b"\n")
 
-    _with_privacy(export, profiles=True)
+    _with_privacy(export, ("players.export", game, f"player:{player_id}"), profiles=True)
 
 
 @players.command("reuse")
@@ -789,7 +819,10 @@ def players_reuse(game: str, player_id: str) -> None:
     from app.privacy import ErasurePending, NoErasure
 
     try:
-        lifted = _with_privacy(lambda privacy: privacy.allow_reuse(game, player_id))
+        lifted = _with_privacy(
+            lambda privacy: privacy.allow_reuse(game, player_id),
+            ("players.reuse", game, f"player:{player_id}"),
+        )
     except ErasurePending:
         raise click.ClickException("the player's erasure is still pending") from None
     except NoErasure:
