@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app import metrics
 from app.analytics.location import LakeLocation
 from app.analytics.privacy import housekeeping_tick
-from app.audit import AuditTrail
+from app.audit import AuditTrail, copy_to_lake_forever
 from app.cors import CORS_CHANNEL, CorsOrigins
 from app.db.engine import create_engine, migrate
 from app.db.locks import hold_serving_lock
@@ -88,6 +88,7 @@ class Services:
     cors_changes: ChangeListener
     _release_serving_lock: Callable[[], Awaitable[None]] | None = None
     _eraser_task: asyncio.Task[None] | None = None
+    _audit_copy_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Get ready to serve, before the stream app starts.
@@ -111,6 +112,9 @@ class Services:
         self.prediction_log.start()
         await self.erasure_notices.start()
         self._eraser_task = asyncio.create_task(self.eraser.run_forever(), name="eraser")
+        self._audit_copy_task = asyncio.create_task(
+            copy_to_lake_forever(self.audit, settings.lake_dir), name="audit-to-lake"
+        )
 
     async def flush(self) -> None:
         """At stop: write out (and so acknowledge) what the archive buffers hold.
@@ -131,6 +135,8 @@ class Services:
         await self.model_changes.stop()
         await self.key_changes.stop()
         await self.cors_changes.stop()
+        if self._audit_copy_task is not None:
+            self._audit_copy_task.cancel()
         if self._eraser_task is not None:
             self._eraser_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

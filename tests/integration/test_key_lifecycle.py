@@ -7,11 +7,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.audit import AuditTrail
+from app.audit import AuditTrail, last_copied_seq, write_audit_file
 from app.db.notify import ChangeListener
 from app.db.reads import FastReads
 from app.db.repositories import KEY_CHANNEL
@@ -152,3 +154,21 @@ async def test_audit_verify_names_the_altered_record(engine: AsyncEngine) -> Non
     assert broken is not None
     assert broken.seq == 4
     assert checked == 3
+
+
+async def test_the_audit_trail_is_copied_to_the_lake(engine: AsyncEngine, tmp_path: Path) -> None:
+    async with engine.begin() as conn:
+        await conn.exec_driver_sql("TRUNCATE audit_log")
+    trail = AuditTrail(engine)
+    for i in range(3):
+        await trail.record(AuditEntry("game-a", "os:ops", "keys.revoke", f"key:{i}", "ok"))
+    assert last_copied_seq(tmp_path) == 0
+    written = write_audit_file(tmp_path, await trail.list(after=last_copied_seq(tmp_path)))
+    assert written.name == "audit-000000000001-000000000003.parquet"
+    assert last_copied_seq(tmp_path) == 3
+    await trail.record(AuditEntry("game-a", "os:ops", "keys.create", "key:9", "ok"))
+    write_audit_file(tmp_path, await trail.list(after=last_copied_seq(tmp_path)))
+    table = pq.read_table(tmp_path / "audit").sort_by("seq")
+    assert table.column("target").to_pylist() == ["key:0", "key:1", "key:2", "key:9"]
+    stored = await trail.list()
+    assert table.column("hash").to_pylist() == [r.hash for r in stored]
