@@ -151,7 +151,12 @@ def _run_audited(
 def keys_create(game: str, role: str, name: str | None, expires: str | None) -> None:
     """Print a new API key, alone on one line."""
     from app.bootstrap import CommandServices
+    from app.keys import check_game
 
+    try:
+        check_game(game)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--game") from None
     expires_in = _duration(expires, "--expires")
 
     async def create(services: CommandServices) -> Any:

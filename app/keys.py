@@ -34,6 +34,15 @@ class UnknownKey(LookupError):
     """No key with this id (in this game)."""
 
 
+def check_game(game: str) -> None:
+    """Refuse a game name keys cannot belong to (ValueError saying why)."""
+    if not _GAME.match(game):
+        raise ValueError(
+            f"game {game!r}: 1 to 64 letters, digits, '_', '.' or '-', "
+            "starting with a letter or digit"
+        )
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -78,11 +87,7 @@ class KeyService:
         expires_in_s: float | None = None,
     ) -> tuple[str, StoredKey]:
         """A new key and its stored record."""
-        if not _GAME.match(game):
-            raise ValueError(
-                f"game {game!r}: 1 to 64 letters, digits, '_', '.' or '-', "
-                "starting with a letter or digit"
-            )
+        check_game(game)
         if name is not None and not 1 <= len(name) <= _NAME_MAX:
             raise ValueError(f"name: 1 to {_NAME_MAX} characters")
         if expires_in_s is not None and expires_in_s <= 0:
