@@ -155,7 +155,8 @@ async def create_key(
             request.user.game, data.role, name=data.name, expires_in_s=expires
         )
     except ValueError as exc:
-        raise ApiError(400, "invalid key", {"name": str(exc)}) from None
+        field = "expires" if str(exc).startswith("expires") else "name"
+        raise ApiError(400, "invalid key", {field: str(exc)}) from None
     _target(request, f"key:{stored.id}")
     return NewKeyReply(key=key, info=_info(stored))
 
