@@ -18,34 +18,38 @@ from app.audit import AuditTrail
 from app.cors import CorsOrigins
 from app.db.repositories import StoredKey
 from app.domain.access import Principal, Role
-from app.domain.cors import CorsError
+from app.domain.cors import ORIGIN_PATTERN, CorsError
 from app.domain.features import parse_window
 from app.keys import KeyService, UnknownKey
 
 from .errors import ApiError
+from .model_routes import options_route
 from .openapi import secured
 from .ops import AUDIT_TARGET
+
+Duration = Annotated[str, msgspec.Meta(pattern=r"^[1-9][0-9]{0,5}[smhd]$")]
+Origin = Annotated[str, msgspec.Meta(pattern=ORIGIN_PATTERN)]
 
 
 class NewKeyBody(msgspec.Struct, forbid_unknown_fields=True):
     """A key to create in the caller's game."""
 
     role: Role
-    name: str | None = None
-    expires: str | None = None
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] | None = None
+    expires: Duration | None = None
     """Lifetime such as 90d; none: never expires."""
 
 
 class RotateBody(msgspec.Struct, forbid_unknown_fields=True):
-    """How long the old key keeps working once its replacement exists."""
+    """How long the old key keeps working once its replacement exists (0: not at all)."""
 
-    overlap: str = "24h"
+    overlap: Annotated[str, msgspec.Meta(pattern=r"^(0|0s|[1-9][0-9]{0,5}[smhd])$")] = "24h"
 
 
 class CorsBody(msgspec.Struct, forbid_unknown_fields=True):
     """The browser origins allowed on this game's ingest and read routes."""
 
-    origins: list[str]
+    origins: Annotated[list[Origin], msgspec.Meta(max_length=100)]
 
 
 class KeyInfo(msgspec.Struct):
@@ -227,6 +231,8 @@ def ops_routes() -> list[HTTPRouteHandler]:
     keys = {"tags": ["operations"]}
     path = "/v1/admin/keys/{key_id:str}"
     return [
+        options_route("/v1/admin/keys", "GET, OPTIONS, POST"),
+        options_route("/v1/admin/cors", "GET, OPTIONS, PUT"),
         get("/v1/admin/keys", summary="List the game's keys", **secured(Role.ADMIN, **keys))(
             list_keys
         ),

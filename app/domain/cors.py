@@ -12,7 +12,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-_ORIGIN = re.compile(r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?$")
+ORIGIN_PATTERN = r"^https?://[A-Za-z0-9.-]{1,253}(:[0-9]{1,5})?$"
+"""An origin as browsers send it: scheme, host, optional port; no path."""
+_ORIGIN = re.compile(ORIGIN_PATTERN)
 INGEST_PATHS = frozenset(
     {"/v1/events", "/v1/batch", "/v1/track", "/v1/identify", "/v1/page", "/v1/screen"}
 )
