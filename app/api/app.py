@@ -33,7 +33,7 @@ from .errors import handle_http_error, handle_unexpected
 from .model_routes import STRICT_BODIES
 from .openapi import finish
 from .ops import AdminAudit, Cors
-from .ops_routes import OPS_BODIES
+from .ops_routes import OPS_BODIES, document_ops
 from .routes import build_routes
 
 log = get_logger(__name__)
@@ -201,6 +201,7 @@ def create_app(settings: Settings, on_fatal: Callable[[str], None] | None = None
         logging_config=None,  # structlog owns logging (app.log)
     )
     finish(app, settings, [*STRICT_BODIES, *OPS_BODIES])
+    document_ops(app)
     # Outermost, around routing too (app-level middleware runs after routing).
     app.asgi_handler = ServerTiming(
         Cors(AdminAudit(app.asgi_handler, lambda: app.state), lambda: app.state.services.cors)

@@ -190,7 +190,7 @@ def test_an_admin_key_cannot_see_or_touch_another_games_keys_or_audit(ops: Serve
     with ops.client(ops.key(mine, "admin")) as api:
         assert {k["game"] for k in api.get("/v1/admin/keys").json()["keys"]} == {mine}
         assert api.delete(f"/v1/admin/keys/{their_id}").status_code == 404
-        assert api.post(f"/v1/admin/keys/{their_id}/rotate").status_code == 404
+        assert api.post(f"/v1/admin/keys/{their_id}/rotate", json={}).status_code == 404
         records = api.get("/v1/admin/audit").json()["records"]
         assert records
         assert {r["game"] for r in records} == {mine}
