@@ -243,7 +243,7 @@ def ops_routes() -> list[HTTPRouteHandler]:
             path,
             status_code=HTTP_200_OK,
             summary="Revoke a key",
-            **secured(Role.ADMIN, 404, **keys),
+            **secured(Role.ADMIN, 400, 404, **keys),
         )(revoke_key),
         post(
             f"{path}/rotate",
