@@ -178,7 +178,7 @@ def test_rotation_through_the_api(ops: ServeProcess) -> None:
             assert new.get("/v1/players/nobody").status_code == 404
         bad = api.post(f"/v1/admin/keys/{old['info']['id']}/rotate", json={"overlap": "soon"})
         assert bad.status_code == 400
-        assert bad.json()["detail"] == {"overlap": "a duration such as 90d, 24h or 30m"}
+        assert [d["key"] for d in bad.json()["detail"]] == ["overlap"]
 
 
 def test_an_admin_key_cannot_see_or_touch_another_games_keys_or_audit(ops: ServeProcess) -> None:
