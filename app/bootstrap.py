@@ -20,12 +20,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app import metrics
 from app.analytics.location import LakeLocation
 from app.analytics.privacy import housekeeping_tick
+from app.audit import AuditTrail, copy_to_lake_forever
+from app.cors import CORS_CHANNEL, CorsOrigins
 from app.db.engine import create_engine, migrate
 from app.db.locks import hold_serving_lock
 from app.db.notify import ChangeListener
 from app.db.privacy import ERASURE_CHANNEL
 from app.db.reads import FastReads
-from app.db.repositories import MODEL_CHANNEL
+from app.db.repositories import KEY_CHANNEL, MODEL_CHANNEL
 from app.domain.events import EventRecord
 from app.domain.features import FeatureSet, load_features
 from app.domain.guard import GuardWatch
@@ -80,8 +82,13 @@ class Services:
     privacy: PrivacyService
     eraser: Eraser
     erasure_notices: ChangeListener
+    audit: AuditTrail
+    key_changes: ChangeListener
+    cors: CorsOrigins
+    cors_changes: ChangeListener
     _release_serving_lock: Callable[[], Awaitable[None]] | None = None
     _eraser_task: asyncio.Task[None] | None = None
+    _audit_copy_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Get ready to serve, before the stream app starts.
@@ -99,9 +106,15 @@ class Services:
         )
         self._release_serving_lock = await hold_serving_lock(self.engine)
         await self.model_changes.start()
+        await self.key_changes.start()
+        await self.cors.load()
+        await self.cors_changes.start()
         self.prediction_log.start()
         await self.erasure_notices.start()
         self._eraser_task = asyncio.create_task(self.eraser.run_forever(), name="eraser")
+        self._audit_copy_task = asyncio.create_task(
+            copy_to_lake_forever(self.audit, settings.lake_dir), name="audit-to-lake"
+        )
 
     async def flush(self) -> None:
         """At stop: write out (and so acknowledge) what the archive buffers hold.
@@ -120,6 +133,10 @@ class Services:
         if self._release_serving_lock is not None:
             await self._release_serving_lock()
         await self.model_changes.stop()
+        await self.key_changes.stop()
+        await self.cors_changes.stop()
+        if self._audit_copy_task is not None:
+            self._audit_copy_task.cancel()
         if self._eraser_task is not None:
             self._eraser_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -152,6 +169,10 @@ class CommandServices:
     @functools.cached_property
     def keys(self) -> KeyService:
         return KeyService(self.engine, cache_s=0)
+
+    @functools.cached_property
+    def audit(self) -> AuditTrail:
+        return AuditTrail(self.engine)
 
     @functools.cached_property
     def failed_events(self) -> FailedEventService:
@@ -265,11 +286,13 @@ async def open_services(settings: Settings) -> Services:
     prediction_log = PredictionLog(producer, settings.predictions_topic)
     registry = _registry(settings, engine, features, prediction_log)
     profiles = ProfileService(reads, features)
+    keys = KeyService(engine, cache_s=settings.key_cache_s, reads=reads)
+    cors = CorsOrigins(settings.cors_everywhere, engine)
     return Services(
         settings=settings,
         features=features,
         engine=engine,
-        keys=KeyService(engine, cache_s=settings.key_cache_s, reads=reads),
+        keys=keys,
         profiles=profiles,
         failed_events=FailedEventService(engine),
         registry=registry,
@@ -305,6 +328,10 @@ async def open_services(settings: Settings) -> Services:
         privacy=PrivacyService(engine, location, profiles),
         eraser=eraser,
         erasure_notices=ChangeListener(url, ERASURE_CHANNEL, eraser.notice),
+        audit=AuditTrail(engine),
+        key_changes=ChangeListener(url, KEY_CHANNEL, keys.forget),
+        cors=cors,
+        cors_changes=ChangeListener(url, CORS_CHANNEL, cors.changed),
     )
 
 

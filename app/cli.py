@@ -56,16 +56,86 @@ def main() -> None:
     help="Worker processes sharing the port and the fold [default: PLAYERPULSE_WORKERS, "
     "else one per CPU core].",
 )
-def serve(host: str, port: int, workers: int | None) -> None:
-    """Migrate, start everything, and serve until SIGINT/SIGTERM."""
+@click.option(
+    "--tls-cert",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="PEM certificate (chain): serve HTTPS [default: PLAYERPULSE_TLS_CERT].",
+)
+@click.option(
+    "--tls-key",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="PEM private key of --tls-cert [default: PLAYERPULSE_TLS_KEY].",
+)
+def serve(
+    host: str, port: int, workers: int | None, tls_cert: Path | None, tls_key: Path | None
+) -> None:
+    """Migrate, start everything, and serve until SIGINT/SIGTERM (SIGHUP: upgrade the
+    workers one at a time)."""
+    from dataclasses import replace
+
     from app.server import serve as run
 
-    sys.exit(run(_settings(), host, port, workers))
+    settings = _settings()
+    if tls_cert is not None or tls_key is not None:
+        if tls_cert is None or tls_key is None:
+            raise click.UsageError("--tls-cert and --tls-key go together")
+        settings = replace(settings, tls_cert=tls_cert, tls_key=tls_key)
+    sys.exit(run(settings, host, port, workers))
 
 
 @main.group()
 def keys() -> None:
     """API keys."""
+
+
+def _duration(text: str | None, option: str) -> float | None:
+    """Seconds of a duration such as 90d, 24h or 30m (None stays None)."""
+    from app.domain.features import parse_window
+
+    if text is None:
+        return None
+    try:
+        return float(parse_window(text))
+    except ValueError:
+        raise click.BadParameter(
+            f"{text!r}: a positive integer followed by s, m, h or d, such as 90d",
+            param_hint=option,
+        ) from None
+
+
+def _run_audited(
+    settings: Settings,
+    action: Any,
+    *,
+    what: str,
+    game: str | None,
+    target: str | Any,
+    pool_size: int = 1,
+) -> Any:
+    """Run ``action(services)`` and record it in the audit trail (outcome ok, or the
+    error); ``target`` may be a function of the result (the new key's id, say)."""
+    from app.audit import os_actor
+    from app.bootstrap import CommandServices, run_command
+    from app.domain.audit import AuditEntry
+
+    async def run(services: CommandServices) -> Any:
+        try:
+            result = await action(services)
+        except Exception as exc:
+            shown = target if isinstance(target, str) else ""
+            await services.audit.record(
+                AuditEntry(game, os_actor(), what, shown, f"error: {type(exc).__name__}")
+            )
+            raise
+        entry_game, shown = game, target
+        if not isinstance(target, str):
+            entry_game, shown = target(result)
+        await services.audit.record(AuditEntry(entry_game, os_actor(), what, shown, "ok"))
+        return result
+
+    return run_command(settings, run, pool_size=pool_size)
 
 
 @keys.command("create")
@@ -76,18 +146,285 @@ def keys() -> None:
     type=click.Choice([r.value for r in Role]),
     help="ingest: send events; read: profiles and predictions; admin: everything.",
 )
-def keys_create(game: str, role: str) -> None:
+@click.option("--name", default=None, help="What the key is for (shown in listings).")
+@click.option("--expires", default=None, help="Lifetime, such as 90d; default: none.")
+def keys_create(game: str, role: str, name: str | None, expires: str | None) -> None:
     """Print a new API key, alone on one line."""
-    from app.bootstrap import CommandServices, run_command
-
-    async def create(services: CommandServices) -> str:
-        return await services.keys.create(game, Role(role))
+    from app.bootstrap import CommandServices
+    from app.keys import check_game
 
     try:
-        key = run_command(_settings("warning"), create)
+        check_game(game)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--game") from None
+    expires_in = _duration(expires, "--expires")
+
+    async def create(services: CommandServices) -> Any:
+        return await services.keys.issue(game, Role(role), name=name, expires_in_s=expires_in)
+
+    try:
+        key, _stored = _run_audited(
+            _settings("warning"),
+            create,
+            what="keys.create",
+            game=game,
+            target=lambda result: (game, f"key:{result[1].id}"),
+        )
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
     click.echo(key)
+
+
+def _key_row(key: Any) -> dict[str, Any]:
+    def when(value: Any) -> str | None:
+        return None if value is None else value.isoformat(timespec="seconds")
+
+    return {
+        "id": key.id,
+        "game": key.game,
+        "role": key.role,
+        "name": key.name,
+        "created": when(key.created_at),
+        "last_used": when(key.last_used_at),
+        "expires": when(key.expires_at),
+        "revoked": when(key.revoked_at),
+        "replaced_by": key.replaced_by,
+    }
+
+
+@keys.command("list")
+@click.option("--game", default=None, help="Only this game's keys.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+def keys_list(game: str | None, fmt: str) -> None:
+    """Every key: id, game, role, name, created, last used, expires, revoked (no secret)."""
+    import msgspec
+
+    from app.bootstrap import CommandServices, run_command
+
+    async def fetch(services: CommandServices) -> list[dict[str, Any]]:
+        return [_key_row(k) for k in await services.keys.list(game)]
+
+    rows = run_command(_settings("warning"), fetch)
+    if fmt == "json":
+        click.echo(msgspec.json.encode(rows).decode())
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    columns = ("id", "game", "role", "name", "created", "last_used", "expires", "revoked")
+    table = Table(*columns)
+    for row in rows:
+        table.add_row(*("" if row[c] is None else str(row[c]) for c in columns))
+    Console(width=200).print(table)
+
+
+@keys.command("revoke")
+@click.argument("key_id")
+def keys_revoke(key_id: str) -> None:
+    """Revoke KEY_ID now: every server refuses it within a second."""
+    from app.bootstrap import CommandServices
+    from app.keys import UnknownKey
+
+    async def revoke(services: CommandServices) -> Any:
+        return await services.keys.revoke(key_id)
+
+    try:
+        key = _run_audited(
+            _settings("warning"),
+            revoke,
+            what="keys.revoke",
+            game=None,
+            target=lambda k: (k.game, f"key:{k.id}"),
+        )
+    except UnknownKey:
+        raise click.ClickException(f"no key with id {key_id!r}") from None
+    click.echo(f"revoked {key.id} ({key.game}, {key.role})")
+
+
+@keys.command("rotate")
+@click.argument("key_id")
+@click.option(
+    "--overlap", default="24h", show_default=True, help="How long the old key keeps working."
+)
+def keys_rotate(key_id: str, overlap: str) -> None:
+    """Print a new key replacing KEY_ID; the old one is revoked after the overlap."""
+    from app.bootstrap import CommandServices
+    from app.keys import UnknownKey
+
+    overlap_s = 0.0 if overlap in ("0", "0s") else _duration(overlap, "--overlap")
+    assert overlap_s is not None
+
+    async def rotate(services: CommandServices) -> Any:
+        return await services.keys.rotate(key_id, overlap_s=overlap_s)
+
+    try:
+        key, new, old = _run_audited(
+            _settings("warning"),
+            rotate,
+            what="keys.rotate",
+            game=None,
+            target=lambda r: (r[2].game, f"key:{r[2].id} -> key:{r[1].id}"),
+        )
+    except UnknownKey:
+        raise click.ClickException(f"no key with id {key_id!r}") from None
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(key)
+    click.echo(
+        f"{old.id} keeps working until {old.revoked_at.isoformat(timespec='seconds')}; "
+        f"the new key's id is {new.id}",
+        err=True,
+    )
+
+
+@main.group()
+def audit() -> None:
+    """The audit trail of admin actions (API and command line), hash-chained."""
+
+
+@audit.command("list")
+@click.option("--game", default=None, help="Only this game's records.")
+@click.option("--after", default=0, type=click.IntRange(min=0), help="Records after this seq.")
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 100_000))
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+def audit_list(game: str | None, after: int, limit: int, fmt: str) -> None:
+    """Audit records, oldest first."""
+    from dataclasses import asdict
+
+    import msgspec
+
+    from app.bootstrap import CommandServices, run_command
+
+    async def fetch(services: CommandServices) -> list[dict[str, Any]]:
+        records = await services.audit.list(game, after=after, limit=limit)
+        return [asdict(r) | {"at": r.at.isoformat()} for r in records]
+
+    rows = run_command(_settings("warning"), fetch)
+    if fmt == "json":
+        click.echo(msgspec.json.encode(rows).decode())
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    columns = ("seq", "at", "game", "actor", "action", "target", "outcome")
+    table = Table(*columns)
+    for row in rows:
+        table.add_row(*("" if row[c] is None else str(row[c]) for c in columns))
+    Console(width=200).print(table)
+
+
+@audit.command("verify")
+def audit_verify() -> None:
+    """Check the hash chain; exit 1 naming the first record that does not hold."""
+    from app.bootstrap import CommandServices, run_command
+
+    async def verify(services: CommandServices) -> Any:
+        return await services.audit.verify()
+
+    checked, broken = run_command(_settings("warning"), verify)
+    if broken is not None:
+        click.echo(f"audit chain broken at record {broken.seq}: {broken.reason}", err=True)
+        sys.exit(1)
+    click.echo(f"audit chain intact: {checked} records")
+
+
+@main.group()
+def backup() -> None:
+    """Backups: the database snapshot, the features file, the lake, with checksums."""
+
+
+def _backup_error(exc: Exception) -> click.ClickException:
+    return click.ClickException(str(exc))
+
+
+@backup.command("create")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+def backup_create(directory: Path) -> None:
+    """Back up into DIRECTORY (the server may run; a later backup into the same
+    directory copies only the lake files it does not hold yet)."""
+    from app.audit import os_actor
+    from app.backup import BackupError, create_backup
+    from app.bootstrap import command_database, run_command
+    from app.domain.audit import AuditEntry
+
+    settings = _settings("warning")
+    try:
+        with command_database(settings) as url:
+            summary = create_backup(_with_brokers(settings), url, directory)
+    except BackupError as exc:
+        raise _backup_error(exc) from None
+
+    entry = AuditEntry(None, os_actor(), "backup.create", str(directory.resolve()), "ok")
+
+    async def record(services: Any) -> None:
+        await services.audit.record(entry)
+
+    run_command(settings, record)
+    rows = ", ".join(f"{t} {n}" for t, n in summary.tables.items() if n)
+    click.echo(
+        f"backup in {directory}: {summary.files} files, {summary.bytes} bytes "
+        f"({summary.copied} lake files copied now); rows: {rows}"
+    )
+
+
+def _with_brokers(settings: Settings) -> Settings:
+    """The settings, with the embedded broker's address if one runs on the data dir."""
+    if settings.kafka_brokers is not None:
+        return settings
+    from dataclasses import replace
+
+    from app.backup import running_embedded_broker
+
+    brokers = running_embedded_broker(settings.data_dir)
+    return settings if brokers is None else replace(settings, kafka_brokers=brokers)
+
+
+@backup.command("verify")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+def backup_verify(directory: Path) -> None:
+    """Check every checksum, restore into a scratch PostgreSQL and compare row counts."""
+    from app.backup import BackupError, verify_backup
+
+    _settings("warning")
+    try:
+        summary = verify_backup(directory)
+    except BackupError as exc:
+        click.echo(f"backup {directory} is damaged: {exc}", err=True)
+        sys.exit(1)
+    rows = sum(summary.tables.values())
+    click.echo(
+        f"backup {directory} verified: {summary.files} files match their checksums, "
+        f"{len(summary.tables)} tables restore with their {rows} rows"
+    )
+
+
+@backup.command("restore")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+def backup_restore(directory: Path) -> None:
+    """Restore DIRECTORY into an empty data dir (or empty database), server stopped."""
+    from app.audit import os_actor
+    from app.backup import BackupError, restore_backup
+    from app.bootstrap import run_command
+    from app.domain.audit import AuditEntry
+
+    settings = _settings("warning")
+    try:
+        summary, notes = restore_backup(settings, directory)
+    except BackupError as exc:
+        raise _backup_error(exc) from None
+
+    entry = AuditEntry(None, os_actor(), "backup.restore", str(directory.resolve()), "ok")
+
+    async def record(services: Any) -> None:
+        await services.audit.record(entry)
+
+    run_command(settings, record)
+    click.echo(
+        f"restored {directory} into {settings.data_dir}: {sum(summary.tables.values())} rows, "
+        f"{summary.copied} lake files"
+    )
+    for note in notes:
+        click.echo(note)
 
 
 @main.group()
@@ -123,7 +460,7 @@ def replay() -> None:
     """Rebuild every profile from the lake (stop the service first)."""
     from rich.progress import Progress
 
-    from app.bootstrap import CommandServices, run_command
+    from app.bootstrap import CommandServices
     from app.replay import ServiceRunning, replay_alone
 
     settings = _settings("warning")
@@ -148,7 +485,9 @@ def replay() -> None:
         )
 
     try:
-        click.echo(run_command(settings, run, pool_size=2))
+        click.echo(
+            _run_audited(settings, run, what="replay", game=None, target="profiles", pool_size=2)
+        )
     except ServiceRunning as exc:
         raise click.ClickException(str(exc)) from None
 
@@ -198,8 +537,9 @@ def models() -> None:
     """Model versions and rollouts (running servers follow within a second)."""
 
 
-def _with_registry(action: Any) -> Any:
-    """Run ``action(registry)`` against the configured database."""
+def _with_registry(action: Any, audit: tuple[str, str, str] | None = None) -> Any:
+    """Run ``action(registry)`` against the configured database; with ``audit`` (action,
+    game, target), record it in the audit trail."""
     from app.bootstrap import CommandServices, run_command
     from app.domain.rollout import RolloutError
     from app.models.registry import ModelRejected, UnknownModel
@@ -211,6 +551,11 @@ def _with_registry(action: Any) -> Any:
         return await action(services.registry)
 
     try:
+        if audit is not None:
+            what, game, target = audit
+            return _run_audited(
+                settings, lambda s: action(s.registry), what=what, game=game, target=target
+            )
         return run_command(settings, run)
     except UnknownModel as exc:
         raise click.ClickException(f"model {exc} has no version in this game") from None
@@ -266,7 +611,12 @@ def models_list(game: str, fmt: str) -> None:
 @click.argument("version", type=int)
 def models_activate(game: str, name: str, version: int) -> None:
     """Serve VERSION of NAME to every player."""
-    _show_rollout(_with_registry(lambda registry: registry.activate(game, name, version)))
+    _show_rollout(
+        _with_registry(
+            lambda registry: registry.activate(game, name, version),
+            ("models.activate", game, f"model:{name} v{version}"),
+        )
+    )
 
 
 @models.command("rollback")
@@ -274,7 +624,12 @@ def models_activate(game: str, name: str, version: int) -> None:
 @click.argument("name")
 def models_rollback(game: str, name: str) -> None:
     """Return NAME to its previous rollout."""
-    _show_rollout(_with_registry(lambda registry: registry.rollback(game, name)))
+    _show_rollout(
+        _with_registry(
+            lambda registry: registry.rollback(game, name),
+            ("models.rollback", game, f"model:{name}"),
+        )
+    )
 
 
 @models.command("upload")
@@ -335,7 +690,8 @@ def models_upload(
     version = _with_registry(
         lambda registry: registry.upload(
             game, name, raw, manifest, activate=activate, training_stats=stats
-        )
+        ),
+        ("models.upload", game, f"model:{name}"),
     )
     click.echo(f"{name} version {version}")
 
@@ -354,7 +710,10 @@ def models_outcome(game: str, name: str, event: str, within: str, value: str) ->
         outcome = Outcome.parse(event, within, value)
     except OutcomeError as exc:
         raise click.BadParameter(str(exc)) from None
-    _with_registry(lambda registry: registry.set_outcome(game, name, outcome))
+    _with_registry(
+        lambda registry: registry.set_outcome(game, name, outcome),
+        ("models.outcome", game, f"model:{name}"),
+    )
     click.echo(f"{name}: outcome {outcome.event} within {outcome.within} ({outcome.value})")
 
 
@@ -393,7 +752,12 @@ def models_rollout(
         rollout = Rollout(split, shadow, guard)
     except (ValueError, RolloutError) as exc:
         raise click.BadParameter(str(exc), param_hint="--split") from None
-    _show_rollout(_with_registry(lambda registry: registry.set_rollout(game, name, rollout)))
+    _show_rollout(
+        _with_registry(
+            lambda registry: registry.set_rollout(game, name, rollout),
+            ("models.rollout", game, f"model:{name} {split_text}"),
+        )
+    )
 
 
 @main.group()
@@ -401,15 +765,17 @@ def players() -> None:
     """Player privacy: erasure and export."""
 
 
-def _with_privacy(action: Any, *, profiles: bool = False) -> Any:
-    """Run ``action(privacy)``; with ``profiles``, the service can also read profiles."""
-    from app.bootstrap import CommandServices, run_command
+def _with_privacy(action: Any, audit: tuple[str, str, str], *, profiles: bool = False) -> Any:
+    """Run ``action(privacy)`` and record it (action, game, target) in the audit trail;
+    with ``profiles``, the service can also read profiles."""
+    from app.bootstrap import CommandServices
 
     async def run(services: CommandServices) -> Any:
         privacy = await services.privacy_with_profiles() if profiles else services.privacy
         return await action(privacy)
 
-    return run_command(_settings("warning"), run, pool_size=2)
+    what, game, target = audit
+    return _run_audited(_settings("warning"), run, what=what, game=game, target=target, pool_size=2)
 
 
 @players.command("erase")
@@ -432,7 +798,8 @@ def players_erase(game: str, player_id: str, wait_s: float) -> None:
             erasure = await privacy.erasure(game, erasure.id)
         return receipt(erasure, player_id)
 
-    click.echo(msgspec.json.encode(_with_privacy(erase)).decode())
+    erased = _with_privacy(erase, ("players.erase", game, f"player:{player_id}"))
+    click.echo(msgspec.json.encode(erased).decode())
 
 
 @players.command("export")
@@ -446,7 +813,7 @@ def players_export(game: str, player_id: str) -> None:
             sys.stdout.buffer.write(piece)
         sys.stdout.buffer.write(b"\n")
 
-    _with_privacy(export, profiles=True)
+    _with_privacy(export, ("players.export", game, f"player:{player_id}"), profiles=True)
 
 
 @players.command("reuse")
@@ -457,7 +824,10 @@ def players_reuse(game: str, player_id: str) -> None:
     from app.privacy import ErasurePending, NoErasure
 
     try:
-        lifted = _with_privacy(lambda privacy: privacy.allow_reuse(game, player_id))
+        lifted = _with_privacy(
+            lambda privacy: privacy.allow_reuse(game, player_id),
+            ("players.reuse", game, f"player:{player_id}"),
+        )
     except ErasurePending:
         raise click.ClickException("the player's erasure is still pending") from None
     except NoErasure:

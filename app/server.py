@@ -46,6 +46,15 @@ WORKER_FD = "PLAYERPULSE_WORKER_FD"
 """Set for a worker: the file descriptor of the HTTP socket the supervisor bound."""
 WORKER_INDEX = "PLAYERPULSE_WORKER_INDEX"
 """Set for a worker: its number, from 0."""
+WORKER_GENERATION = "PLAYERPULSE_WORKER_GENERATION"
+"""Set for a worker: how many rolling upgrades (SIGHUP) preceded its start."""
+WORKER_READY = "PLAYERPULSE_WORKER_READY"
+"""Set for a worker: a file it creates once it serves (the supervisor waits for it)."""
+
+WORKER_START_TIMEOUT_S = 180.0
+"""How long a worker started by an upgrade gets to become ready."""
+DRAIN_TIMEOUT_S = 10.0
+"""How long a worker being replaced waits for its open connections to finish."""
 METRICS_DIR = "PROMETHEUS_MULTIPROC_DIR"
 """prometheus-client's multiprocess mode: every worker's metrics, summed at /metrics."""
 
@@ -77,6 +86,10 @@ def serve(settings: Settings, host: str, port: int, workers: int | None = None) 
         log.error("cannot start: the features file has an error", error=str(exc))
         return 2
     count = workers or settings.worker_count
+    problem = _tls_problem(settings)
+    if problem is not None:
+        log.error("cannot start: TLS", error=problem)
+        return 2
     try:
         listener = _bind(host, port)
     except OSError as exc:
@@ -91,6 +104,7 @@ def serve(settings: Settings, host: str, port: int, workers: int | None = None) 
                 "starting",
                 host=host,
                 port=port,
+                scheme="https" if settings.tls_cert else "http",
                 workers=count,
                 data_dir=str(settings.data_dir.resolve()),
                 database="embedded" if settings.embedded_postgres else "external",
@@ -101,6 +115,21 @@ def serve(settings: Settings, host: str, port: int, workers: int | None = None) 
     except Interrupted as exc:
         log.info("interrupted while starting", signal=str(exc))
         return 0
+
+
+def _tls_problem(settings: Settings) -> str | None:
+    """Why the TLS certificate and key cannot be used, or None (also when TLS is off)."""
+    if settings.tls_cert is None or settings.tls_key is None:
+        return None
+    import ssl
+
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
+            settings.tls_cert, settings.tls_key
+        )
+    except (OSError, ssl.SSLError) as exc:
+        return f"{settings.tls_cert} / {settings.tls_key}: {exc}"
+    return None
 
 
 def _broker_kind(settings: Settings) -> str:
@@ -141,6 +170,39 @@ def _prepare(settings: Settings) -> None:
     metrics_dir = _metrics_dir(settings)
     shutil.rmtree(metrics_dir, ignore_errors=True)  # counters start from zero with the service
     metrics_dir.mkdir(parents=True)
+
+
+def _upgrade_refusal(settings: Settings) -> str | None:
+    """Why a rolling upgrade cannot go ahead now, or None."""
+    try:
+        features = load_features(settings.features_path)
+    except FeatureFileError as exc:
+        return f"the features file has an error: {exc}"
+    changed = asyncio.run(_features_needing_replay(settings, features))
+    if changed:
+        return (
+            f"the features file changed {', '.join(changed)}: profiles must be rebuilt, which "
+            "a rolling upgrade cannot do halfway; restart the service (or run `playerpulse "
+            "replay` with it stopped)"
+        )
+    return None
+
+
+async def _features_needing_replay(settings: Settings, features: Any) -> list[str]:
+    """The features whose definition differs from the one the profiles were built with."""
+    from app.db.engine import create_engine
+    from app.db.repositories import FeatureDefRepository, ProfileRepository
+
+    assert settings.database_url is not None
+    engine = create_engine(settings.database_url, pool_size=1)
+    try:
+        async with engine.connect() as conn:
+            stored = await FeatureDefRepository().fingerprints(conn)
+            if not stored and not await ProfileRepository().has_profiles(conn):
+                return []
+    finally:
+        await engine.dispose()
+    return sorted(name for name, fp in features.fingerprints.items() if stored.get(name) != fp)
 
 
 def _await_group_coordinator(brokers: str, group: str, timeout: float = 60.0) -> None:
@@ -184,7 +246,8 @@ class _Worker:
 
 
 class _Supervisor:
-    """Starts the workers, restarts one that dies, stops them all on a signal."""
+    """Starts the workers, restarts one that dies, replaces them one at a time on SIGHUP
+    (a rolling upgrade), stops them all on SIGTERM or SIGINT."""
 
     def __init__(
         self, settings: Settings, runtime: Runtime, listener: socket.socket, count: int
@@ -194,6 +257,8 @@ class _Supervisor:
         self.listener = listener
         self.count = count
         self.stopping: str | None = None
+        self.upgrade_requested = False
+        self.generation = 0
         env = {k: v for k, v in os.environ.items() if k != METRICS_DIR}
         env.update(
             {
@@ -201,6 +266,10 @@ class _Supervisor:
                 "PLAYERPULSE_KAFKA_BROKERS": settings.kafka_brokers or "",
                 "PLAYERPULSE_LOG_FORMAT": settings.log_format,
                 WORKER_FD: str(listener.fileno()),
+                "PLAYERPULSE_TLS_CERT": str(settings.tls_cert.resolve())
+                if settings.tls_cert
+                else "",
+                "PLAYERPULSE_TLS_KEY": str(settings.tls_key.resolve()) if settings.tls_key else "",
                 METRICS_DIR: str(_metrics_dir(settings)),
             }
         )
@@ -215,9 +284,17 @@ class _Supervisor:
             # If the supervisor is killed, its workers go at once: what they held
             # unacknowledged is redelivered to the next start, nothing is lost.
             death_signal=signal.SIGKILL,
-            env={**self.env, WORKER_INDEX: str(index)},
+            env={
+                **self.env,
+                WORKER_INDEX: str(index),
+                WORKER_GENERATION: str(self.generation),
+                WORKER_READY: str(self._ready_file(index)),
+            },
             pass_fds=[self.listener.fileno()],
         )
+
+    def _ready_file(self, index: int) -> Path:
+        return _metrics_dir(self.settings).parent / f"ready-{os.getpid()}-{self.generation}-{index}"
 
     def _start(self, worker: _Worker) -> None:
         worker.child = self._child(worker.index)
@@ -231,8 +308,12 @@ class _Supervisor:
             if self.stopping is None:
                 self.stopping = signal.Signals(signum).name
 
+        def on_hangup(_signum: int, _frame: FrameType | None) -> None:
+            self.upgrade_requested = True
+
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
+        signal.signal(signal.SIGHUP, on_hangup)
         workers = [_Worker(i, self._child(i)) for i in range(self.count)]
         code = 0
         try:
@@ -245,6 +326,10 @@ class _Supervisor:
 
     def _watch(self, workers: list[_Worker]) -> int:
         while self.stopping is None:
+            if self.upgrade_requested:
+                self.upgrade_requested = False
+                self._upgrade(workers)
+                continue
             dead = self.runtime.dead_child()
             if dead is not None:
                 log.error("embedded service died; stopping", child=dead)
@@ -271,10 +356,63 @@ class _Supervisor:
         log.info("stopping", signal=self.stopping, workers=len(workers))
         return 0
 
+    def _upgrade(self, workers: list[_Worker]) -> None:
+        """Replace each worker in turn by a freshly started one (new code, features file):
+        the new one serves before the old one drains, so no request finds no worker.
+
+        Refused, with the reason logged, when the features file is invalid or changed in a
+        way that needs a replay (a rolling upgrade cannot rebuild profiles halfway)."""
+        refusal = _upgrade_refusal(self.settings)
+        if refusal is not None:
+            log.error("upgrade refused; the workers keep running", reason=refusal)
+            return
+        self.generation += 1
+        log.info("rolling upgrade", generation=self.generation, workers=len(workers))
+        for position, old in enumerate(list(workers)):
+            new = _Worker(old.index, self._child(old.index))
+            ready = self._ready_file(old.index)
+            ready.unlink(missing_ok=True)
+            workers.append(new)  # stopped with the others should a signal come now
+            self._start(new)
+            if not self._await_ready(new, ready):
+                log.error("upgrade stopped: a new worker did not start", worker=old.index)
+                workers.remove(new)
+                self._stop_one(new)
+                return
+            ready.unlink(missing_ok=True)
+            workers.remove(new)
+            workers[position] = new
+            self._stop_one(old, signal.SIGHUP)  # drains: stops accepting, finishes, leaves
+            log.info("worker replaced", worker=old.index, generation=self.generation)
+        log.info("rolling upgrade done", generation=self.generation)
+
+    def _await_ready(self, worker: _Worker, ready: Path) -> bool:
+        deadline = time.monotonic() + WORKER_START_TIMEOUT_S
+        while not ready.exists():
+            if self.stopping is not None or worker.child.exited() is not None:
+                return False
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
+    def _stop_one(self, worker: _Worker, sig: signal.Signals = signal.SIGTERM) -> None:
+        proc = worker.child.proc
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(sig)
+        try:
+            proc.wait(WORKER_STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            log.error("worker did not stop in time; killing it", worker=worker.index)
+            proc.kill()
+            proc.wait()
+
     def _stop_all(self, workers: list[_Worker]) -> None:
         # Ignore further signals: a second Ctrl-C must not interrupt the clean stop.
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
         procs = [w.child.proc for w in workers if w.child.proc is not None]
         for proc in procs:
             if proc.poll() is None:
@@ -306,7 +444,29 @@ class _Server(uvicorn.Server):
         yield
 
 
-async def _serve_worker(settings: Settings, sock: socket.socket) -> int:
+async def _announce_ready(server: uvicorn.Server, ready_file: Path) -> None:
+    """Create ``ready_file`` once the server serves (a rolling upgrade waits for it)."""
+    while not server.started:
+        await asyncio.sleep(0.05)
+    await asyncio.to_thread(ready_file.touch)
+
+
+async def _drain(server: uvicorn.Server, app: Any) -> None:
+    """Leave without failing a request: stop accepting (the other workers take the new
+    connections), answer what comes on open connections with ``Connection: close``, and
+    stop once they are all closed (or after DRAIN_TIMEOUT_S)."""
+    for listening in getattr(server, "servers", []):
+        listening.close()
+    app.asgi_handler.closing = True
+    deadline = time.monotonic() + DRAIN_TIMEOUT_S
+    while server.server_state.connections and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    server.should_exit = True
+
+
+async def _serve_worker(
+    settings: Settings, sock: socket.socket, generation: int = 0, ready_file: Path | None = None
+) -> int:
     from app.api.app import create_app
 
     outcome = {"code": 0}
@@ -315,8 +475,12 @@ async def _serve_worker(settings: Settings, sock: socket.socket) -> int:
         outcome["code"] = 1
         server.should_exit = True
 
+    app = create_app(settings, on_fatal=fatal)
+    app.state.generation = generation
     config = uvicorn.Config(
-        create_app(settings, on_fatal=fatal),
+        app,
+        ssl_certfile=settings.tls_cert,
+        ssl_keyfile=settings.tls_key,
         log_config=None,
         lifespan="on",
         access_log=False,
@@ -325,17 +489,27 @@ async def _serve_worker(settings: Settings, sock: socket.socket) -> int:
     )
     server = _Server(config)
     loop = asyncio.get_running_loop()
+    tasks: list[asyncio.Task[None]] = []
 
     def on_signal(sig: signal.Signals) -> None:
         log.info("worker stopping", signal=sig.name)
         server.should_exit = True
 
+    def on_hangup() -> None:
+        log.info("worker draining: replaced by a new one")
+        tasks.append(loop.create_task(_drain(server, app)))
+
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal, sig)
+    loop.add_signal_handler(signal.SIGHUP, on_hangup)
+    if ready_file is not None:
+        tasks.append(loop.create_task(_announce_ready(server, ready_file)))
     try:
         await server.serve(sockets=[sock])
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for task in tasks:
+            task.cancel()
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             loop.remove_signal_handler(sig)
             signal.signal(sig, signal.SIG_IGN)
     if not server.started:
@@ -351,7 +525,9 @@ def run_worker(settings: Settings) -> int:
     # SIGTERM before the loop runs (during imports, say) just ends the worker.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the supervisor's to handle
-    return _run(_serve_worker(settings, sock))
+    generation = int(os.environ.get(WORKER_GENERATION, "0"))
+    ready = os.environ.get(WORKER_READY)
+    return _run(_serve_worker(settings, sock, generation, Path(ready) if ready else None))
 
 
 def _run(coro: object) -> int:

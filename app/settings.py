@@ -116,6 +116,20 @@ class Settings:
     guard_min_requests: int = 100
     """PLAYERPULSE_GUARD_MIN_REQUESTS: fewest predictions of a version in a window (in one
     worker) for the guard to judge it; quieter windows are not judged."""
+    cors_origins: str = ""
+    """PLAYERPULSE_CORS_ORIGINS: comma-separated browser origins (or ``*``) allowed on the
+    ingest routes of every game; read routes need a game's own (PUT /v1/admin/cors)."""
+    tls_cert: Path | None = None
+    """PLAYERPULSE_TLS_CERT: PEM certificate (chain) to serve HTTPS; needs TLS_KEY."""
+    tls_key: Path | None = None
+    """PLAYERPULSE_TLS_KEY: PEM private key of TLS_CERT."""
+
+    @property
+    def cors_everywhere(self) -> frozenset[str]:
+        """The origins of PLAYERPULSE_CORS_ORIGINS, parsed."""
+        from app.domain.cors import parse_origins
+
+        return parse_origins(self.cors_origins.split(","), allow_any=True)
 
     @property
     def lake_dir(self) -> Path:
@@ -174,6 +188,12 @@ class Settings:
             )
         if settings.lake_retention_days is not None and settings.lake_retention_days < 0:
             raise SettingsError(f"{PREFIX}LAKE_RETENTION_DAYS must be 0 or more (unset: keep)")
+        try:
+            settings.cors_everywhere  # noqa: B018 - validated once, here
+        except ValueError as exc:
+            raise SettingsError(f"{PREFIX}CORS_ORIGINS: {exc}") from None
+        if (settings.tls_cert is None) != (settings.tls_key is None):
+            raise SettingsError(f"{PREFIX}TLS_CERT and {PREFIX}TLS_KEY go together")
         if settings.workers < 0:
             raise SettingsError(f"{PREFIX}WORKERS must be 0 (one per core) or more")
         if not 0 <= settings.hop_sample <= 1:
@@ -194,6 +214,8 @@ def _convert(key: str, raw: str, kind: type, name: str) -> Any:
         return raw
     if name == "lake_retention_days":  # optional: unset keeps everything
         kind = int
+    if name in ("tls_cert", "tls_key"):
+        return Path(raw).expanduser()
     if name == "kafka_home":  # optional: unset uses the user's cache
         return Path(raw).expanduser().resolve()
     if name == "dedup_horizon":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -47,10 +48,21 @@ def unique(prefix: str) -> str:
 class ServeProcess:
     """A real `playerpulse serve` child, its environment, and a CLI sharing that environment."""
 
-    def __init__(self, workdir: Path, extra_env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        extra_env: dict[str, str] | None = None,
+        *,
+        serve_args: list[str] | None = None,
+        tls_ca: ssl.SSLContext | None = None,
+    ) -> None:
+        """``tls_ca``: serve HTTPS (``serve_args`` name the certificate); the context
+        trusts its CA."""
         self.workdir = workdir
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.serve_args = serve_args or []
+        self.verify: ssl.SSLContext | bool = tls_ca if tls_ca is not None else True
+        self.url = f"{'https' if tls_ca is not None else 'http'}://127.0.0.1:{self.port}"
         env = {k: v for k, v in os.environ.items() if not k.startswith("PLAYERPULSE_")}
         env.update(
             {
@@ -76,7 +88,7 @@ class ServeProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
         self.proc = subprocess.Popen(
-            [PLAYERPULSE, "serve", "--port", str(self.port)],
+            [PLAYERPULSE, "serve", "--port", str(self.port), *self.serve_args],
             cwd=self.workdir,
             env=self.env,
             stdout=log,
@@ -89,7 +101,8 @@ class ServeProcess:
             if self.proc.poll() is not None:
                 raise AssertionError(f"serve exited with {self.proc.returncode}:\n{self.log()}")
             try:
-                return httpx.get(f"{self.url}/health", timeout=1).status_code == 200
+                health = httpx.get(f"{self.url}/health", timeout=1, verify=self.verify)
+                return health.status_code == 200
             except httpx.HTTPError:
                 return False
 
@@ -173,7 +186,7 @@ class ServeProcess:
     def client(self, key: str | None = None) -> httpx.Client:
         """An HTTP client for the server, authenticated with ``key`` if given."""
         headers = {"Authorization": f"Bearer {key}"} if key else {}
-        return httpx.Client(base_url=self.url, headers=headers, timeout=30)
+        return httpx.Client(base_url=self.url, headers=headers, timeout=30, verify=self.verify)
 
 
 def parquet_holds(path: Path, needle: str) -> list[str]:

@@ -32,6 +32,8 @@ from .dashboard import STATIC
 from .errors import handle_http_error, handle_unexpected
 from .model_routes import STRICT_BODIES
 from .openapi import finish
+from .ops import AdminAudit, Cors
+from .ops_routes import OPS_BODIES, document_ops
 from .routes import build_routes
 
 log = get_logger(__name__)
@@ -46,10 +48,12 @@ class ServerTiming:
     response, next to the finer entries a handler may send (``profile``, ``model``).
     """
 
-    __slots__ = ("app",)
+    __slots__ = ("app", "closing")
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        self.closing = False
+        """Set while the worker drains: every answer closes its connection."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != ScopeType.HTTP:
@@ -64,6 +68,8 @@ class ServerTiming:
                     *message.get("headers", ()),
                     (b"server-timing", b"app;dur=%.3f" % took),
                 ]
+                if self.closing:
+                    message["headers"].append((b"connection", b"close"))
             await send(message)
 
         await self.app(scope, receive, timed)
@@ -81,6 +87,9 @@ PROVIDED = {
     "privacy": "privacy",
     "eraser": "eraser",
     "lag_probe": "lag",
+    "keys": "keys",
+    "audit": "audit",
+    "cors": "cors",
 }
 
 DOCS_ASSETS = "/docs/assets"
@@ -188,7 +197,10 @@ def create_app(settings: Settings, on_fatal: Callable[[str], None] | None = None
         debug=False,
         logging_config=None,  # structlog owns logging (app.log)
     )
-    finish(app, settings, STRICT_BODIES)
+    finish(app, settings, [*STRICT_BODIES, *OPS_BODIES])
+    document_ops(app)
     # Outermost, around routing too (app-level middleware runs after routing).
-    app.asgi_handler = ServerTiming(app.asgi_handler)
+    app.asgi_handler = ServerTiming(
+        Cors(AdminAudit(app.asgi_handler, lambda: app.state), lambda: app.state.services.cors)
+    )
     return app

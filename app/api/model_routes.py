@@ -461,7 +461,7 @@ def model_routes(settings: Settings) -> list[HTTPRouteHandler]:
     return [*_admin_routes(settings), *_report_routes(), *_prediction_routes()]
 
 
-def _options(path: str, methods: str) -> HTTPRouteHandler:
+def options_route(path: str, methods: str) -> HTTPRouteHandler:
     """An explicit OPTIONS for a path served by several handlers: Litestar's own one is
     made with the first handler registered and lists only its methods in ``Allow``."""
 
@@ -477,7 +477,7 @@ def _admin_routes(settings: Settings) -> list[HTTPRouteHandler]:
     path = "/v1/admin/models/{name:str}"
     tags = {"tags": ["models"]}
     return [
-        _options(path, "GET, OPTIONS, POST"),
+        options_route(path, "GET, OPTIONS, POST"),
         post(
             path,
             status_code=HTTP_201_CREATED,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict
 from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any
@@ -24,6 +25,7 @@ from .errors import ApiError
 from .ingest_routes import ingest_routes
 from .model_routes import model_routes
 from .openapi import documented, secured
+from .ops_routes import ops_routes
 from .privacy_routes import privacy_routes
 from .read_your_writes import After, WaitMs, await_token
 
@@ -56,16 +58,21 @@ class HealthReply(msgspec.Struct):
 
     status: str
     version: str
+    worker: int
+    """The answering worker's process id."""
+    generation: int
+    """How many rolling upgrades (SIGHUP) the server had when this worker started."""
 
 
 # -- handlers --------------------------------------------------------------------------
 
 
-async def health() -> HealthReply:
+async def health(request: Request[Any, Any, Any]) -> HealthReply:
     """200 once the service accepts events (the server only listens once it does)."""
     from app import __version__
 
-    return HealthReply(status="ok", version=__version__)
+    generation = request.app.state.get("generation", 0)
+    return HealthReply(status="ok", version=__version__, worker=os.getpid(), generation=generation)
 
 
 async def get_profile(
@@ -144,4 +151,5 @@ def build_routes(settings: Settings) -> list[Any]:
         *model_routes(settings),
         *dashboard_routes(),
         *privacy_routes(),
+        *ops_routes(),
     ]

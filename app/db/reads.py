@@ -31,7 +31,10 @@ _PROFILE = (
     "SELECT state, events_applied, last_event_at, last_received_at, updated_at "
     "FROM profiles WHERE game = $1 AND player_id = $2"
 )
-_KEY = "SELECT game, role FROM api_keys WHERE key_hash = $1"
+_KEY = (
+    "SELECT game, role, id, extract(epoch FROM LEAST(expires_at, revoked_at)) "
+    "FROM api_keys WHERE key_hash = $1"
+)
 _PROGRESS = "SELECT committed_offset FROM fold_progress WHERE topic = $1 AND partition = $2"
 
 
@@ -95,9 +98,12 @@ class FastReads:
         )
 
     async def principal(self, key_hash: str) -> Principal | None:
-        """The game and role of a key, or None if no such key exists."""
+        """The game and role of a key, and until when it works; None if no such key."""
         row = await self._fetchrow(_KEY, key_hash)
-        return None if row is None else Principal(game=row[0], role=Role(row[1]))
+        if row is None:
+            return None
+        until = None if row[3] is None else float(row[3])
+        return Principal(game=row[0], role=Role(row[1]), key_id=row[2], valid_until=until)
 
     async def folded_offset(self, topic: str, partition: int) -> int:
         """The offset up to which the fold committed ``partition`` (-1: nothing yet)."""

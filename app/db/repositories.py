@@ -7,7 +7,7 @@ of thousands of events is a handful of round trips, not one per event.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from datetime import datetime
 from operator import attrgetter
 from typing import Any, NamedTuple
@@ -18,14 +18,17 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.domain.access import Role
+from app.domain.audit import GENESIS, AuditEntry, AuditRecord, record_hash
 from app.domain.guard import Guard, GuardEvent
 from app.domain.outcome import Outcome
 from app.domain.rollout import Rollout
 
 from .tables import (
     api_keys,
+    audit_log,
     failed_events,
     feature_defs,
+    game_cors,
     model_guard_events,
     model_outcomes,
     model_rollouts,
@@ -42,14 +45,6 @@ def _arrays(rows: Sequence[Any]) -> dict[str, list[Any]]:
     """The parameters of an ``unnest`` insert of these records (dataclasses, at least one):
     one array per field, named as the field."""
     return {f.name: [getattr(row, f.name) for row in rows] for f in fields(rows[0])}
-
-
-class ApiKeyRepository:
-    """Hashed API keys and the game and role each belongs to."""
-
-    async def add(self, conn: AsyncConnection, key_hash: str, game: str, role: Role) -> None:
-        """Store a new key."""
-        await conn.execute(insert(api_keys).values(key_hash=key_hash, game=game, role=role.value))
 
 
 @dataclass(frozen=True, slots=True)
@@ -557,3 +552,162 @@ _PROGRESS = text(
         updated_at = EXCLUDED.updated_at
     """
 )
+
+
+# -- operations: keys, audit, CORS ------------------------------------------------------
+
+KEY_CHANNEL = "playerpulse_keys"
+"""NOTIFY channel: the payload is the hash of a key that was revoked or changed."""
+
+_AUDIT_LOCK = 0x706C_6175_6469_74  # serialises appends, so the chain stays one line
+
+
+@dataclass(frozen=True, slots=True)
+class StoredKey:
+    """An API key as listed (never its secret, which is not stored)."""
+
+    id: str
+    game: str
+    role: str
+    name: str | None
+    created_at: datetime
+    last_used_at: datetime | None
+    expires_at: datetime | None
+    revoked_at: datetime | None
+    replaced_by: str | None
+    key_hash: str
+
+
+class ApiKeyRepository:
+    """Listing, revoking and rotating keys; every change is announced on KEY_CHANNEL."""
+
+    async def add(
+        self,
+        conn: AsyncConnection,
+        *,
+        key_id: str,
+        key_hash: str,
+        game: str,
+        role: Role,
+        name: str | None,
+        expires_at: datetime | None,
+    ) -> None:
+        """Store a new key."""
+        await conn.execute(
+            insert(api_keys).values(
+                id=key_id,
+                key_hash=key_hash,
+                game=game,
+                role=role.value,
+                name=name,
+                expires_at=expires_at,
+            )
+        )
+
+    async def list(self, conn: AsyncConnection, game: str | None) -> list[StoredKey]:
+        """Every key (of ``game``), oldest first."""
+        query = select(*(api_keys.c[f] for f in StoredKey.__dataclass_fields__)).order_by(
+            api_keys.c.created_at, api_keys.c.id
+        )
+        if game is not None:
+            query = query.where(api_keys.c.game == game)
+        return [StoredKey(**row._mapping) for row in await conn.execute(query)]
+
+    async def get(
+        self, conn: AsyncConnection, key_id: str, *, lock: bool = False
+    ) -> StoredKey | None:
+        """One key by id."""
+        query = select(*(api_keys.c[f] for f in StoredKey.__dataclass_fields__)).where(
+            api_keys.c.id == key_id
+        )
+        if lock:
+            query = query.with_for_update()
+        row = (await conn.execute(query)).first()
+        return None if row is None else StoredKey(**row._mapping)
+
+    async def revoke(self, conn: AsyncConnection, key: StoredKey, at: datetime) -> None:
+        """Revoke ``key`` at ``at`` (now, or later for a rotation's overlap); an earlier
+        revocation stands."""
+        await conn.execute(
+            text(
+                "UPDATE api_keys SET revoked_at = LEAST(COALESCE(revoked_at, :at), :at) "
+                "WHERE id = :id"
+            ),
+            {"at": at, "id": key.id},
+        )
+        await self.announce(conn, key.key_hash)
+
+    async def replaced(self, conn: AsyncConnection, key_id: str, by: str) -> None:
+        """Record which key replaced ``key_id`` in a rotation."""
+        await conn.execute(
+            text("UPDATE api_keys SET replaced_by = :by WHERE id = :id"), {"by": by, "id": key_id}
+        )
+
+    async def touch(self, conn: AsyncConnection, key_hash: str) -> None:
+        """Note that a key was used now."""
+        await conn.execute(
+            text("UPDATE api_keys SET last_used_at = now() WHERE key_hash = :h"), {"h": key_hash}
+        )
+
+    async def announce(self, conn: AsyncConnection, key_hash: str) -> None:
+        """Tell every process (at commit) to forget what it cached about the key."""
+        await conn.execute(text("SELECT pg_notify(:c, :h)"), {"c": KEY_CHANNEL, "h": key_hash})
+
+
+class AuditRepository:
+    """The append-only, hash-chained audit log."""
+
+    async def append(self, conn: AsyncConnection, entry: AuditEntry, at: datetime) -> AuditRecord:
+        """Chain ``entry`` after the last record (appends are serialised by a lock)."""
+        await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _AUDIT_LOCK})
+        last = (
+            await conn.execute(
+                select(audit_log.c.seq, audit_log.c.hash).order_by(audit_log.c.seq.desc()).limit(1)
+            )
+        ).first()
+        seq, prev = (1, GENESIS) if last is None else (last[0] + 1, last[1])
+        digest = record_hash(prev, seq, at, entry)
+        record = AuditRecord(
+            seq=seq,
+            at=at,
+            game=entry.game,
+            actor=entry.actor,
+            action=entry.action,
+            target=entry.target,
+            outcome=entry.outcome,
+            request_id=entry.request_id,
+            prev_hash=prev,
+            hash=digest,
+        )
+        await conn.execute(insert(audit_log).values(**asdict(record)))
+        return record
+
+    async def list(
+        self, conn: AsyncConnection, game: str | None, *, after: int = 0, limit: int | None = None
+    ) -> list[AuditRecord]:
+        """Records after ``after`` (a seq), oldest first; of ``game`` only if given."""
+        query = select(audit_log).where(audit_log.c.seq > after).order_by(audit_log.c.seq)
+        if game is not None:
+            query = query.where(audit_log.c.game == game)
+        if limit is not None:
+            query = query.limit(limit)
+        return [AuditRecord(**row._mapping) for row in await conn.execute(query)]
+
+
+class CorsRepository:
+    """The browser origins each game allows."""
+
+    async def put(self, conn: AsyncConnection, game: str, origins: list[str]) -> None:
+        """Replace the game's allowed origins."""
+        statement = pg_insert(game_cors).values(game=game, origins=origins)
+        await conn.execute(
+            statement.on_conflict_do_update(
+                index_elements=[game_cors.c.game],
+                set_={"origins": statement.excluded.origins, "updated_at": func.now()},
+            )
+        )
+
+    async def all(self, conn: AsyncConnection) -> dict[str, list[str]]:
+        """Every game's allowed origins."""
+        rows = await conn.execute(select(game_cors.c.game, game_cors.c.origins))
+        return {row[0]: list(row[1]) for row in rows}

@@ -18,7 +18,7 @@ from sqlalchemy import (
     Text,
     func,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 
 metadata = MetaData(
     naming_convention={
@@ -39,7 +39,41 @@ api_keys = Table(
     Column("game", Text, nullable=False),
     Column("role", Text, nullable=False),
     Column("created_at", TZ, nullable=False, server_default=func.now()),
+    # The public id (``pp_<id>_<secret>``), safe to log; unique (migration 0009_ops).
+    Column("id", Text, nullable=False, unique=True),
+    Column("name", Text),
+    Column("expires_at", TZ),
+    # In the future for a rotated key: it keeps working until then (the overlap).
+    Column("revoked_at", TZ),
+    Column("last_used_at", TZ),
+    Column("replaced_by", Text),
     CheckConstraint("role IN ('ingest', 'read', 'admin')", name="role"),
+)
+
+# Append-only; each record's hash covers its content and the previous record's hash
+# (app/domain/audit.py), so an altered or removed row breaks the chain.
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("at", TZ, nullable=False),
+    Column("game", Text),
+    Column("actor", Text, nullable=False),
+    Column("action", Text, nullable=False),
+    Column("target", Text, nullable=False),
+    Column("outcome", Text, nullable=False),
+    Column("request_id", Text),
+    Column("prev_hash", Text, nullable=False),
+    Column("hash", Text, nullable=False),
+)
+
+# Browser origins a game allows on top of PLAYERPULSE_CORS_ORIGINS (PUT /v1/admin/cors).
+game_cors = Table(
+    "game_cors",
+    metadata,
+    Column("game", Text, primary_key=True),
+    Column("origins", ARRAY(Text), nullable=False),
+    Column("updated_at", TZ, nullable=False, server_default=func.now()),
 )
 
 # Stored with fillfactor 70 (migration 0008): updates stay in their page (HOT) and the

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import cast
 
@@ -132,3 +134,27 @@ async def test_the_cache_is_bounded(clock: FakeClock) -> None:
 async def test_without_the_read_pool_authentication_is_refused(clock: FakeClock) -> None:
     with pytest.raises(RuntimeError, match="FastReads"):
         await service(None).authenticate("pp_alice")
+
+
+async def test_a_notice_evicts_the_key_at_once(clock: FakeClock) -> None:
+    reads = FakeReads({"pp_alice": ALICE})
+    keys_ = service(reads, cache_s=30)
+    assert await keys_.authenticate("pp_alice") == ALICE
+    reads.by_hash.clear()  # revoked in the database...
+    keys_.forget(hash_key("pp_alice"))  # ...and announced (LISTEN/NOTIFY)
+    assert await keys_.authenticate("pp_alice") is None
+    reads.by_hash[hash_key("pp_alice")] = ALICE
+    assert await keys_.authenticate("pp_alice") == ALICE
+    keys_.forget(None)  # a reconnection: every entry goes
+    assert keys_._cache == {}
+
+
+async def test_a_cached_key_stops_at_its_expiry_without_a_lookup(clock: FakeClock) -> None:
+    soon = datetime.now(UTC).timestamp() + 0.5
+    expiring = Principal(game="game-1", role=Role.INGEST, key_id="abc", valid_until=soon)
+    reads = FakeReads({"pp_expiring": expiring})
+    keys_ = service(reads, cache_s=30)
+    assert await keys_.authenticate("pp_expiring") == expiring
+    await asyncio.sleep(0.6)
+    assert await keys_.authenticate("pp_expiring") is None
+    assert len(reads.lookups) == 1  # refused from the cache: the entry knows its end

@@ -75,7 +75,11 @@ EXAMPLES = {int: ("17", 17), float: ("0.25", 0.25), str: ("custom", "custom")}
 
 @pytest.mark.parametrize(
     "name",
-    [f.name for f in fields(Settings) if f.name not in ("log_format", "features_path", "broker")],
+    [
+        f.name
+        for f in fields(Settings)
+        if f.name not in ("log_format", "features_path", "broker", "tls_cert", "tls_key")
+    ],
 )
 @pytest.mark.usefixtures("not_a_terminal")
 def test_each_variable_is_parsed_to_the_type_of_its_field(name: str) -> None:
@@ -89,6 +93,11 @@ def test_each_variable_is_parsed_to_the_type_of_its_field(name: str) -> None:
         raw, expected = "17", 17
     elif name == "kafka_home":  # an optional path: unset uses the user's cache
         raw, expected = "/tmp/elsewhere", Path("/tmp/elsewhere")
+    elif name == "cors_origins":  # comma-separated origins
+        raw, expected = (
+            "https://a.example,http://b.example:8080",
+            "https://a.example,http://b.example:8080",
+        )
     elif name == "dedup_horizon":  # a duration, in seconds
         raw, expected = "90m", 5400
     elif default is None:
@@ -192,3 +201,19 @@ def test_a_bad_dedup_horizon_names_the_variable_and_the_form(raw: str) -> None:
     assert "PLAYERPULSE_DEDUP_HORIZON" in str(info.value)
     assert repr(raw) in str(info.value)
     assert "such as 24h" in str(info.value)
+
+
+def test_cors_origins_are_parsed_and_checked() -> None:
+    settings = Settings.from_env({"PLAYERPULSE_CORS_ORIGINS": " https://A.example/ , *"})
+    assert settings.cors_everywhere == frozenset({"https://a.example", "*"})
+    with pytest.raises(SettingsError, match=r"CORS_ORIGINS.*'game\.example' is not an origin"):
+        Settings.from_env({"PLAYERPULSE_CORS_ORIGINS": "game.example"})
+
+
+def test_tls_needs_both_the_certificate_and_the_key() -> None:
+    both = Settings.from_env(
+        {"PLAYERPULSE_TLS_CERT": "/etc/pp/cert.pem", "PLAYERPULSE_TLS_KEY": "/etc/pp/key.pem"}
+    )
+    assert (both.tls_cert, both.tls_key) == (Path("/etc/pp/cert.pem"), Path("/etc/pp/key.pem"))
+    with pytest.raises(SettingsError, match="TLS_CERT and PLAYERPULSE_TLS_KEY go together"):
+        Settings.from_env({"PLAYERPULSE_TLS_CERT": "/etc/pp/cert.pem"})
