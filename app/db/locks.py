@@ -3,12 +3,16 @@
 Every ``playerpulse serve`` holds the *serving* lock shared while it runs; a standalone
 replay takes it exclusively, so it never races a live fold (and a serve waits for a
 replay under way to finish before it folds).
+
+The *lake rewrite* lock serialises the rewrites of lake files (compaction, tiering,
+erasure, retention) across every copy sharing a lake on object storage.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager, suppress
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager, suppress
 
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
@@ -58,3 +62,51 @@ async def serving_lock_alone(engine: AsyncEngine) -> AsyncIterator[bool]:
                 await conn.execute(
                     text("SELECT pg_advisory_unlock(hashtext(:k))"), {"k": SERVING_LOCK}
                 )
+
+
+LAKE_REWRITE_LOCK = "playerpulse:lake_rewrite"
+
+
+@contextmanager
+def lake_rewrite_lock(url: str, *, wait: bool) -> Iterator[bool]:
+    """Hold the lake's rewrite lock (compaction, tiering, erasure, retention) for the
+    block; yield False if ``wait`` is off and another copy holds it.
+
+    Synchronous, for the lake's threads: a connection of its own on a private event
+    loop, held for the block (the lock goes with the connection if the process dies).
+    """
+    import asyncpg
+
+    from app.db.engine import libpq_url
+
+    loop = asyncio.new_event_loop()
+    try:
+        conn = loop.run_until_complete(asyncpg.connect(libpq_url(url)))
+        try:
+            if wait:
+                loop.run_until_complete(
+                    conn.execute("SELECT pg_advisory_lock(hashtext($1))", LAKE_REWRITE_LOCK)
+                )
+                got = True
+            else:
+                got = bool(
+                    loop.run_until_complete(
+                        conn.fetchval(
+                            "SELECT pg_try_advisory_lock(hashtext($1))", LAKE_REWRITE_LOCK
+                        )
+                    )
+                )
+            try:
+                yield got
+            finally:
+                if got:
+                    with suppress(Exception):
+                        loop.run_until_complete(
+                            conn.execute(
+                                "SELECT pg_advisory_unlock(hashtext($1))", LAKE_REWRITE_LOCK
+                            )
+                        )
+        finally:
+            loop.run_until_complete(conn.close(timeout=5))
+    finally:
+        loop.close()
