@@ -403,19 +403,20 @@ def settle(roots: Sequence[str], kind: str = "events", *, now: float | None = No
     rewrite lock."""
     now = time.time() if now is None else now
     listing = list_lake(roots, kind)
-    deleted = 0
-    for root, path, record in listing.pending.values():
+    gone: set[str] = set()
+    for cid, (root, path, record) in listing.pending.items():
         if record.at + record.grace_s > now:
             continue
         doomed = [f for key in record.removed if (f := _file_of(key, roots, kind))]
         _delete(doomed)
-        deleted += len(doomed)
+        gone.update(f.key for f in doomed)
         fs, _ = filesystem(root)
         _settle_record(fs, root, path)
-    live = {f.commit_id for f in listing.files} | {f.commit_id for f in listing.hidden}
+        listing.settled[cid] = (root, path[: -len(".json")] + ".done")
+    live = {f.commit_id for f in [*listing.files, *listing.hidden] if f.key not in gone}
     for cid, (root, path) in listing.settled.items():
         if cid not in live:
             fs, _ = filesystem(root)
             with contextlib.suppress(FileNotFoundError):
                 fs.delete_file(path)
-    return deleted
+    return len(gone)

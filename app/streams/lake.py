@@ -15,7 +15,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import msgspec
 import pyarrow as pa
@@ -114,7 +114,7 @@ class LakeArchiver(Generic[R]):
         *,
         flush_s: float,
         flush_events: int,
-        writer: Callable[[Path | str, list[R]], list[str]],
+        writer: Callable[[Any, list[R]], object],
         tombstones: TombstoneWatch | None = None,
         counter: Counter | None = None,
     ) -> None:
