@@ -12,6 +12,7 @@ never interleave with a compaction that read the same files.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from app.lake_store import (
     commit,
     filesystem,
     is_url,
+    list_lake,
     new_commit_id,
     rewrite_name,
     visible_files,
@@ -134,6 +136,13 @@ def erase_player(location: LakeLocation, game: str, player_id: str) -> dict[str,
                         removed["lake_hot"] += count
                     else:
                         removed["lake_cold"] += count
+            # Files replaced by a rewrite but kept for readers' grace period hold copies
+            # of rows that live on elsewhere: the player's go now, grace or not.
+            hidden = [f for f in list_lake(roots, kind).hidden if f.game == game]
+            for f in _holding(hidden, player_id):
+                fs, _ = filesystem(f.root)
+                with contextlib.suppress(FileNotFoundError):
+                    fs.delete_file(f.fs_path)
     return removed
 
 

@@ -11,14 +11,18 @@ erasure, retention) across every copy sharing a lake on object storage.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, contextmanager, suppress
+from typing import Any, TypeVar
 
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 SERVING_LOCK = "playerpulse:serving"
+
+T = TypeVar("T")
 
 
 async def hold_serving_lock(engine: AsyncEngine) -> Callable[[], Awaitable[None]]:
@@ -72,41 +76,38 @@ def lake_rewrite_lock(url: str, *, wait: bool) -> Iterator[bool]:
     """Hold the lake's rewrite lock (compaction, tiering, erasure, retention) for the
     block; yield False if ``wait`` is off and another copy holds it.
 
-    Synchronous, for the lake's threads: a connection of its own on a private event
-    loop, held for the block (the lock goes with the connection if the process dies).
+    Synchronous, for the lake's threads: a connection of its own, on a private event
+    loop in a thread of its own (so it works under a running loop too), held for the
+    block; the lock goes with the connection if the process dies.
     """
     import asyncpg
 
     from app.db.engine import libpq_url
 
     loop = asyncio.new_event_loop()
+    pool = ThreadPoolExecutor(1, thread_name_prefix="lake-lock")
+
+    def run(coro: Coroutine[Any, Any, T]) -> T:
+        return pool.submit(loop.run_until_complete, coro).result()
+
     try:
-        conn = loop.run_until_complete(asyncpg.connect(libpq_url(url)))
+        conn = run(asyncpg.connect(libpq_url(url)))
         try:
             if wait:
-                loop.run_until_complete(
-                    conn.execute("SELECT pg_advisory_lock(hashtext($1))", LAKE_REWRITE_LOCK)
-                )
+                run(conn.execute("SELECT pg_advisory_lock(hashtext($1))", LAKE_REWRITE_LOCK))
                 got = True
             else:
-                got = bool(
-                    loop.run_until_complete(
-                        conn.fetchval(
-                            "SELECT pg_try_advisory_lock(hashtext($1))", LAKE_REWRITE_LOCK
-                        )
-                    )
-                )
+                query = "SELECT pg_try_advisory_lock(hashtext($1))"
+                got = bool(run(conn.fetchval(query, LAKE_REWRITE_LOCK)))
             try:
                 yield got
             finally:
                 if got:
                     with suppress(Exception):
-                        loop.run_until_complete(
-                            conn.execute(
-                                "SELECT pg_advisory_unlock(hashtext($1))", LAKE_REWRITE_LOCK
-                            )
-                        )
+                        query = "SELECT pg_advisory_unlock(hashtext($1))"
+                        run(conn.execute(query, LAKE_REWRITE_LOCK))
         finally:
-            loop.run_until_complete(conn.close(timeout=5))
+            run(conn.close(timeout=5))
     finally:
-        loop.close()
+        pool.submit(loop.close).result()
+        pool.shutdown()

@@ -202,6 +202,10 @@ async def test_erasure_on_s3_tombstones_then_rewrites(
     write_events(cold, events(game, victim, "c", 4, day=1) + events(game, "other", "k", 3, 1))
     write_events(cold, events(game, victim, "only", 2, day=2))  # a file of the victim alone
     write_predictions(hot, [PredictionRecord(game, "m", 1, T0, 5, {}, {}, player_id=victim)])
+    # Compacted: the replaced files, still holding the victim, wait out their grace.
+    write_events(hot, events(game, "other", "x", 2))
+    assert compact_lake(location).partitions == 1
+    assert lake_store.list_lake(location.roots).hidden
 
     tombstones = TombstoneWatch(engine)
     folder = ProfileFolder(engine, features, tombstones=tombstones)
