@@ -100,7 +100,7 @@ def test_two_copies_share_one_s3_lake(
 
             def erased() -> bool:
                 reply = client.get(f"/v1/admin/erasures/{erasure}").json()
-                return reply["status"] == "done"
+                return bool(reply["status"] == "done")
 
             wait_for(erased, timeout=120, interval=0.5)
         kept = [e for e in events if e["player_id"] != victim]
