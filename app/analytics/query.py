@@ -12,6 +12,7 @@ import msgspec
 import pyarrow as pa
 
 from app.lake_layout import HOPS_SCHEMA, PREDICTIONS_SCHEMA, typed_nulls
+from app.lake_store import LakeStoreError
 
 from .location import LakeLocation, connect_lake, files_source, lake_files
 
@@ -56,7 +57,10 @@ def connect(lake: Path | LakeLocation) -> duckdb.DuckDBPyConnection:
 
 def run_query(lake: Path | LakeLocation, sql: str) -> QueryResult:
     """Run ``sql`` against the lake's views."""
-    conn = connect(lake)
+    try:
+        conn = connect(lake)
+    except (LakeStoreError, OSError, duckdb.Error) as exc:  # the lake cannot be listed
+        raise LakeQueryError(str(exc)) from None
     try:
         cursor = conn.execute(sql)
         if cursor.description is None:
