@@ -66,6 +66,7 @@ def generate(lake: Path, events: int, days: int, players: int, daily: int) -> fl
                 CASE WHEN hash(i) % 4 = 1
                      THEN '{{"amount":' || (1 + hash(i) % 50) || '}}' END AS props,
                 make_timestamptz(1704067200000000 + i * {step_us} + 250000) AS received_at,
+                NULL::TIMESTAMPTZ AS device_ts,
                 'bench' AS game,
                 strftime(make_timestamptz(1704067200000000 + i * {step_us}), '%Y-%m-%d') AS date
             FROM range({events}) t(i)

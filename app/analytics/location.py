@@ -16,7 +16,10 @@ from __future__ import annotations
 
 import datetime
 import itertools
+import threading
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +27,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
+import pyarrow.fs as pafs
 
 from app.lake_layout import EVENT_COLUMNS, EVENTS_SCHEMA, FIRST_RECEIVED, typed_nulls
 from app.lake_store import (
@@ -122,26 +126,50 @@ def _local(path: str) -> str:
 PARTITION_FIELDS = [pa.field("game", pa.string()), pa.field("date", pa.date32())]
 
 
+_FORMAT = ds.ParquetFileFormat(
+    default_fragment_scan_options=ds.ParquetFragmentScanOptions(pre_buffer=True)
+)
+_FOOTERS_KEPT = 20_000
+_fragments: OrderedDict[tuple[str, int], ds.ParquetFileFragment] = OrderedDict()
+_fragments_lock = threading.Lock()
+
+
+def _fragment(fs: pafs.FileSystem, f: StoredFile) -> ds.ParquetFileFragment:
+    day = datetime.date.fromisoformat(f.date)
+    where = (pc.field("game") == pa.scalar(f.game)) & (
+        pc.field("date") == pa.scalar(day, pa.date32())
+    )
+    return _FORMAT.make_fragment(
+        f.fs_path, filesystem=fs, partition_expression=where, file_size=f.size or None
+    )
+
+
 def arrow_dataset(files: Sequence[StoredFile], schema: pa.Schema) -> ds.Dataset:
     """The files (all under one root) as one pyarrow dataset, with ``game`` and ``date``
-    from their partitions; columns missing from older files read as nulls."""
+    from their partitions; columns missing from older files read as nulls.
+
+    Each file's footer is read once per process, side by side (files are never
+    overwritten: a name and size name one content), so a query reads only the column
+    chunks it needs, and a filter on a sorted column skips row groups by statistics.
+    """
     fs, _ = filesystem(files[0].root)
-    fmt = ds.ParquetFileFormat(
-        default_fragment_scan_options=ds.ParquetFragmentScanOptions(pre_buffer=True)
-    )
+    keys = [(f.key, f.size) for f in files]
+    with _fragments_lock:
+        known = {key: _fragments[key] for key in keys if key in _fragments}
+    missing = [
+        (key, _fragment(fs, f)) for key, f in zip(keys, files, strict=True) if key not in known
+    ]
+    if missing:
+        with ThreadPoolExecutor(max_workers=min(16, len(missing))) as pool:
+            list(pool.map(lambda item: item[1].ensure_complete_metadata(), missing))
+        with _fragments_lock:
+            for key, fragment in missing:
+                _fragments[key] = fragment
+                known[key] = fragment
+            while len(_fragments) > _FOOTERS_KEPT:
+                _fragments.popitem(last=False)
     full = pa.schema([*schema, *PARTITION_FIELDS])
-    fragments = []
-    for f in files:
-        day = datetime.date.fromisoformat(f.date)
-        where = (pc.field("game") == pa.scalar(f.game)) & (
-            pc.field("date") == pa.scalar(day, pa.date32())
-        )
-        fragments.append(
-            fmt.make_fragment(
-                f.fs_path, filesystem=fs, partition_expression=where, file_size=f.size or None
-            )
-        )
-    return ds.FileSystemDataset(fragments, full, fmt, fs)
+    return ds.FileSystemDataset([known[key] for key in keys], full, _FORMAT, fs)
 
 
 EMPTY_ROWS = (
