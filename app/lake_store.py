@@ -91,11 +91,9 @@ def _store_settings() -> ObjectStoreSettings:
 
 @functools.lru_cache(maxsize=8)
 def _s3(settings: ObjectStoreSettings) -> pafs.S3FileSystem:
-    options: dict[str, Any] = {
-        "connect_timeout": 10,
-        "request_timeout": 60,
-        "region": settings.region or "us-east-1",
-    }
+    options: dict[str, Any] = {"connect_timeout": 10, "request_timeout": 60}
+    if settings.region or settings.endpoint_url:  # else the SDK's chain (profile, ...)
+        options["region"] = settings.region or "us-east-1"
     if settings.access_key and settings.secret_key:
         options.update(
             access_key=settings.access_key,
