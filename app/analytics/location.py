@@ -36,6 +36,7 @@ from app.lake_store import (
     filesystem,
     is_url,
     join,
+    list_lake,
     visible_files,
 )
 from app.settings import Settings
@@ -87,20 +88,33 @@ _names = itertools.count()
 
 
 def files_source(
-    conn: duckdb.DuckDBPyConnection, files: Sequence[StoredFile], schema: pa.Schema
+    conn: duckdb.DuckDBPyConnection,
+    files: Sequence[StoredFile],
+    schema: pa.Schema,
+    hidden: Sequence[StoredFile] = (),
 ) -> str | None:
     """SQL selecting the schema's columns plus ``game`` and ``date`` from the files (of
     one kind), or None if there are none.
 
-    Local files are read by DuckDB; object-store files become a pyarrow dataset (one per
-    root) registered on ``conn``, each file with its size and partition known from the
-    listing, so a query opens no file twice and filters on game and date prune files.
+    Local files are read by DuckDB: by a glob over their root when the root holds no
+    file readers must not see (``hidden``, from the same listing), else by name.
+    Object-store files become a pyarrow dataset (one per root) registered on ``conn``,
+    each file with its size and partition known from the listing, so a query opens no
+    file twice and filters on game and date prune files.
     """
     selects = []
     quoted = ", ".join(f'"{name}"' for name in schema.names)
-    local = [f.path for f in files if not is_url(f.root)]
-    if local:
-        listed = ", ".join(_sql_text(_local(p)) for p in local)
+    local: dict[str, list[StoredFile]] = {}
+    for f in files:
+        if not is_url(f.root):
+            local.setdefault(f.root, []).append(f)
+    unclean = {f.root for f in hidden}
+    for root, group in local.items():
+        if root in unclean:
+            names = [_local(f.path) for f in group]
+        else:
+            names = [join(_local(root), group[0].kind, "game=*", "date=*", "*.parquet")]
+        listed = ", ".join(_sql_text(name) for name in names)
         selects.append(
             f"SELECT {quoted}, game, date "
             f"FROM read_parquet([{listed}], hive_partitioning = true, "
@@ -179,7 +193,8 @@ EMPTY_ROWS = (
 
 def rows_source(location: LakeLocation, conn: duckdb.DuckDBPyConnection) -> str:
     """SQL for every archived row of every root (copies included), with ``game`` and ``date``."""
-    source = files_source(conn, list(lake_files(location.roots)), EVENTS_SCHEMA)
+    listing = list_lake(location.roots)
+    source = files_source(conn, listing.files, EVENTS_SCHEMA, listing.hidden)
     if source is None:
         return EMPTY_ROWS
     return f"SELECT {EVENT_COLUMNS}, game, date FROM ({source})"

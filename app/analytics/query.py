@@ -12,9 +12,9 @@ import msgspec
 import pyarrow as pa
 
 from app.lake_layout import HOPS_SCHEMA, PREDICTIONS_SCHEMA, typed_nulls
-from app.lake_store import LakeStoreError
+from app.lake_store import LakeStoreError, list_lake
 
-from .location import LakeLocation, connect_lake, files_source, lake_files
+from .location import LakeLocation, connect_lake, files_source
 
 
 class LakeQueryError(RuntimeError):
@@ -31,7 +31,8 @@ class QueryResult:
 
 def _kind_source(conn: duckdb.DuckDBPyConnection, root: str, kind: str, schema: pa.Schema) -> str:
     """A SELECT over a kind's files under the hot root, plus ``game``; no rows if none."""
-    source = files_source(conn, list(lake_files(root, kind)), schema)
+    listing = list_lake([root], kind)
+    source = files_source(conn, listing.files, schema, listing.hidden)
     if source is None:
         return f"SELECT {typed_nulls(schema)}, NULL::VARCHAR AS game LIMIT 0"
     quoted = ", ".join(f'"{name}"' for name in schema.names)  # offset is a keyword
