@@ -352,7 +352,7 @@ def _archivers(
     and of the hop sample (no player in it)."""
     buffer = partial(
         LakeArchiver,
-        settings.lake_dir,
+        settings.lake_root,
         flush_s=settings.lake_flush_s,
         flush_events=settings.lake_flush_events,
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -132,8 +132,13 @@ class Settings:
         return parse_origins(self.cors_origins.split(","), allow_any=True)
 
     @property
+    def lake_root(self) -> str:
+        """The hot root of the Parquet lake as a directory or ``s3://`` URL."""
+        return self.lake_url or str(self.data_dir / "lake")
+
+    @property
     def lake_dir(self) -> Path:
-        """The hot root of the Parquet lake, where the archive writes."""
+        """The hot root of the Parquet lake as a local path (see :attr:`lake_root`)."""
         if self.lake_url:
             return Path(self.lake_url.removeprefix("file://"))
         return self.data_dir / "lake"
@@ -175,11 +180,15 @@ class Settings:
                 continue
             values[name] = _convert(key, raw, type(getattr(cls(), name)), name)
         settings = cls(**values)
-        if settings.lake_url and "://" in settings.lake_url.removeprefix("file://"):
-            raise SettingsError(
-                f"{PREFIX}LAKE_URL={settings.lake_url!r}: the archive writes to local disk; "
-                f"point {PREFIX}LAKE_COLD_URL at object storage instead"
-            )
+        for name, url in (
+            ("LAKE_URL", settings.lake_url),
+            ("LAKE_COLD_URL", settings.lake_cold_url),
+        ):
+            scheme = url.split("://", 1)[0] if url and "://" in url else "file"
+            if scheme not in ("file", "s3"):
+                raise SettingsError(
+                    f"{PREFIX}{name}={url!r}: a directory, file:// or s3://bucket/prefix"
+                )
         if settings.broker not in ("kafka", "memory"):
             raise SettingsError(f"{PREFIX}BROKER must be kafka or memory, not {settings.broker!r}")
         if settings.guard_window_s <= 0 or settings.guard_min_requests < 1:
@@ -238,3 +247,41 @@ def _convert(key: str, raw: str, kind: type, name: str) -> Any:
     except ValueError as exc:
         raise SettingsError(f"{key}={raw!r} is not a valid {kind.__name__}") from exc
     return raw
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectStoreSettings:
+    """S3 access for an ``s3://`` lake, from the standard ``AWS_*`` variables (as boto3 and
+    the AWS CLI read them). Unset keys and region fall to the AWS SDK's own chain
+    (``AWS_PROFILE``, ``~/.aws/credentials``, instance roles)."""
+
+    access_key: str | None = None
+    """AWS_ACCESS_KEY_ID."""
+    secret_key: str | None = field(default=None, repr=False)
+    """AWS_SECRET_ACCESS_KEY (never printed)."""
+    session_token: str | None = field(default=None, repr=False)
+    """AWS_SESSION_TOKEN."""
+    region: str | None = None
+    """AWS_REGION, else AWS_DEFAULT_REGION."""
+    endpoint_url: str | None = None
+    """AWS_ENDPOINT_URL_S3, else AWS_ENDPOINT_URL: an S3-compatible server (MinIO,
+    SeaweedFS, ...), addressed path-style."""
+    profile: str | None = None
+    """AWS_PROFILE: a profile of ``~/.aws/credentials`` (when no keys are set)."""
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> ObjectStoreSettings:
+        """Read the ``AWS_*`` variables."""
+        env = os.environ if environ is None else environ
+
+        def first(*names: str) -> str | None:
+            return next((env[n] for n in names if env.get(n)), None)
+
+        return cls(
+            access_key=first("AWS_ACCESS_KEY_ID"),
+            secret_key=first("AWS_SECRET_ACCESS_KEY"),
+            session_token=first("AWS_SESSION_TOKEN"),
+            region=first("AWS_REGION", "AWS_DEFAULT_REGION"),
+            endpoint_url=first("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"),
+            profile=first("AWS_PROFILE"),
+        )

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 
+from tests.s3 import S3Server, SeaweedS3, external_server
 from tests.support import ServeProcess
 
 # CI draws the same property-test examples every run, so a failure there repeats on a
@@ -25,7 +26,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         for kind in ("unit", "integration", "e2e"):
             if f"/tests/{kind}/" in str(item.path):
                 item.add_marker(getattr(pytest.mark, kind))
-        if "/tests/integration/" in str(item.path):
+        if "/tests/integration/" in str(item.path) and item.get_closest_marker("s3") is None:
             item.add_marker(pytest.mark.kafka)  # every integration test talks to the broker
 
 
@@ -35,3 +36,17 @@ def serve(tmp_path: Path) -> Iterator[ServeProcess]:
     server = ServeProcess(tmp_path).start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """A real S3 server for the session (SeaweedFS unless PLAYERPULSE_TEST_S3_ENDPOINT)."""
+    external = external_server()
+    if external is not None:
+        yield external
+        return
+    server = SeaweedS3(tmp_path_factory.mktemp("s3"))
+    try:
+        yield server.start()
+    finally:
+        server.stop()

@@ -10,20 +10,23 @@ counts them so: deduplicating on ``event_id`` alone could drop an event a profil
 After a run, each partition it touched holds only compacted files and no two rows with
 the same ``(player_id, event_id)``: a batch of small files is rewritten together with
 every other file of the partition that shares a key with it. Answers to queries do not
-change: every view already counts an event once. Files appear atomically (a dot-name,
-then a rename; a single PUT on object stores) before the files they replace are
-deleted, so a reader sees every event at every moment (perhaps twice, for an instant,
-which the views absorb); a query that listed a file just before it was deleted fails
-and can be run again.
+change: every view already counts an event once. Each rewrite is a commit
+(:mod:`app.lake_store`): the new files and the record naming the files they replace
+appear before anything is deleted, and readers list the committed files only, so a
+reader sees every event exactly once at every moment. On object stores the replaced
+files stay for a grace period (running queries keep reading them); on local disk
+they are deleted at once, and a query that listed one just before fails and can be
+run again.
 
 Tiering: partitions whose date is more than ``cold_after_days`` days before today (UTC)
 are compacted, then moved to the cold root (another directory or an ``s3://`` URL);
 queries read both roots. A late event for a cold date lands in the hot root, and the
 next run moves it over and compacts the cold partition.
 
-One compaction at a time: on a local hot root a lock file keeps a second run (another
-process, or the CLI while ``serve`` runs one) from starting; on an object-store hot root
-run it from one process only (the Faust timer with ``on_leader=True`` does that).
+One rewrite at a time: with a database (``serve``, and commands given
+``PLAYERPULSE_DATABASE_URL``) a PostgreSQL advisory lock serialises compaction, tiering,
+erasure and retention across every copy sharing the lake; without one, a lock file
+beside a local hot root does it between processes of one machine.
 """
 
 from __future__ import annotations
@@ -32,9 +35,9 @@ import asyncio
 import contextlib
 import fcntl
 import time
-import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -46,6 +49,16 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from app.lake_layout import EVENT_COLUMNS, EVENTS_SCHEMA, FIRST_RECEIVED
+from app.lake_store import (
+    COMMITS,
+    commit,
+    copy_file,
+    new_commit_id,
+    partition_path,
+    rewrite_name,
+    settle,
+    write_table,
+)
 from app.log import get_logger
 from app.settings import Settings
 
@@ -114,44 +127,52 @@ def compact_lake(
         raise ValueError("target_rows must be at least 2")
     started = time.monotonic()
     stats = CompactionStats()
-    with _exclusive(location.hot) as held:
+    with _exclusive(location) as held:
         if not held:
             stats.skipped = "another compaction of this lake is running"
             return stats
+        settle(location.roots)  # files replaced longer ago than the grace go now
         conn = duckdb.connect(":memory:")
         try:
             conn.execute("SET TimeZone = 'UTC'")
             if threads is not None:
                 conn.execute(f"SET threads = {int(threads)}")
             compactor = _Compactor(conn, target_rows, stats)
-            hot = _partitions(location.hot)
+            hot = _partitions(location, location.hot)
             for done, files in enumerate(hot.values(), start=1):
                 compactor.partition(files)
                 if progress is not None:
                     progress(done, len(hot))
             if location.cold is not None and cold_after_days is not None:
                 cutoff = (today or datetime.now(UTC).date()) - timedelta(days=cold_after_days)
-                _tier(compactor, location.hot, location.cold, cutoff)
+                _tier(compactor, location, location.cold, cutoff)
         finally:
             conn.close()
     stats.seconds = time.monotonic() - started
     return stats
 
 
-def _tier(compactor: _Compactor, hot: str, cold: str, cutoff: date) -> None:
+def _tier(compactor: _Compactor, location: LakeLocation, cold: str, cutoff: date) -> None:
     """Move every hot partition dated before ``cutoff`` to the cold root, then compact
     each cold partition that received files (merging them into what it held)."""
     stats = compactor.stats
     old = {
         key: files
-        for key, files in _partitions(hot).items()
+        for key, files in _partitions(location, location.hot).items()
         if (dated := _date(key[1])) is not None and dated < cutoff
     }
     for (game, day), files in old.items():
         _move(files, cold, stats)
         stats.partitions_moved += 1
         stats.touched.append(f"{game}/{day}")
-    in_cold = _partitions(cold)
+    if old and not is_url(location.hot):
+        settle(location.roots)  # forget the moved partitions' commits, then their folders
+        for game, day in old:
+            folder = Path(partition_path(location.hot, "events", game, day))
+            for empty in (folder / COMMITS, folder):
+                with contextlib.suppress(OSError):
+                    empty.rmdir()
+    in_cold = _partitions(location, cold)
     for key, files in old.items():
         if key in in_cold:
             compactor.partition(in_cold[key], include=tuple(f.name for f in files))
@@ -211,7 +232,7 @@ class _Compactor:
         ):
             return  # the common case for old partitions: no footer to read
         fs, _ = filesystem(files[0].root)
-        rows = {f.name: _num_rows(fs, f) for f in files}
+        rows = _row_counts(fs, files)
         small = [f for f in files if rows[f.name] < self.small_rows or f.name in include]
         small.sort(key=lambda f: f.name)
         if not (
@@ -260,16 +281,28 @@ class _Compactor:
         if len(batch) == 1 and batch[0].name.startswith(COMPACT_PREFIX) and not grew:
             return None  # already compacted, and no copy of its events elsewhere
         kept = self._first_copies(table)
-        written = []
+        written: list[LakeFile] = []
+        like = batch[0]
+        commit_id = new_commit_id()
         for start in range(0, max(kept.num_rows, 1), self.target_rows):
             piece = kept.slice(start, self.target_rows)
             if piece.num_rows == 0:
                 break
-            written.append(_write(fs, batch[0], piece))
-            rows[written[-1].name] = piece.num_rows
+            name = rewrite_name(commit_id, len(written))
+            written.append(
+                write_table(
+                    like.root,
+                    "events",
+                    like.game,
+                    like.date,
+                    name,
+                    piece,
+                    row_group_size=ROW_GROUP_ROWS,
+                )
+            )
+            rows[name] = piece.num_rows
+        commit(like.root, "events", like.game, like.date, commit_id, written, batch)
         for f in batch:
-            with contextlib.suppress(FileNotFoundError):
-                fs.delete_file(_fs_path(f))
             current.pop(f.name, None)
         stats = self.stats
         stats.files_removed += len(batch)
@@ -329,10 +362,12 @@ class _Compactor:
         return kept.cast(EVENTS_SCHEMA)
 
 
-def _partitions(root: str) -> dict[tuple[str, str], list[LakeFile]]:
+def _partitions(location: LakeLocation, root: str) -> dict[tuple[str, str], list[LakeFile]]:
+    """The files readers see under ``root``, by partition (commits in any root count)."""
     found: dict[tuple[str, str], list[LakeFile]] = defaultdict(list)
-    for f in lake_files(root):
-        found[(f.game, f.date)].append(f)
+    for f in lake_files(location.roots):
+        if f.root == root:
+            found[(f.game, f.date)].append(f)
     return dict(sorted(found.items()))
 
 
@@ -344,13 +379,21 @@ def _date(text: str) -> date | None:
 
 
 def _fs_path(f: LakeFile) -> str:
-    _, base = filesystem(f.root)
-    return f"{base}/events/game={f.game}/date={f.date}/{f.name}"
+    return f.fs_path
 
 
 def _num_rows(fs: pafs.FileSystem, f: LakeFile) -> int:
     with fs.open_input_file(_fs_path(f)) as handle:
         return int(pq.read_metadata(handle).num_rows)
+
+
+def _row_counts(fs: pafs.FileSystem, files: list[LakeFile]) -> dict[str, int]:
+    """Rows of each file, from the footers (read side by side on object stores)."""
+    if len(files) < 4 or not is_url(files[0].root):
+        return {f.name: _num_rows(fs, f) for f in files}
+    with ThreadPoolExecutor(max_workers=min(8, len(files))) as pool:
+        counts = pool.map(lambda f: _num_rows(fs, f), files)
+        return {f.name: n for f, n in zip(files, counts, strict=True)}
 
 
 def _read(fs: pafs.FileSystem, files: list[LakeFile]) -> pa.Table:
@@ -377,61 +420,37 @@ def _read_keys(fs: pafs.FileSystem, files: list[LakeFile]) -> pa.Table:
     return pa.concat_tables(tables)
 
 
-def _write(fs: pafs.FileSystem, like: LakeFile, table: pa.Table) -> LakeFile:
-    name = f"{COMPACT_PREFIX}{time.time_ns() // 1000}-{uuid.uuid4().hex[:12]}.parquet"
-    target = LakeFile(like.root, like.game, like.date, name, 0)
-    final = _fs_path(target)
-    options = {"compression": "zstd", "row_group_size": ROW_GROUP_ROWS}
-    if is_url(like.root):  # one PUT: the object appears whole
-        with fs.open_output_stream(final) as out:
-            pq.write_table(table, out, **options)
-    else:
-        temporary = final.rsplit("/", 1)[0] + f"/.{name}.tmp"
-        with fs.open_output_stream(temporary) as out:
-            pq.write_table(table, out, **options)
-        fs.move(temporary, final)
-    info = fs.get_file_info(final)
-    return LakeFile(like.root, like.game, like.date, name, info.size or 0)
-
-
 def _move(files: list[LakeFile], cold_root: str, stats: CompactionStats) -> None:
-    """Copy each file to the cold root (appearing whole), then delete it from the hot one."""
-    cold_fs, cold_base = filesystem(cold_root)
-    for f in files:
-        hot_fs, _ = filesystem(f.root)
-        folder = f"{cold_base}/events/game={f.game}/date={f.date}"
-        final = f"{folder}/{f.name}"
-        if is_url(cold_root):
-            pafs.copy_files(
-                _fs_path(f), final, source_filesystem=hot_fs, destination_filesystem=cold_fs
-            )
-        else:
-            cold_fs.create_dir(folder, recursive=True)
-            temporary = f"{folder}/.{f.name}.tmp"
-            pafs.copy_files(
-                _fs_path(f), temporary, source_filesystem=hot_fs, destination_filesystem=cold_fs
-            )
-            cold_fs.move(temporary, final)
-        with contextlib.suppress(FileNotFoundError):
-            hot_fs.delete_file(_fs_path(f))
-        stats.files_moved += 1
-        if not is_url(f.root):  # leave no empty partition folders behind
-            with contextlib.suppress(OSError):
-                Path(_fs_path(f)).parent.rmdir()
+    """Copy a partition's files to the cold root and commit them there, the commit
+    replacing the hot files (deleted at once on disk, after the grace on object stores)."""
+    first = files[0]
+    commit_id = new_commit_id()
+    copied = [copy_file(f, cold_root, rewrite_name(commit_id, i)) for i, f in enumerate(files)]
+    commit(cold_root, "events", first.game, first.date, commit_id, copied, files)
+    stats.files_moved += len(files)
     log.debug("partition moved to the cold tier", root=join(cold_root), files=len(files))
 
 
 @contextlib.contextmanager
-def _exclusive(hot_root: str, *, wait: bool = False) -> Iterator[bool]:
-    """Hold the lake's compaction lock (local roots); yields False if another run has it.
+def _exclusive(location: LakeLocation, *, wait: bool = False) -> Iterator[bool]:
+    """Hold the lake's rewrite lock; yields False if another run has it.
 
     With ``wait``, waits for it instead (erasure and retention rewrite files too: they
-    must not interleave with a compaction that read those files before).
+    must not interleave with a compaction that read those files before). The lock is
+    PostgreSQL's when the location names a database (every copy sharing the lake), else
+    a lock file beside a local hot root; an object-store lake without a database has
+    none (run one compaction at a time yourself).
     """
-    if is_url(hot_root):
+    if location.lock_url:
+        from app.db.locks import lake_rewrite_lock
+
+        with lake_rewrite_lock(location.lock_url, wait=wait) as held:
+            yield held
+        return
+    if is_url(location.hot):
         yield True
         return
-    _, base = filesystem(hot_root)
+    _, base = filesystem(location.hot)
     Path(base).mkdir(parents=True, exist_ok=True)
     with open(Path(base) / ".compaction.lock", "a+") as handle:
         try:

@@ -3,46 +3,49 @@
 Each root holds the same layout, ``<root>/events/game=GAME/date=YYYY-MM-DD/*.parquet``.
 The hot root is where the archive agent writes (``$PLAYERPULSE_DATA_DIR/lake`` by
 default, or ``PLAYERPULSE_LAKE_URL``); compaction moves partitions older than
-``PLAYERPULSE_LAKE_COLD_AFTER_DAYS`` to the cold root (``PLAYERPULSE_LAKE_COLD_URL``),
-another directory or an ``s3://`` URL. Queries read both roots as one lake.
+``PLAYERPULSE_LAKE_COLD_AFTER_DAYS`` to the cold root (``PLAYERPULSE_LAKE_COLD_URL``).
+Either may be a directory or an ``s3://`` URL. Queries read both roots as one lake.
 
-Files are listed, copied and deleted with pyarrow's filesystems (local disk or S3);
-DuckDB reads them, through its ``httpfs`` extension for object-store URLs.
+Files are listed, written and deleted through :mod:`app.lake_store` (pyarrow's
+filesystems, with commit records so rewrites appear at once). DuckDB reads the listed
+files: local ones with ``read_parquet``, object-store ones as pyarrow datasets handed to
+DuckDB (nothing to download at run time, unlike DuckDB's ``httpfs`` extension).
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
+import datetime
+import itertools
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
 
 import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 
 from app.lake_layout import EVENT_COLUMNS, EVENTS_SCHEMA, FIRST_RECEIVED, typed_nulls
+from app.lake_store import (
+    LakeStoreError,
+    StoredFile,
+    filesystem,
+    is_url,
+    join,
+    list_lake,
+    visible_files,
+)
 from app.settings import Settings
 
+__all__ = ["filesystem", "is_url", "join"]
 
-class LakeLocationError(RuntimeError):
-    """A lake root cannot be used; the message says which and why."""
-
-
-@dataclass(frozen=True, slots=True)
-class LakeFile:
-    """One Parquet file of a partition."""
-
-    root: str
-    game: str
-    date: str
-    name: str
-    size: int
-
-    @property
-    def path(self) -> str:
-        """The file's path or URL."""
-        return join(self.root, "events", f"game={self.game}", f"date={self.date}", self.name)
+LakeLocationError = LakeStoreError
+LakeFile = StoredFile
+"""One Parquet file of a partition (``kind`` events unless said)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,11 +54,14 @@ class LakeLocation:
 
     hot: str
     cold: str | None = None
+    lock_url: str | None = None
+    """The PostgreSQL URL whose advisory lock serialises rewrites across copies (unset:
+    a lock file beside a local hot root, and nothing for an object-store one)."""
 
     @classmethod
     def of(cls, settings: Settings) -> LakeLocation:
         """The location named by the settings."""
-        return cls(settings.lake_url or str(settings.lake_dir), settings.lake_cold_url or None)
+        return cls(settings.lake_root, settings.lake_cold_url or None, settings.database_url)
 
     @property
     def roots(self) -> tuple[str, ...]:
@@ -68,80 +74,116 @@ class LakeLocation:
         return any(is_url(root) for root in self.roots)
 
 
-def is_url(root: str) -> bool:
-    """An object-store URL such as ``s3://bucket/lake`` (not a local path)."""
-    return "://" in root and not root.startswith("file://")
-
-
-def join(root: str, *parts: str) -> str:
-    """``root/part/...`` for a local path or a URL."""
-    return "/".join([root.rstrip("/"), *parts])
-
-
-def filesystem(root: str) -> tuple[pafs.FileSystem, str]:
-    """The pyarrow filesystem of a root and the root's path within it."""
-    if is_url(root):
-        try:
-            fs, path = pafs.FileSystem.from_uri(root)
-        except Exception as exc:  # pyarrow raises several kinds for a bad URL
-            raise LakeLocationError(f"lake root {root!r}: {exc}") from exc
-        return fs, path.rstrip("/")
-    local = root.removeprefix("file://")
-    return pafs.LocalFileSystem(), str(Path(local).resolve())
-
-
-class PartitionEntry(NamedTuple):
-    """A Parquet file found in the partition layout: its partition, name, path and size."""
-
-    game: str
-    date: str
-    name: str
-    path: str
-    """The file's path on its filesystem (as :func:`filesystem` gives it)."""
-    size: int
-
-
-def partition_entries(root: str, kind: str) -> Iterator[PartitionEntry]:
-    """Every Parquet file under ``root/kind/game=*/date=*/`` (not temporary ones)."""
-    fs, base = filesystem(root)
-    top = f"{base}/{kind}"
-    selector = pafs.FileSelector(top, recursive=True, allow_not_found=True)
-    for info in fs.get_file_info(selector):
-        if info.type != pafs.FileType.File:
-            continue
-        parts = info.path[len(top) + 1 :].split("/")
-        if (
-            len(parts) != 3
-            or not parts[0].startswith("game=")
-            or not parts[1].startswith("date=")
-            or not parts[2].endswith(".parquet")
-            or parts[2].startswith(".")
-        ):
-            continue
-        yield PartitionEntry(parts[0][5:], parts[1][5:], parts[2], info.path, info.size or 0)
-
-
-def lake_files(root: str) -> Iterator[LakeFile]:
-    """Every Parquet file under ``root/events`` in the partition layout (not temporary ones)."""
-    for entry in partition_entries(root, "events"):
-        yield LakeFile(root, entry.game, entry.date, entry.name, entry.size)
-
-
-def has_files(root: str) -> bool:
-    """True if the root holds at least one event file."""
-    return next(lake_files(root), None) is not None
+def lake_files(root: str | Sequence[str], kind: str = "events") -> Iterator[LakeFile]:
+    """Every file readers see under the root(s) (committed, not replaced, not temporary)."""
+    roots = (root,) if isinstance(root, str) else tuple(root)
+    yield from visible_files(roots, kind)
 
 
 def _sql_text(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def files_pattern(root: str) -> str:
-    """The glob DuckDB reads a root's event files with."""
-    base = root.removeprefix("file://")
-    if not is_url(root):
-        base = str(Path(base).resolve())
-    return join(base, "events", "game=*", "date=*", "*.parquet")
+_names = itertools.count()
+
+
+def files_source(
+    conn: duckdb.DuckDBPyConnection,
+    files: Sequence[StoredFile],
+    schema: pa.Schema,
+    hidden: Sequence[StoredFile] = (),
+) -> str | None:
+    """SQL selecting the schema's columns plus ``game`` and ``date`` from the files (of
+    one kind), or None if there are none.
+
+    Local files are read by DuckDB: by a glob over their root when the root holds no
+    file readers must not see (``hidden``, from the same listing), else by name.
+    Object-store files become a pyarrow dataset (one per root) registered on ``conn``,
+    each file with its size and partition known from the listing, so a query opens no
+    file twice and filters on game and date prune files.
+    """
+    selects = []
+    quoted = ", ".join(f'"{name}"' for name in schema.names)
+    local: dict[str, list[StoredFile]] = {}
+    for f in files:
+        if not is_url(f.root):
+            local.setdefault(f.root, []).append(f)
+    unclean = {f.root for f in hidden}
+    for root, group in local.items():
+        if root in unclean:
+            names = [_local(f.path) for f in group]
+        else:
+            names = [join(_local(root), group[0].kind, "game=*", "date=*", "*.parquet")]
+        listed = ", ".join(_sql_text(name) for name in names)
+        selects.append(
+            f"SELECT {quoted}, game, date "
+            f"FROM read_parquet([{listed}], hive_partitioning = true, "
+            "hive_types = {'game': VARCHAR, 'date': DATE}, union_by_name = true)"
+        )
+    remote: dict[str, list[StoredFile]] = {}
+    for f in files:
+        if is_url(f.root):
+            remote.setdefault(f.root, []).append(f)
+    for group in remote.values():
+        name = f"lake_files_{next(_names)}"
+        conn.register(name, arrow_dataset(group, schema))
+        selects.append(f"SELECT {quoted}, game, date FROM {name}")
+    if not selects:
+        return None
+    return " UNION ALL ".join(selects)
+
+
+def _local(path: str) -> str:
+    return str(Path(path.removeprefix("file://")).resolve())
+
+
+PARTITION_FIELDS = [pa.field("game", pa.string()), pa.field("date", pa.date32())]
+
+
+_FORMAT = ds.ParquetFileFormat(
+    default_fragment_scan_options=ds.ParquetFragmentScanOptions(pre_buffer=True)
+)
+_FOOTERS_KEPT = 20_000
+_fragments: OrderedDict[tuple[str, int], ds.ParquetFileFragment] = OrderedDict()
+_fragments_lock = threading.Lock()
+
+
+def _fragment(fs: pafs.FileSystem, f: StoredFile) -> ds.ParquetFileFragment:
+    day = datetime.date.fromisoformat(f.date)
+    where = (pc.field("game") == pa.scalar(f.game)) & (
+        pc.field("date") == pa.scalar(day, pa.date32())
+    )
+    return _FORMAT.make_fragment(
+        f.fs_path, filesystem=fs, partition_expression=where, file_size=f.size or None
+    )
+
+
+def arrow_dataset(files: Sequence[StoredFile], schema: pa.Schema) -> ds.Dataset:
+    """The files (all under one root) as one pyarrow dataset, with ``game`` and ``date``
+    from their partitions; columns missing from older files read as nulls.
+
+    Each file's footer is read once per process, side by side (files are never
+    overwritten: a name and size name one content), so a query reads only the column
+    chunks it needs, and a filter on a sorted column skips row groups by statistics.
+    """
+    fs, _ = filesystem(files[0].root)
+    keys = [(f.key, f.size) for f in files]
+    with _fragments_lock:
+        known = {key: _fragments[key] for key in keys if key in _fragments}
+    missing = [
+        (key, _fragment(fs, f)) for key, f in zip(keys, files, strict=True) if key not in known
+    ]
+    if missing:
+        with ThreadPoolExecutor(max_workers=min(16, len(missing))) as pool:
+            list(pool.map(lambda item: item[1].ensure_complete_metadata(), missing))
+        with _fragments_lock:
+            for key, fragment in missing:
+                _fragments[key] = fragment
+                known[key] = fragment
+            while len(_fragments) > _FOOTERS_KEPT:
+                _fragments.popitem(last=False)
+    full = pa.schema([*schema, *PARTITION_FIELDS])
+    return ds.FileSystemDataset([known[key] for key in keys], full, _FORMAT, fs)
 
 
 EMPTY_ROWS = (
@@ -149,17 +191,13 @@ EMPTY_ROWS = (
 )
 
 
-def rows_source(location: LakeLocation) -> str:
+def rows_source(location: LakeLocation, conn: duckdb.DuckDBPyConnection) -> str:
     """SQL for every archived row of every root (copies included), with ``game`` and ``date``."""
-    patterns = [files_pattern(root) for root in location.roots if has_files(root)]
-    if not patterns:
+    listing = list_lake(location.roots)
+    source = files_source(conn, listing.files, EVENTS_SCHEMA, listing.hidden)
+    if source is None:
         return EMPTY_ROWS
-    listed = ", ".join(_sql_text(p) for p in patterns)
-    return (
-        f"SELECT {EVENT_COLUMNS}, game, date "
-        f"FROM read_parquet([{listed}], hive_partitioning = true, "
-        "hive_types = {'game': VARCHAR, 'date': DATE}, union_by_name = true)"
-    )
+    return f"SELECT {EVENT_COLUMNS}, game, date FROM ({source})"
 
 
 def connect_lake(
@@ -179,9 +217,7 @@ def connect_lake(
     conn.execute("SET TimeZone = 'UTC'")
     if threads is not None:
         conn.execute(f"SET threads = {int(threads)}")
-    if location.remote:
-        enable_object_store(conn)
-    conn.execute(f"CREATE VIEW lake_rows AS {rows_source(location)}")
+    conn.execute(f"CREATE VIEW lake_rows AS {rows_source(location, conn)}")
     conn.execute(
         """
         CREATE VIEW events AS
@@ -203,36 +239,3 @@ def connect_lake(
         """
     )
     return conn
-
-
-def enable_object_store(conn: duckdb.DuckDBPyConnection) -> None:
-    """Load DuckDB's httpfs and give it S3 credentials from the usual AWS_* variables."""
-    try:
-        conn.execute("LOAD httpfs")
-    except duckdb.Error:
-        try:
-            conn.execute("INSTALL httpfs")
-            conn.execute("LOAD httpfs")
-        except duckdb.Error as exc:
-            raise LakeLocationError(
-                "an object-store lake needs DuckDB's httpfs extension, which could not be "
-                f"loaded or installed: {exc}"
-            ) from None
-    options = {"TYPE": "s3"}
-    env = os.environ
-    for option, names in (
-        ("KEY_ID", ("AWS_ACCESS_KEY_ID",)),
-        ("SECRET", ("AWS_SECRET_ACCESS_KEY",)),
-        ("SESSION_TOKEN", ("AWS_SESSION_TOKEN",)),
-        ("REGION", ("AWS_REGION", "AWS_DEFAULT_REGION")),
-    ):
-        value = next((env[n] for n in names if env.get(n)), None)
-        if value:
-            options[option] = _sql_text(value)
-    endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
-    if endpoint:
-        options["ENDPOINT"] = _sql_text(endpoint.split("://", 1)[-1].rstrip("/"))
-        options["URL_STYLE"] = "'path'"
-        options["USE_SSL"] = "false" if endpoint.startswith("http://") else "true"
-    body = ", ".join(f"{k} {v}" for k, v in options.items())
-    conn.execute(f"CREATE OR REPLACE SECRET playerpulse_lake ({body})")

@@ -3,9 +3,10 @@
 An erased player's rows are removed from the files themselves (hot and cold, events
 and logged predictions), not filtered at read time: each file holding the player is
 read, written again without the player's rows (its statistics and dictionaries then
-come from the rows left) under a dot-name, and renamed over the original (one PUT on
-object stores); a file left empty is deleted. Both run under the lake's rewrite lock,
-so they never interleave with a compaction that read the same files.
+come from the rows left) under a new name, and committed in place of the original
+(:mod:`app.lake_store`), which is deleted at once (no grace period: the rows must go);
+a file left empty is only removed. Both run under the lake's rewrite lock, so they
+never interleave with a compaction that read the same files.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -24,44 +26,39 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from app.lake_layout import PREDICTIONS_SCHEMA
+from app.lake_store import (
+    StoredFile,
+    commit,
+    filesystem,
+    is_url,
+    list_lake,
+    new_commit_id,
+    rewrite_name,
+    visible_files,
+    write_table,
+)
 from app.log import get_logger
 from app.settings import Settings
 
 from .compaction import ROW_GROUP_ROWS, compaction_tick, lake_lock
-from .location import (
-    LakeLocation,
-    connect_lake,
-    enable_object_store,
-    filesystem,
-    is_url,
-    partition_entries,
-)
+from .location import LakeLocation, connect_lake, files_source
 
 log = get_logger(__name__)
 
 KINDS = ("events", "predictions")
 
-
-@dataclass(frozen=True, slots=True)
-class PartitionFile:
-    """One Parquet file of a partition, under any root and kind."""
-
-    root: str
-    kind: str
-    game: str
-    date: str
-    path: str
-    """The file's path on its filesystem (as :func:`filesystem` gives it)."""
-    size: int
+PartitionFile = StoredFile
+"""One Parquet file of a partition, under any root and kind."""
 
 
-def partition_files(root: str, kind: str, game: str | None = None) -> list[PartitionFile]:
-    """The Parquet files of ``root/kind/game=*/date=*/`` (of one game if named)."""
-    return [
-        PartitionFile(root, kind, entry.game, entry.date, entry.path, entry.size)
-        for entry in partition_entries(root, kind)
-        if game is None or entry.game == game
-    ]
+def partition_files(
+    roots: str | tuple[str, ...], kind: str, game: str | None = None
+) -> list[StoredFile]:
+    """The Parquet files readers see under ``root/kind/game=*/date=*/`` (of one game if
+    named); commits in any of ``roots`` count."""
+    listed = (roots,) if isinstance(roots, str) else roots
+    return [f for f in visible_files(listed, kind) if game is None or f.game == game]
 
 
 def _roots(location: LakeLocation, kind: str) -> tuple[str, ...]:
@@ -69,56 +66,54 @@ def _roots(location: LakeLocation, kind: str) -> tuple[str, ...]:
     return location.roots if kind == "events" else (location.hot,)
 
 
-def _holding(files: list[PartitionFile], player_id: str) -> list[PartitionFile]:
-    """The files with at least one row of the player (DuckDB prunes by row-group stats)."""
-    if not files:
-        return []
-    conn = duckdb.connect(":memory:")
-    try:
-        if any(is_url(f.root) for f in files):
-            enable_object_store(conn)
-        by_name = {_duckdb_path(f): f for f in files}
-        rows = conn.execute(
-            "SELECT DISTINCT filename FROM read_parquet(?, filename = true, union_by_name = true) "
-            "WHERE player_id = ?",
-            [list(by_name), player_id],
-        ).fetchall()
-    finally:
-        conn.close()
-    return [by_name[name] for (name,) in rows if name in by_name]
-
-
-def _duckdb_path(f: PartitionFile) -> str:
-    if is_url(f.root):
-        scheme = f.root.split("://", 1)[0]
-        return f"{scheme}://{f.path}"
-    return f.path
-
-
-def _rewrite_without(f: PartitionFile, player_id: str) -> int:
-    """Rewrite one file without the player's rows; return how many were removed."""
+def _holds(f: StoredFile, player_id: str) -> bool:
+    """Whether the file has a row of the player (row groups skipped by their statistics)."""
     fs, _ = filesystem(f.root)
-    with fs.open_input_file(f.path) as handle:
+    with fs.open_input_file(f.fs_path) as handle:
+        reader = pq.ParquetFile(handle)
+        meta = reader.metadata
+        column = meta.schema.names.index("player_id")
+        for group in range(meta.num_row_groups):
+            stats = meta.row_group(group).column(column).statistics
+            if (
+                stats is not None
+                and stats.has_min_max
+                and not (stats.min <= player_id <= stats.max)
+            ):
+                continue
+            players = reader.read_row_group(group, columns=["player_id"]).column(0)
+            if pc.any(pc.equal(players, player_id)).as_py():
+                return True
+    return False
+
+
+def _holding(files: list[StoredFile], player_id: str) -> list[StoredFile]:
+    """The files with at least one row of the player."""
+    if len(files) < 4 or not any(is_url(f.root) for f in files):
+        return [f for f in files if _holds(f, player_id)]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        found = list(pool.map(lambda f: _holds(f, player_id), files))
+    return [f for f, held in zip(files, found, strict=True) if held]
+
+
+def _rewrite_without(f: StoredFile, player_id: str) -> int:
+    """Replace one file by a copy without the player's rows; return how many went."""
+    fs, _ = filesystem(f.root)
+    with fs.open_input_file(f.fs_path) as handle:
         table = pq.read_table(handle)
     keep = pc.fill_null(pc.not_equal(table.column("player_id"), pa.scalar(player_id)), True)
     kept = table.filter(keep)
     removed = int(table.num_rows - kept.num_rows)
     if removed == 0:
         return 0
-    if kept.num_rows == 0:
-        with contextlib.suppress(FileNotFoundError):
-            fs.delete_file(f.path)
-        return removed
-    options = {"compression": "zstd", "row_group_size": ROW_GROUP_ROWS}
-    if is_url(f.root):  # one PUT: the object is replaced whole
-        with fs.open_output_stream(f.path) as out:
-            pq.write_table(kept, out, **options)
-    else:
-        folder, name = f.path.rsplit("/", 1)
-        temporary = f"{folder}/.{name}.erase.tmp"
-        with fs.open_output_stream(temporary) as out:
-            pq.write_table(kept, out, **options)
-        fs.move(temporary, f.path)
+    commit_id = new_commit_id()
+    added = []
+    if kept.num_rows:
+        name = rewrite_name(commit_id, 0)
+        added.append(
+            write_table(f.root, f.kind, f.game, f.date, name, kept, row_group_size=ROW_GROUP_ROWS)
+        )
+    commit(f.root, f.kind, f.game, f.date, commit_id, added, [f], grace_s=0)
     return removed
 
 
@@ -128,10 +123,11 @@ def erase_player(location: LakeLocation, game: str, player_id: str) -> dict[str,
     Stores: ``lake_hot`` and ``lake_cold`` (events), ``predictions`` (logged predictions).
     """
     removed = {"lake_hot": 0, "lake_cold": 0, "predictions": 0}
-    with lake_lock(location.hot, wait=True):
+    with lake_lock(location, wait=True):
         for kind in KINDS:
-            for root in _roots(location, kind):
-                files = partition_files(root, kind, game)
+            roots = _roots(location, kind)
+            for root in roots:
+                files = [f for f in partition_files(roots, kind, game) if f.root == root]
                 for f in _holding(files, player_id):
                     count = _rewrite_without(f, player_id)
                     if kind == "predictions":
@@ -140,6 +136,13 @@ def erase_player(location: LakeLocation, game: str, player_id: str) -> dict[str,
                         removed["lake_hot"] += count
                     else:
                         removed["lake_cold"] += count
+            # Files replaced by a rewrite but kept for readers' grace period hold copies
+            # of rows that live on elsewhere: the player's go now, grace or not.
+            hidden = [f for f in list_lake(roots, kind).hidden if f.game == game]
+            for f in _holding(hidden, player_id):
+                fs, _ = filesystem(f.root)
+                with contextlib.suppress(FileNotFoundError):
+                    fs.delete_file(f.fs_path)
     return removed
 
 
@@ -164,7 +167,9 @@ def expired_partitions(
     grouped: dict[tuple[str, str, str, str], list[PartitionFile]] = {}
     for kind in (*KINDS, "hops"):  # the hop sample holds no player: never erased, only aged
         for root in _roots(location, kind):
-            for f in partition_files(root, kind):
+            for f in partition_files(_roots(location, kind), kind):
+                if f.root != root:
+                    continue
                 try:
                     day = date.fromisoformat(f.date)
                 except ValueError:
@@ -183,7 +188,7 @@ def apply_retention(
     """Delete every partition older than ``days`` (unless ``dry_run``); return them."""
     if days < 0:
         raise ValueError("retention days must be 0 or more")
-    with lake_lock(location.hot, wait=True):
+    with lake_lock(location, wait=True):
         expired = expired_partitions(location, days, today)
         if dry_run:
             return expired
@@ -236,16 +241,17 @@ def lake_events(location: LakeLocation, game: str, player_id: str) -> list[dict[
 
 def lake_predictions(location: LakeLocation, game: str, player_id: str) -> list[dict[str, Any]]:
     """The player's logged predictions, by time."""
-    files = [f.path for f in partition_files(location.hot, "predictions", game)]
+    files = partition_files(location.hot, "predictions", game)
     if not files:
         return []
     conn = duckdb.connect(":memory:")
     try:
         conn.execute("SET TimeZone = 'UTC'")
+        source = files_source(conn, files, PREDICTIONS_SCHEMA)
         cursor = conn.execute(
             "SELECT model, version, shadow, ts, latency_us, outputs, features "
-            "FROM read_parquet(?, union_by_name = true) WHERE player_id = ? ORDER BY ts",
-            [files, player_id],
+            f"FROM ({source}) WHERE player_id = ? ORDER BY ts",
+            [player_id],
         )
         return _rows(cursor, ("outputs", "features"))
     finally:

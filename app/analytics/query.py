@@ -12,8 +12,9 @@ import msgspec
 import pyarrow as pa
 
 from app.lake_layout import HOPS_SCHEMA, PREDICTIONS_SCHEMA, typed_nulls
+from app.lake_store import LakeStoreError, list_lake
 
-from .location import LakeLocation, connect_lake, is_url
+from .location import LakeLocation, connect_lake, files_source
 
 
 class LakeQueryError(RuntimeError):
@@ -28,18 +29,14 @@ class QueryResult:
     rows: list[tuple[Any, ...]]
 
 
-def _kind_source(folder: Path, schema: pa.Schema = PREDICTIONS_SCHEMA) -> str:
-    """A SELECT over a kind's files (logged predictions unless ``schema`` says another),
-    plus ``game``; no rows if there are none."""
-    if any(folder.glob("game=*/date=*/*.parquet")):
-        pattern = str(folder / "game=*" / "date=*" / "*.parquet").replace("'", "''")
-        quoted = ", ".join(f'"{name}"' for name in schema.names)  # offset is a keyword
-        return (
-            f"SELECT {quoted}, game "
-            f"FROM read_parquet('{pattern}', hive_partitioning = true, "
-            f"hive_types = {{'game': VARCHAR, 'date': DATE}}, union_by_name = true)"
-        )
-    return f"SELECT {typed_nulls(schema)}, NULL::VARCHAR AS game LIMIT 0"
+def _kind_source(conn: duckdb.DuckDBPyConnection, root: str, kind: str, schema: pa.Schema) -> str:
+    """A SELECT over a kind's files under the hot root, plus ``game``; no rows if none."""
+    listing = list_lake([root], kind)
+    source = files_source(conn, listing.files, schema, listing.hidden)
+    if source is None:
+        return f"SELECT {typed_nulls(schema)}, NULL::VARCHAR AS game LIMIT 0"
+    quoted = ", ".join(f'"{name}"' for name in schema.names)  # offset is a keyword
+    return f"SELECT {quoted}, game FROM ({source})"
 
 
 def connect(lake: Path | LakeLocation) -> duckdb.DuckDBPyConnection:
@@ -52,18 +49,19 @@ def connect(lake: Path | LakeLocation) -> duckdb.DuckDBPyConnection:
     """
     location = lake if isinstance(lake, LakeLocation) else LakeLocation(str(lake))
     conn = connect_lake(location)
-    hot = Path(location.hot.removeprefix("file://"))
-    if not is_url(location.hot):
-        source = _kind_source(hot / "predictions")
-        conn.execute(f"CREATE VIEW predictions AS {source}")
-        hops = _kind_source(hot / "hops", HOPS_SCHEMA)
-        conn.execute(f"CREATE VIEW hops AS {hops}")
+    predictions = _kind_source(conn, location.hot, "predictions", PREDICTIONS_SCHEMA)
+    conn.execute(f"CREATE VIEW predictions AS {predictions}")
+    hops = _kind_source(conn, location.hot, "hops", HOPS_SCHEMA)
+    conn.execute(f"CREATE VIEW hops AS {hops}")
     return conn
 
 
 def run_query(lake: Path | LakeLocation, sql: str) -> QueryResult:
     """Run ``sql`` against the lake's views."""
-    conn = connect(lake)
+    try:
+        conn = connect(lake)
+    except (LakeStoreError, OSError, duckdb.Error) as exc:  # the lake cannot be listed
+        raise LakeQueryError(str(exc)) from None
     try:
         cursor = conn.execute(sql)
         if cursor.description is None:

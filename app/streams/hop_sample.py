@@ -43,7 +43,7 @@ class HopRecord(msgspec.Struct, gc=False):
     folded_at: int
 
 
-def write_hops(lake_dir: Path, records: Iterable[HopRecord]) -> list[Path]:
+def write_hops(lake_dir: Path | str, records: Iterable[HopRecord]) -> list[str]:
     """Write sampled hops under ``hops/game=/date=/`` (the day received); return the paths."""
     groups: dict[tuple[str, str], list[HopRecord]] = defaultdict(list)
     for record in records:
@@ -64,7 +64,7 @@ def write_hops(lake_dir: Path, records: Iterable[HopRecord]) -> list[Path]:
         )
         for key, rows in groups.items()
     }
-    return write_partitions(lake_dir / "hops", tables)
+    return write_partitions(lake_dir, "hops", tables)
 
 
 class HopSampler:

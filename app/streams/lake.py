@@ -1,30 +1,30 @@
 """The archive: every event to Parquet, hive-partitioned by game and event date, zstd.
 
 Layout (``app/lake_layout.py``): ``<lake>/events/game=GAME/date=YYYY-MM-DD/part-*.parquet``
-with columns event_id, player_id, type, ts, props (JSON text), received_at, device_ts. Files appear
-atomically (written under a dot-name, then renamed), so readers never see half a file.
+with columns event_id, player_id, type, ts, props (JSON text), received_at, device_ts. The
+lake's root is a directory or an ``s3://`` URL (:mod:`app.lake_store`); files appear whole
+(a rename on disk, one PUT on S3) under names no other writer uses.
 The archive agent acknowledges events to Kafka only after their file is in place.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import msgspec
 import pyarrow as pa
-import pyarrow.parquet as pq
 from prometheus_client import Counter
 
 from app.domain.events import EventRecord
 from app.domain.predictions import PredictionRecord
 from app.lake_layout import EVENTS_SCHEMA, PREDICTIONS_SCHEMA, TIMESTAMP, event_date
+from app.lake_store import write_table
 from app.log import get_logger
 
 from .tombstones import TombstoneWatch
@@ -37,7 +37,7 @@ _json = msgspec.json.Encoder()
 _DAY_US = 86_400 * 1_000_000
 
 
-def write_events(lake_dir: Path, records: Iterable[EventRecord]) -> list[Path]:
+def write_events(lake_dir: Path | str, records: Iterable[EventRecord]) -> list[str]:
     """Write records as one new Parquet file per (game, date) partition; return the paths."""
     groups: dict[tuple[str, str], list[EventRecord]] = defaultdict(list)
     dates: dict[int, str] = {}  # by UTC day: one strftime per day, not per event
@@ -65,10 +65,10 @@ def write_events(lake_dir: Path, records: Iterable[EventRecord]) -> list[Path]:
         )
         for key, rows in groups.items()
     }
-    return write_partitions(lake_dir / "events", tables)
+    return write_partitions(lake_dir, "events", tables)
 
 
-def write_predictions(lake_dir: Path, records: Iterable[PredictionRecord]) -> list[Path]:
+def write_predictions(lake_dir: Path | str, records: Iterable[PredictionRecord]) -> list[str]:
     """Write logged predictions under ``predictions/game=/date=/``; return the paths."""
     groups: dict[tuple[str, str], list[PredictionRecord]] = defaultdict(list)
     for record in records:
@@ -89,20 +89,19 @@ def write_predictions(lake_dir: Path, records: Iterable[PredictionRecord]) -> li
         )
         for key, rows in groups.items()
     }
-    return write_partitions(lake_dir / "predictions", tables)
+    return write_partitions(lake_dir, "predictions", tables)
 
 
-def write_partitions(root: Path, tables: dict[tuple[str, str], pa.Table]) -> list[Path]:
-    """Each (game, date) table as a new file under ``root/game=/date=/``, atomically."""
+def write_partitions(
+    lake_root: Path | str, kind: str, tables: dict[tuple[str, str], pa.Table]
+) -> list[str]:
+    """Each (game, date) table as a new file under ``lake_root/kind/game=/date=/``,
+    appearing whole; returns the files' paths (or URLs)."""
     written = []
     for (game, date), table in sorted(tables.items()):
-        folder = root / f"game={game}" / f"date={date}"
-        folder.mkdir(parents=True, exist_ok=True)
         name = f"part-{time.time_ns() // 1000}-{uuid.uuid4().hex[:12]}.parquet"
-        temporary = folder / f".{name}.tmp"
-        pq.write_table(table, temporary, compression="zstd")
-        os.replace(temporary, folder / name)
-        written.append(folder / name)
+        stored = write_table(str(lake_root), kind, game, date, name, table)
+        written.append(stored.path)
     return written
 
 
@@ -111,11 +110,11 @@ class LakeArchiver(Generic[R]):
 
     def __init__(
         self,
-        lake_dir: Path,
+        lake_dir: Path | str,
         *,
         flush_s: float,
         flush_events: int,
-        writer: Callable[[Path, list[R]], list[Path]],
+        writer: Callable[[Any, list[R]], object],
         tombstones: TombstoneWatch | None = None,
         counter: Counter | None = None,
     ) -> None:

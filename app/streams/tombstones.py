@@ -53,7 +53,7 @@ class TombstoneWatch:
         return [r for r in records if not erased(r.game, r.player_id)]
 
     async def write_screened(
-        self, write: Callable[[Path, list[K]], Any], lake_dir: Path, records: list[K]
+        self, write: Callable[[Path | str, list[K]], Any], lake_dir: Path | str, records: list[K]
     ) -> int:
         """Write the records of players not erased, holding the lock until written.
 
