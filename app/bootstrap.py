@@ -35,6 +35,7 @@ from app.ingest import Ingestor
 from app.keys import KeyService
 from app.log import get_logger
 from app.models.registry import ModelRegistry
+from app.predictions import PredictionService
 from app.privacy import BrokerView, Eraser, PrivacyService
 from app.profiles import FailedEventService, ProfileService, ReadYourWrites
 from app.replay import sync_features
@@ -62,6 +63,7 @@ class Services:
     engine: AsyncEngine
     keys: KeyService
     profiles: ProfileService
+    predictions: PredictionService
     failed_events: FailedEventService
     registry: ModelRegistry
     experiments: ExperimentService
@@ -111,6 +113,7 @@ class Services:
         copy, or this service after a restart) folds and archives the rest.
         """
         await self.archiver.flush()
+        await self.registry.drain()  # the last predictions' logs, shadows included
         await self.prediction_log.close()
         await self.prediction_archiver.flush()
         await self.hop_archiver.flush()
@@ -265,6 +268,9 @@ async def open_services(settings: Settings) -> Services:
     prediction_log = PredictionLog(producer, settings.predictions_topic)
     registry = _registry(settings, engine, features, prediction_log)
     profiles = ProfileService(reads, features)
+    read_your_writes = ReadYourWrites(
+        reads, partial(producer.partition_count, settings.events_topic), settings.events_topic
+    )
     return Services(
         settings=settings,
         features=features,
@@ -299,9 +305,8 @@ async def open_services(settings: Settings) -> Services:
             hop_archiver=hop_archiver,
         ),
         lag=LagProbe(brokers, settings.consumer_group, settings.events_topic),
-        read_your_writes=ReadYourWrites(
-            reads, partial(producer.partition_count, settings.events_topic), settings.events_topic
-        ),
+        read_your_writes=read_your_writes,
+        predictions=PredictionService(registry, profiles, read_your_writes),
         privacy=PrivacyService(engine, location, profiles),
         eraser=eraser,
         erasure_notices=ChangeListener(url, ERASURE_CHANNEL, eraser.notice),
