@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from datetime import date, datetime
 from typing import Annotated, Any
@@ -306,19 +307,51 @@ def _timed(reply: PredictionReply, started: float, read: float | None = None) ->
     application, routing and authentication included, is added by ``ServerTiming``.)
     """
     done = time.perf_counter()
-    metrics.PREDICTION_SECONDS.observe(done - started)
-    metrics.PREDICTIONS_BY_VERSION.labels(reply.model, str(reply.version)).observe(done - started)
-    parts = [f"handler;dur={(done - started) * 1000:.3f}"]
-    if read is not None:
+    _TIMINGS.add(reply.model, reply.version, started, read, done)
+    if read is None:
+        timing = f"handler;dur={(done - started) * 1000:.3f}"
+    else:
+        timing = (
+            f"handler;dur={(done - started) * 1000:.3f}, "
+            f"profile;dur={(read - started) * 1000:.3f}, model;dur={(done - read) * 1000:.3f}"
+        )
+    return Response(reply, headers={"Server-Timing": timing})
+
+
+class _Timings:
+    """Prediction latencies, put into the histograms once per event-loop turn, after the
+    turn's answers are written (each update of a metric writes a memory-mapped file)."""
+
+    def __init__(self) -> None:
+        self._pending: list[tuple[str, int, float, float | None, float]] = []
+
+    def add(
+        self, model: str, version: int, started: float, read: float | None, done: float
+    ) -> None:
+        if not self._pending:
+            asyncio.get_running_loop().call_soon(self._observe)
+        self._pending.append((model, version, started, read, done))
+
+    def _observe(self) -> None:
+        pending, self._pending = self._pending, []
+        metrics.observe_all(metrics.PREDICTION_SECONDS, [d - s for _, _, s, _, d in pending])
+        by_version: dict[tuple[str, int], list[float]] = {}
+        profile, model, total = [], [], []
+        for name, version, started, read, done in pending:
+            by_version.setdefault((name, version), []).append(done - started)
+            if read is not None:
+                profile.append(read - started)
+                model.append(done - read)
+                total.append(done - started)
+        for (name, version), values in by_version.items():
+            metrics.observe_all(metrics.PREDICTIONS_BY_VERSION.labels(name, str(version)), values)
         hops = metrics.PREDICTION_HOP_SECONDS
-        hops.labels("profile").observe(read - started)
-        hops.labels("model").observe(done - read)
-        hops.labels("total").observe(done - started)
-        parts += [
-            f"profile;dur={(read - started) * 1000:.3f}",
-            f"model;dur={(done - read) * 1000:.3f}",
-        ]
-    return Response(reply, headers={"Server-Timing": ", ".join(parts)})
+        for hop, values in (("profile", profile), ("model", model), ("total", total)):
+            if values:
+                metrics.observe_all(hops.labels(hop), values)
+
+
+_TIMINGS = _Timings()
 
 
 async def _predict(
