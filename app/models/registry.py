@@ -323,9 +323,9 @@ class ModelRegistry:
         rollout = await self.rollout(game, name)
         if rollout is None:
             raise UnknownModel(name)
+        versions = [rollout.choose(f"{game}/{name}", player_id) for player_id, _ in players]
         by_version: dict[int, list[int]] = {}
-        for index, (player_id, _) in enumerate(players):
-            version = rollout.choose(f"{game}/{name}", player_id)
+        for index, version in enumerate(versions):
             by_version.setdefault(version, []).append(index)
         answers: list[Answer | None] = [None] * len(players)
         for version, indexes in by_version.items():
@@ -345,8 +345,7 @@ class ModelRegistry:
             if isinstance(answer, PredictionFailed):
                 raise answer
             assert answer is not None
-            version = rollout.choose(f"{game}/{name}", players[index][0])
-            predictions.append(Prediction(model=name, version=version, outputs=answer))
+            predictions.append(Prediction(model=name, version=versions[index], outputs=answer))
         return predictions
 
     def _follow_up(
