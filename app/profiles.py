@@ -50,7 +50,8 @@ class ProfileService:
 
     Reads asked for in the same event-loop turn share one query (``player_id =
     ANY($2)``), at most ``max_in_flight`` queries at a time: under load a query serves
-    every read that arrived while the previous ones ran. Nothing is cached: a read is
+    every read that arrived while the previous ones ran. A read while nothing else is
+    being read queries at once (a point read), without waiting a turn for company. Nothing is cached: a read is
     answered by a query that started after it was asked, so it reflects every fold commit
     made before it was asked (what ``after`` tokens wait for).
     """
@@ -68,12 +69,17 @@ class ProfileService:
 
     async def get(self, game: str, player_id: str) -> Profile | None:
         """The profile, or None if the game never saw the player."""
-        future: asyncio.Future[StoredProfile | None] = asyncio.get_running_loop().create_future()
-        self._pending.setdefault(game, []).append((player_id, future))
-        if not self._scheduled:
-            self._scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
-        stored = await future
+        if self._in_flight == 0 and not self._pending:
+            stored = await self._alone(game, player_id)
+        else:
+            future: asyncio.Future[StoredProfile | None] = (
+                asyncio.get_running_loop().create_future()
+            )
+            self._pending.setdefault(game, []).append((player_id, future))
+            if not self._scheduled:
+                self._scheduled = True
+                asyncio.get_running_loop().call_soon(self._flush)
+            stored = await future
         if stored is None:
             return None
         return self._profile(player_id, stored, int(time.time() * 1_000_000))
@@ -97,6 +103,20 @@ class ProfileService:
             updated_at=stored.updated_at,
             freshness=Freshness(folded_at=stored.updated_at, event_watermark=stored.last_event_at),
         )
+
+    async def _alone(self, game: str, player_id: str) -> StoredProfile | None:
+        """Nothing else is being read: query at once rather than wait a loop turn for
+        company (reads that arrive meanwhile share the next query)."""
+        self._in_flight += 1
+        try:
+            stored = await self.reads.profile(game, player_id)
+        finally:
+            self._in_flight -= 1
+            if self._pending and not self._scheduled:
+                self._flush()
+        self.queries += 1
+        self.rows += 1
+        return stored
 
     def _flush(self) -> None:
         """Start one query per game for the reads waiting, if a query slot is free (when
