@@ -51,9 +51,10 @@ class ProfileService:
     Reads asked for in the same event-loop turn share one query (``player_id =
     ANY($2)``), at most ``max_in_flight`` queries at a time: under load a query serves
     every read that arrived while the previous ones ran. A read while nothing else is
-    being read queries at once (a point read), without waiting a turn for company. Nothing is cached: a read is
-    answered by a query that started after it was asked, so it reflects every fold commit
-    made before it was asked (what ``after`` tokens wait for).
+    being read queries at once (a point read), without waiting a turn for company.
+    Nothing is cached: a read is answered by a query that started after it was asked, so
+    it reflects every fold commit made before it was asked (what ``after`` tokens wait
+    for).
     """
 
     def __init__(self, reads: FastReads, features: FeatureSet, max_in_flight: int = 2) -> None:
