@@ -37,6 +37,7 @@ from app.ingest import Ingestor
 from app.keys import KeyService
 from app.log import get_logger
 from app.models.registry import ModelRegistry
+from app.predictions import PredictionService
 from app.privacy import BrokerView, Eraser, PrivacyService
 from app.profiles import FailedEventService, ProfileService, ReadYourWrites
 from app.replay import sync_features
@@ -64,6 +65,7 @@ class Services:
     engine: AsyncEngine
     keys: KeyService
     profiles: ProfileService
+    predictions: PredictionService
     failed_events: FailedEventService
     registry: ModelRegistry
     experiments: ExperimentService
@@ -124,6 +126,7 @@ class Services:
         copy, or this service after a restart) folds and archives the rest.
         """
         await self.archiver.flush()
+        await self.registry.drain()  # the last predictions' logs, shadows included
         await self.prediction_log.close()
         await self.prediction_archiver.flush()
         await self.hop_archiver.flush()
@@ -288,6 +291,9 @@ async def open_services(settings: Settings) -> Services:
     profiles = ProfileService(reads, features)
     keys = KeyService(engine, cache_s=settings.key_cache_s, reads=reads)
     cors = CorsOrigins(settings.cors_everywhere, engine)
+    read_your_writes = ReadYourWrites(
+        reads, partial(producer.partition_count, settings.events_topic), settings.events_topic
+    )
     return Services(
         settings=settings,
         features=features,
@@ -322,9 +328,8 @@ async def open_services(settings: Settings) -> Services:
             hop_archiver=hop_archiver,
         ),
         lag=LagProbe(brokers, settings.consumer_group, settings.events_topic),
-        read_your_writes=ReadYourWrites(
-            reads, partial(producer.partition_count, settings.events_topic), settings.events_topic
-        ),
+        read_your_writes=read_your_writes,
+        predictions=PredictionService(registry, profiles, read_your_writes),
         privacy=PrivacyService(engine, location, profiles),
         eraser=eraser,
         erasure_notices=ChangeListener(url, ERASURE_CHANNEL, eraser.notice),

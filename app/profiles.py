@@ -12,7 +12,7 @@ import msgspec
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.db.reads import FastReads
-from app.db.repositories import FailedEvent, FailedEventRepository
+from app.db.repositories import FailedEvent, FailedEventRepository, StoredProfile
 from app.domain.features import FeatureSet
 from app.domain.fold import decode_state, evaluate
 from app.domain.tokens import decode_token
@@ -46,27 +46,114 @@ class Profile(msgspec.Struct, frozen=True):
 
 
 class ProfileService:
-    """Profiles by (game, player)."""
+    """Profiles by (game, player).
 
-    def __init__(self, reads: FastReads, features: FeatureSet) -> None:
+    Reads asked for in the same event-loop turn share one query (``player_id =
+    ANY($2)``), at most ``max_in_flight`` queries at a time: under load a query serves
+    every read that arrived while the previous ones ran. A read while nothing else is
+    being read queries at once (a point read), without waiting a turn for company.
+    Nothing is cached: a read is answered by a query that started after it was asked, so
+    it reflects every fold commit made before it was asked (what ``after`` tokens wait
+    for).
+    """
+
+    def __init__(self, reads: FastReads, features: FeatureSet, max_in_flight: int = 2) -> None:
         self.reads = reads
         self.features = features
+        self.max_in_flight = max_in_flight
+        self._pending: dict[str, list[tuple[str, asyncio.Future[StoredProfile | None]]]] = {}
+        self._in_flight = 0
+        self._scheduled = False
+        self._queries: set[asyncio.Task[None]] = set()
+        self.queries = 0
+        self.rows = 0
 
     async def get(self, game: str, player_id: str) -> Profile | None:
         """The profile, or None if the game never saw the player."""
-        stored = await self.reads.profile(game, player_id)
+        if self._in_flight == 0 and not self._pending:
+            stored = await self._alone(game, player_id)
+        else:
+            future: asyncio.Future[StoredProfile | None] = (
+                asyncio.get_running_loop().create_future()
+            )
+            self._pending.setdefault(game, []).append((player_id, future))
+            if not self._scheduled:
+                self._scheduled = True
+                asyncio.get_running_loop().call_soon(self._flush)
+            stored = await future
         if stored is None:
             return None
-        state = decode_state(stored.state)
+        return self._profile(player_id, stored, int(time.time() * 1_000_000))
+
+    async def get_many(self, game: str, player_ids: list[str]) -> list[Profile | None]:
+        """Each player's profile (None for a player the game never saw), in one query."""
+        found = await self.reads.profiles(game, list(dict.fromkeys(player_ids)))
+        now_us = int(time.time() * 1_000_000)
+        return [
+            None if (stored := found.get(p)) is None else self._profile(p, stored, now_us)
+            for p in player_ids
+        ]
+
+    def _profile(self, player_id: str, stored: StoredProfile, now_us: int) -> Profile:
         return Profile(
             player_id=player_id,
-            features=evaluate(state, self.features, int(time.time() * 1_000_000)),
+            features=evaluate(decode_state(stored.state), self.features, now_us),
             events_applied=stored.events_applied,
             last_event_at=stored.last_event_at,
             last_received_at=stored.last_received_at,
             updated_at=stored.updated_at,
             freshness=Freshness(folded_at=stored.updated_at, event_watermark=stored.last_event_at),
         )
+
+    async def _alone(self, game: str, player_id: str) -> StoredProfile | None:
+        """Nothing else is being read: query at once rather than wait a loop turn for
+        company (reads that arrive meanwhile share the next query)."""
+        self._in_flight += 1
+        try:
+            stored = await self.reads.profile(game, player_id)
+        finally:
+            self._in_flight -= 1
+            if self._pending and not self._scheduled:
+                self._flush()
+        self.queries += 1
+        self.rows += 1
+        return stored
+
+    def _flush(self) -> None:
+        """Start one query per game for the reads waiting, if a query slot is free (when
+        none is, the next query to finish starts them)."""
+        self._scheduled = False
+        while self._pending and self._in_flight < self.max_in_flight:
+            game = next(iter(self._pending))
+            waiting = self._pending.pop(game)
+            self._in_flight += 1
+            task = asyncio.get_running_loop().create_task(self._query(game, waiting))
+            self._queries.add(task)
+            task.add_done_callback(self._queries.discard)
+
+    async def _query(
+        self, game: str, waiting: list[tuple[str, asyncio.Future[StoredProfile | None]]]
+    ) -> None:
+        try:
+            found = await self.reads.profiles(game, list({p: None for p, _ in waiting}))
+        except Exception as exc:
+            for _, future in waiting:
+                if not future.done():
+                    future.set_exception(exc)
+        except BaseException:  # cancelled (at stop): so are the reads it served
+            for _, future in waiting:
+                future.cancel()
+            raise
+        else:
+            self.queries += 1
+            self.rows += len(waiting)
+            for player_id, future in waiting:
+                if not future.done():  # its caller may have gone
+                    future.set_result(found.get(player_id))
+        finally:
+            self._in_flight -= 1
+            if self._pending and not self._scheduled:
+                self._flush()
 
 
 class NotFoldedInTime(Exception):

@@ -83,6 +83,7 @@ PROVIDED = {
     "failed_events": "failed_events",
     "ingestor": "ingestor",
     "registry": "registry",
+    "predictions": "predictions",
     "experiments": "experiments",
     "privacy": "privacy",
     "eraser": "eraser",

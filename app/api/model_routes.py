@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from datetime import date, datetime
 from typing import Annotated, Any
@@ -29,7 +30,8 @@ from app.domain.rollout import Rollout, RolloutError
 from app.experiments import ExperimentService, Period, ReportUnavailable, UnknownModelName
 from app.models.registry import ModelInfo, ModelRegistry, Prediction, UnknownModel
 from app.models.runtime import ModelRejected, PredictionFailed
-from app.profiles import Freshness, ProfileService, ReadYourWrites
+from app.predictions import PredictionService
+from app.profiles import Freshness
 from app.settings import Settings
 
 from .errors import ApiError
@@ -225,9 +227,7 @@ async def predict_for_player(
     player_id: str,
     name: str,
     request: Request[Principal, Any, Any],
-    registry: ModelRegistry,
-    profiles: ProfileService,
-    read_your_writes: ReadYourWrites,
+    predictions: PredictionService,
     after: After = None,
     wait_ms: WaitMs = 1000,
 ) -> Response[PredictionReply]:
@@ -238,13 +238,14 @@ async def predict_for_player(
     and all of the application's handling of the request), the wait for ``after`` aside.
     """
     game = request.user.game
-    await await_token(read_your_writes, game, player_id, after, wait_ms)
+    if after is not None:
+        await await_token(predictions.read_your_writes, game, player_id, after, wait_ms)
     started = time.perf_counter()
-    profile = await profiles.get(game, player_id)
+    profile = await predictions.profiles.get(game, player_id)
     if profile is None:
         raise ApiError(HTTP_404_NOT_FOUND, f"player {player_id!r} has no events in this game")
     read = time.perf_counter()
-    prediction = await _predict(registry, game, name, profile.features, player_id)
+    prediction = await _predict(predictions.registry, game, name, profile.features, player_id)
     return _timed(_reply(prediction, player_id, profile.freshness), started, read)
 
 
@@ -252,14 +253,14 @@ async def predict(
     name: str,
     data: PredictRequest,
     request: Request[Principal, Any, Any],
-    registry: ModelRegistry,
-    profiles: ProfileService,
+    predictions: PredictionService,
 ) -> Response[PredictionReply | BatchPredictionReply]:
     """Predict on explicit features (to test a model), on several, or for several players.
 
     ``{"features": {...}}`` answers one prediction; ``{"instances": [{"features": ...},
     ...]}`` or ``{"players": ["p1", ...]}`` answer ``{"predictions": [...]}`` in order.
     Features absent from an instance are null (the manifest's defaults then apply).
+    Several players are read in one query and predicted in one model run per version.
     """
     forms = [x is not None for x in (data.features, data.instances, data.players)]
     if sum(forms) != 1:
@@ -268,24 +269,34 @@ async def predict(
             "body: give exactly one of 'features', 'instances' or 'players'",
         )
     game = request.user.game
+    registry = predictions.registry
     if data.features is not None:
         started = time.perf_counter()
         prediction = await _predict(registry, game, name, data.features, data.player_id)
         return _timed(_reply(prediction, data.player_id), started)
     if data.instances is not None:
-        answers = [
-            _reply(await _predict(registry, game, name, i.features, i.player_id), i.player_id)
-            for i in data.instances
-        ]
-        return Response(BatchPredictionReply(answers))
-    answers = []
-    for player_id in data.players or []:
-        profile = await profiles.get(game, player_id)
+        rows = [(i.player_id, i.features) for i in data.instances]
+        answers = await _predict_many(registry, game, name, rows)
+        return Response(
+            BatchPredictionReply(
+                [_reply(a, i.player_id) for a, i in zip(answers, data.instances, strict=True)]
+            )
+        )
+    players = data.players or []
+    if not players:
+        return Response(BatchPredictionReply([]))
+    profiles = await predictions.profiles.get_many(game, players)
+    found = []
+    for player_id, profile in zip(players, profiles, strict=True):
         if profile is None:
             raise ApiError(HTTP_404_NOT_FOUND, f"player {player_id!r} has no events in this game")
-        prediction = await _predict(registry, game, name, profile.features, player_id)
-        answers.append(_reply(prediction, player_id, profile.freshness))
-    return Response(BatchPredictionReply(answers))
+        found.append(profile)
+    answers = await _predict_many(registry, game, name, [(p.player_id, p.features) for p in found])
+    return Response(
+        BatchPredictionReply(
+            [_reply(a, p.player_id, p.freshness) for a, p in zip(answers, found, strict=True)]
+        )
+    )
 
 
 def _timed(reply: PredictionReply, started: float, read: float | None = None) -> Response[Any]:
@@ -296,19 +307,51 @@ def _timed(reply: PredictionReply, started: float, read: float | None = None) ->
     application, routing and authentication included, is added by ``ServerTiming``.)
     """
     done = time.perf_counter()
-    metrics.PREDICTION_SECONDS.observe(done - started)
-    metrics.PREDICTIONS_BY_VERSION.labels(reply.model, str(reply.version)).observe(done - started)
-    parts = [f"handler;dur={(done - started) * 1000:.3f}"]
-    if read is not None:
+    _TIMINGS.add(reply.model, reply.version, started, read, done)
+    if read is None:
+        timing = f"handler;dur={(done - started) * 1000:.3f}"
+    else:
+        timing = (
+            f"handler;dur={(done - started) * 1000:.3f}, "
+            f"profile;dur={(read - started) * 1000:.3f}, model;dur={(done - read) * 1000:.3f}"
+        )
+    return Response(reply, headers={"Server-Timing": timing})
+
+
+class _Timings:
+    """Prediction latencies, put into the histograms once per event-loop turn, after the
+    turn's answers are written (each update of a metric writes a memory-mapped file)."""
+
+    def __init__(self) -> None:
+        self._pending: list[tuple[str, int, float, float | None, float]] = []
+
+    def add(
+        self, model: str, version: int, started: float, read: float | None, done: float
+    ) -> None:
+        if not self._pending:
+            asyncio.get_running_loop().call_soon(self._observe)
+        self._pending.append((model, version, started, read, done))
+
+    def _observe(self) -> None:
+        pending, self._pending = self._pending, []
+        metrics.observe_all(metrics.PREDICTION_SECONDS, [d - s for _, _, s, _, d in pending])
+        by_version: dict[tuple[str, int], list[float]] = {}
+        profile, model, total = [], [], []
+        for name, version, started, read, done in pending:
+            by_version.setdefault((name, version), []).append(done - started)
+            if read is not None:
+                profile.append(read - started)
+                model.append(done - read)
+                total.append(done - started)
+        for (name, version), values in by_version.items():
+            metrics.observe_all(metrics.PREDICTIONS_BY_VERSION.labels(name, str(version)), values)
         hops = metrics.PREDICTION_HOP_SECONDS
-        hops.labels("profile").observe(read - started)
-        hops.labels("model").observe(done - read)
-        hops.labels("total").observe(done - started)
-        parts += [
-            f"profile;dur={(read - started) * 1000:.3f}",
-            f"model;dur={(done - read) * 1000:.3f}",
-        ]
-    return Response(reply, headers={"Server-Timing": ", ".join(parts)})
+        for hop, values in (("profile", profile), ("model", model), ("total", total)):
+            if values:
+                metrics.observe_all(hops.labels(hop), values)
+
+
+_TIMINGS = _Timings()
 
 
 async def _predict(
@@ -316,14 +359,27 @@ async def _predict(
 ) -> Prediction:
     try:
         return await registry.predict(game, name, features, player_id)
-    except UnknownModel:
-        raise ApiError(HTTP_404_NOT_FOUND, f"model {name!r} has no version in this game") from None
-    except ModelRejected as exc:
-        raise ApiError(
+    except (UnknownModel, ModelRejected, PredictionFailed) as exc:
+        raise _prediction_error(name, exc) from None
+
+
+async def _predict_many(
+    registry: ModelRegistry, game: str, name: str, rows: list[tuple[str | None, dict[str, Any]]]
+) -> list[Prediction]:
+    try:
+        return await registry.predict_many(game, name, rows)
+    except (UnknownModel, ModelRejected, PredictionFailed) as exc:
+        raise _prediction_error(name, exc) from None
+
+
+def _prediction_error(name: str, exc: Exception) -> ApiError:
+    if isinstance(exc, UnknownModel):
+        return ApiError(HTTP_404_NOT_FOUND, f"model {name!r} has no version in this game")
+    if isinstance(exc, ModelRejected):
+        return ApiError(
             HTTP_409_CONFLICT, f"model {name!r} no longer fits the features file: {exc}"
-        ) from None
-    except PredictionFailed as exc:
-        raise ApiError(HTTP_422_UNPROCESSABLE_ENTITY, f"model {name!r}: {exc}") from None
+        )
+    return ApiError(HTTP_422_UNPROCESSABLE_ENTITY, f"model {name!r}: {exc}")
 
 
 async def list_models(

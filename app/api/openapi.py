@@ -18,7 +18,7 @@ from litestar.openapi.spec import OpenAPIMediaType, OpenAPIType, Parameter, Requ
 from app.domain.access import Role
 from app.settings import Settings
 
-from .auth import requires
+from .auth import ROLE_OPT
 from .read_your_writes import TOKEN_PATTERN
 
 
@@ -58,10 +58,11 @@ def errors(*statuses: int) -> dict[int, ResponseSpec]:
 
 
 def secured(role: Role, *statuses: int, **more: Any) -> dict[str, Any]:
-    """Keyword arguments of a route that needs a key of ``role``: its guard, its
-    security requirement and its error statuses (401 and 403 added)."""
+    """Keyword arguments of a route that needs a key of ``role``: the role (which the
+    authentication middleware checks), its security requirement and its error statuses
+    (401 and 403 added)."""
     return {
-        "guards": [requires(role)],
+        "opt": {ROLE_OPT: role},
         "security": [{"apiKey": []}],
         "responses": errors(401, 403, *statuses),
         **more,

@@ -31,6 +31,10 @@ _PROFILE = (
     "SELECT state, events_applied, last_event_at, last_received_at, updated_at "
     "FROM profiles WHERE game = $1 AND player_id = $2"
 )
+_PROFILES = (
+    "SELECT player_id, state, events_applied, last_event_at, last_received_at, updated_at "
+    "FROM profiles WHERE game = $1 AND player_id = ANY($2::text[])"
+)
 _KEY = (
     "SELECT game, role, id, extract(epoch FROM LEAST(expires_at, revoked_at)) "
     "FROM api_keys WHERE key_hash = $1"
@@ -97,6 +101,20 @@ class FastReads:
             updated_at=row[4],
         )
 
+    async def profiles(self, game: str, player_ids: list[str]) -> dict[str, StoredProfile]:
+        """The stored profiles of those players that have one, by player id (one query)."""
+        rows = await self._fetch(_PROFILES, game, player_ids)
+        return {
+            row[0]: StoredProfile(
+                state=row[1],
+                events_applied=row[2],
+                last_event_at=row[3],
+                last_received_at=row[4],
+                updated_at=row[5],
+            )
+            for row in rows
+        }
+
     async def principal(self, key_hash: str) -> Principal | None:
         """The game and role of a key, and until when it works; None if no such key."""
         row = await self._fetchrow(_KEY, key_hash)
@@ -124,6 +142,19 @@ class FastReads:
             raise
         self._put(conn)
         return row
+
+    async def _fetch(self, query: str, *args: Any) -> list[Any]:
+        conn = self._idle.pop() if self._idle else await self._take()
+        while not _alive(conn):
+            self._return_to_pool(conn)
+            conn = await self._take()
+        try:
+            rows: list[Any] = await conn.fetch(query, *args)
+        except BaseException:
+            self._return_to_pool(conn)
+            raise
+        self._put(conn)
+        return rows
 
     async def _take(self) -> Any:
         """A connection for one read: an idle one, a new one from the pool, or the next

@@ -13,7 +13,7 @@ import dataclasses
 import hashlib
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +30,7 @@ from app.domain.predictions import PredictionRecord
 from app.domain.rollout import Rollout, RolloutError
 from app.log import get_logger
 
+from .batching import Answer, ModelBatcher, run_many
 from .runtime import LoadedModel, Manifest, ModelRejected, PredictionFailed, parse_manifest
 
 log = get_logger(__name__)
@@ -87,6 +88,11 @@ class ModelRegistry:
         self._forgot_all = 0
         self.guard_watch = guard_watch
         self._removals: set[asyncio.Task[None]] = set()
+        self.batcher = ModelBatcher()
+        # What served predictions still owe (guard, log, shadow), settled once per turn.
+        self._owed: list[tuple[Any, ...]] = []
+        self._settling = False
+        self._shadow_loads: set[asyncio.Task[None]] = set()
 
     # -- changes ------------------------------------------------------------------------
 
@@ -290,37 +296,123 @@ class ModelRegistry:
     async def predict(
         self, game: str, name: str, values: Mapping[str, Any], player_id: str | None = None
     ) -> Prediction:
-        """Run the version the rollout picks for ``player_id`` (and the shadow, if any)."""
+        """Run the version the rollout picks for ``player_id`` (and the shadow, if any).
+
+        The run is shared with the other predictions of the same version asked for in
+        this event-loop turn; the guard, the log and the shadow run after the answer.
+        """
         rollout = await self.rollout(game, name)
         if rollout is None:
             raise UnknownModel(name)
         version = rollout.choose(f"{game}/{name}", player_id)
-        model = await self._load(game, name, version)
-        started = time.perf_counter_ns()
-        try:
-            outputs = model.run(values)
-        except PredictionFailed:
-            if rollout.guard is not None:
-                self._watch(game, name, rollout, version, False, started)
-            raise
-        if rollout.guard is not None:
-            self._watch(game, name, rollout, version, True, started)
-        latency_us = (time.perf_counter_ns() - started) // 1000
-        if self.log_prediction is not None:
-            self._log(game, name, version, player_id, values, outputs, latency_us, False)
-        if rollout.shadow is not None and rollout.shadow != version:
-            await self._shadow(game, name, rollout.shadow, player_id, values)
-        return Prediction(model=name, version=version, outputs=outputs)
+        model = self._loaded.get((game, name, version)) or await self._load(game, name, version)
+        answer, took = await self.batcher.run(model, values)
+        self._follow_up(game, name, rollout, version, model, [(player_id, values, answer)], took)
+        if isinstance(answer, PredictionFailed):
+            raise answer
+        return Prediction(model=name, version=version, outputs=answer)
+
+    async def predict_many(
+        self, game: str, name: str, players: Sequence[tuple[str | None, Mapping[str, Any]]]
+    ) -> list[Prediction]:
+        """Predictions for many players, in order: one run per version serving them.
+
+        Raises the first row's :class:`PredictionFailed` if any row could not run (every
+        row is still counted by the guard and logged).
+        """
+        rollout = await self.rollout(game, name)
+        if rollout is None:
+            raise UnknownModel(name)
+        versions = [rollout.choose(f"{game}/{name}", player_id) for player_id, _ in players]
+        by_version: dict[int, list[int]] = {}
+        for index, version in enumerate(versions):
+            by_version.setdefault(version, []).append(index)
+        answers: list[Answer | None] = [None] * len(players)
+        for version, indexes in by_version.items():
+            model = self._loaded.get((game, name, version)) or await self._load(game, name, version)
+            rows = [players[i] for i in indexes]
+            started = time.perf_counter()
+            outputs = run_many(model, [values for _, values in rows])
+            took = time.perf_counter() - started
+            self.batcher.runs += 1
+            self.batcher.rows += len(rows)
+            served = [(p, v, a) for (p, v), a in zip(rows, outputs, strict=True)]
+            self._follow_up(game, name, rollout, version, model, served, took)
+            for i, output in zip(indexes, outputs, strict=True):
+                answers[i] = output
+        predictions = []
+        for index, answer in enumerate(answers):
+            if isinstance(answer, PredictionFailed):
+                raise answer
+            assert answer is not None
+            predictions.append(Prediction(model=name, version=versions[index], outputs=answer))
+        return predictions
+
+    def _follow_up(
+        self,
+        game: str,
+        name: str,
+        rollout: Rollout,
+        version: int,
+        model: LoadedModel,
+        served: list[tuple[str | None, Mapping[str, Any], Answer]],
+        took: float,
+    ) -> None:
+        """Queue what a prediction owes after its answer: the guard's count, the log, and
+        the shadow's run. Done once per loop turn for all the turn's predictions, after
+        their answers are written (a reply is written in the turn its handler returns)."""
+        if rollout.guard is None and self.log_prediction is None and rollout.shadow is None:
+            return
+        self._owed.append((game, name, rollout, version, model, served, took))
+        if not self._settling:
+            self._settling = True
+            asyncio.get_running_loop().call_soon(self._settle)
+
+    def _settle(self) -> None:
+        self._settling = False
+        owed, self._owed = self._owed, []
+        shadows: dict[tuple[str, str, int], list[tuple[str | None, Mapping[str, Any]]]] = {}
+        for game, name, rollout, version, model, served, took in owed:
+            try:
+                if rollout.guard is not None:
+                    for _, _, answer in served:
+                        ok = not isinstance(answer, PredictionFailed)
+                        self._watch(game, name, rollout, version, ok, took)
+                if self.log_prediction is not None:
+                    for player_id, values, answer in served:
+                        if not isinstance(answer, PredictionFailed):
+                            self._log(game, name, version, model, player_id, values, answer, took)
+                if rollout.shadow is not None and rollout.shadow != version:
+                    rows = shadows.setdefault((game, name, rollout.shadow), [])
+                    rows.extend((player_id, values) for player_id, values, _ in served)
+            except Exception:  # never lose the rest of the turn's follow-ups
+                log.exception("prediction follow-up failed", game=game, model=name)
+        for (game, name, version), rows in shadows.items():
+            model = self._loaded.get((game, name, version))
+            if model is not None:
+                self._shadow(game, name, version, model, rows)
+            else:
+                task = asyncio.get_running_loop().create_task(
+                    self._load_shadow(game, name, version, rows)
+                )
+                self._shadow_loads.add(task)
+                task.add_done_callback(self._shadow_loads.discard)
+
+    async def drain(self) -> None:
+        """At stop, before the prediction log's last flush: what predictions still owe."""
+        self._settle()
+        while self._shadow_loads:
+            await asyncio.gather(*self._shadow_loads, return_exceptions=True)
+        self._settle()
 
     def _watch(
-        self, game: str, name: str, rollout: Rollout, version: int, ok: bool, started_ns: int
+        self, game: str, name: str, rollout: Rollout, version: int, ok: bool, took: float
     ) -> None:
         """Count a served prediction against the guard; a breach starts the removal."""
         if self.guard_watch is None or rollout.guard is None:
             return
-        now = time.perf_counter_ns()
         breach = self.guard_watch.record(
-            f"{game}/{name}", version, rollout.guard, ok, (now - started_ns) / 1e6, now / 1e9
+            f"{game}/{name}", version, rollout.guard, ok, took * 1000, time.perf_counter()
         )
         if breach is not None:
             self.guard_watch.reset(f"{game}/{name}", version)
@@ -335,36 +427,58 @@ class ModelRegistry:
         except Exception:
             log.exception("guard removal failed", game=game, model=name, version=breach.version)
 
-    async def _shadow(
-        self, game: str, name: str, version: int, player_id: str | None, values: Mapping[str, Any]
+    async def _load_shadow(
+        self, game: str, name: str, version: int, rows: list[tuple[str | None, Mapping[str, Any]]]
     ) -> None:
-        # A shadow never answers and must never break the answer: failures are logged.
         try:
-            model = await self._load(game, name, version)
-            started = time.perf_counter_ns()
-            outputs = model.run(values)
+            model = self._loaded.get((game, name, version)) or await self._load(game, name, version)
         except Exception as exc:
             log.warning(
                 "shadow model failed", game=game, model=name, version=version, error=str(exc)
             )
             return
-        latency_us = (time.perf_counter_ns() - started) // 1000
-        if self.log_prediction is not None:
-            self._log(game, name, version, player_id, values, outputs, latency_us, True)
+        self._shadow(game, name, version, model, rows)
+
+    def _shadow(
+        self,
+        game: str,
+        name: str,
+        version: int,
+        model: LoadedModel,
+        rows: list[tuple[str | None, Mapping[str, Any]]],
+    ) -> None:
+        # A shadow never answers and must never break the answer: failures are logged.
+        started = time.perf_counter()
+        try:
+            answers = run_many(model, [values for _, values in rows])
+        except Exception as exc:
+            log.warning(
+                "shadow model failed", game=game, model=name, version=version, error=str(exc)
+            )
+            return
+        took = time.perf_counter() - started
+        for (player_id, values), answer in zip(rows, answers, strict=True):
+            if isinstance(answer, PredictionFailed):
+                log.warning(
+                    "shadow model failed", game=game, model=name, version=version, error=str(answer)
+                )
+            elif self.log_prediction is not None:
+                self._log(game, name, version, model, player_id, values, answer, took, shadow=True)
 
     def _log(
         self,
         game: str,
         name: str,
         version: int,
+        model: LoadedModel,
         player_id: str | None,
         values: Mapping[str, Any],
         outputs: dict[str, Any],
-        latency_us: int,
-        shadow: bool,
+        took: float,
+        *,
+        shadow: bool = False,
     ) -> None:
         assert self.log_prediction is not None
-        model = self._loaded[(game, name, version)]
         used = {f: values.get(f) for b in model.bindings for f in b.features}
         self.log_prediction(
             PredictionRecord(
@@ -372,7 +486,7 @@ class ModelRegistry:
                 model=name,
                 version=version,
                 ts=time.time_ns() // 1000,
-                latency_us=latency_us,
+                latency_us=int(took * 1_000_000),
                 outputs=outputs,
                 features=used,
                 shadow=shadow,

@@ -137,6 +137,39 @@ class LoadedModel:
             raise ModelRejected(f"model failed a test run on default features: {exc}") from None
         if manifest.probability is not None:
             _check_probability(manifest.probability, outputs)
+        self.batchable = self._runs_in_batches(features, outputs)
+
+    def _runs_in_batches(self, features: FeatureSet, one: dict[str, Any]) -> bool:
+        """Whether rows can share one ``session.run``: every input takes any number of
+        rows, and two stacked default rows give the one-row answer twice."""
+        if any(isinstance(i.shape[0], int) for i in self.session.get_inputs()):
+            return False
+        row = {name: features[name].empty_value for name in features.names}
+        feeds = {}
+        try:
+            for binding in self.bindings:
+                line = self.filled(binding, [row.get(name) for name in binding.features])
+                feeds[binding.name] = np.array([line, line], dtype=binding.dtype)
+            outputs = self.session.run(self.output_names, feeds)
+        except Exception:
+            return False
+        for name, value in zip(self.output_names, outputs, strict=True):
+            if isinstance(value, np.ndarray):
+                if value.ndim == 0 or value.shape[0] != 2:
+                    return False
+            elif not isinstance(value, list) or len(value) != 2:
+                return False
+            if row_json(value[0]) != one[name] or row_json(value[1]) != one[name]:
+                return False
+        return True
+
+    def filled(self, binding: InputBinding, line: list[Any]) -> list[Any]:
+        """One player's row for ``binding`` with null features replaced by their
+        defaults (NaN for float inputs without one); raises PredictionFailed."""
+        return [
+            self._default(binding, name) if value is None else value
+            for name, value in zip(binding.features, line, strict=True)
+        ]
 
     def run(self, values: Mapping[str, Any]) -> dict[str, Any]:
         """Outputs for one player, as plain JSON values, by output name."""
@@ -144,10 +177,7 @@ class LoadedModel:
         for binding in self.bindings:
             row = [values.get(name) for name in binding.features]
             if any(value is None for value in row):  # rare: defaults, then NaN or an error
-                row = [
-                    self._default(binding, name) if value is None else value
-                    for name, value in zip(binding.features, row, strict=True)
-                ]
+                row = self.filled(binding, row)
             try:
                 feeds[binding.name] = np.array([row], dtype=binding.dtype)
             except (TypeError, ValueError) as exc:
@@ -244,6 +274,14 @@ def to_json(value: Any) -> Any:
         return _plain(value.tolist())
     if isinstance(value, list):  # a sequence, e.g. scikit-learn's ZipMap: one map per row
         return _plain(value[0]) if len(value) == 1 else _plain(value)
+    return _plain(value)
+
+
+def row_json(value: Any) -> Any:
+    """One row of a batched output (``output[i]``) as plain JSON, as :func:`to_json`
+    gives it for a one-row run."""
+    if isinstance(value, np.ndarray):
+        return _plain(value.tolist())
     return _plain(value)
 
 

@@ -30,6 +30,7 @@ class FakeRegistry:
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, str, dict[str, Any], str | None]] = []
+        self.batches: list[int] = []
 
     async def predict(
         self, game: str, name: str, values: Mapping[str, Any], player_id: str | None = None
@@ -38,12 +39,21 @@ class FakeRegistry:
         version = 2 if (player_id or "").startswith("b") else 1
         return Prediction(model=name, version=version, outputs={"score": values.get("spend")})
 
+    async def predict_many(
+        self, game: str, name: str, rows: list[tuple[str | None, Mapping[str, Any]]]
+    ) -> list[Prediction]:
+        self.batches.append(len(rows))
+        return [await self.predict(game, name, values, player_id) for player_id, values in rows]
+
 
 FOLDED = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 LATEST = datetime(2026, 1, 2, 3, 4, 1, tzinfo=UTC)
 
 
 class FakeProfiles:
+    def __init__(self) -> None:
+        self.reads: list[int] = []
+
     async def get(self, game: str, player_id: str) -> Profile:
         return Profile(
             player_id=player_id,
@@ -55,19 +65,23 @@ class FakeProfiles:
             freshness=Freshness(folded_at=FOLDED, event_watermark=LATEST),
         )
 
+    async def get_many(self, game: str, player_ids: list[str]) -> list[Profile]:
+        self.reads.append(len(player_ids))
+        return [await self.get(game, p) for p in player_ids]
+
 
 class Handlers(NamedTuple):
     """What the handlers take after their path and body, in order."""
 
     request: Request[Any, Any, Any]
-    registry: Any
-    profiles: Any
+    predictions: Any
 
 
 def fakes() -> tuple[FakeRegistry, Handlers]:
     registry = FakeRegistry()
     request = SimpleNamespace(user=SimpleNamespace(game="game-1"))
-    return registry, Handlers(cast(Request[Any, Any, Any], request), registry, FakeProfiles())
+    predictions = SimpleNamespace(registry=registry, profiles=FakeProfiles(), read_your_writes=None)
+    return registry, Handlers(cast(Request[Any, Any, Any], request), predictions)
 
 
 def reply_json(response: Response[Any]) -> dict[str, Any]:
@@ -77,7 +91,7 @@ def reply_json(response: Response[Any]) -> dict[str, Any]:
 
 async def test_a_players_prediction_says_which_player() -> None:
     registry, h = fakes()
-    response = await predict_for_player("bob-7", "churn", h.request, h.registry, h.profiles, None)  # type: ignore[arg-type]
+    response = await predict_for_player("bob-7", "churn", h.request, h.predictions, None)
     assert reply_json(response) == {
         "model": "churn",
         "version": 2,
@@ -95,7 +109,7 @@ async def test_a_players_prediction_says_which_player() -> None:
 async def test_explicit_features_for_a_player_say_which_player() -> None:
     registry, h = fakes()
     body = PredictRequest(features={"spend": 3}, player_id="bea")
-    response = await predict("churn", body, h.request, h.registry, h.profiles)
+    response = await predict("churn", body, *h)
     assert reply_json(response)["player_id"] == "bea"
     assert reply_json(response)["version"] == 2
     assert reply_json(response)["freshness"] is None  # no profile behind explicit features
@@ -106,7 +120,7 @@ async def test_explicit_features_for_a_player_say_which_player() -> None:
 
 
 async def test_batch_forms_name_each_player_in_order() -> None:
-    _, h = fakes()
+    registry, h = fakes()
     instances = PredictRequest(
         instances=[Instance({"spend": 1}, "bo"), Instance({"spend": 2}, "al"), Instance({})]
     )
@@ -126,3 +140,6 @@ async def test_batch_forms_name_each_player_in_order() -> None:
     assert all(
         p.freshness is not None and p.freshness.folded_at == FOLDED for p in players.predictions
     )
+    # One read of all the players, and one model call for each form.
+    assert h.predictions.profiles.reads == [2]
+    assert registry.batches == [3, 2]
