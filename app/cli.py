@@ -778,6 +778,14 @@ def _with_privacy(action: Any, audit: tuple[str, str, str], *, profiles: bool = 
     return _run_audited(_settings("warning"), run, what=what, game=game, target=target, pool_size=2)
 
 
+def _audited_player(game: str, player_id: str) -> str:
+    """How the audit trail names a player: the pseudonym an erasure keeps, never the id
+    (the trail is append-only, and an erasure must leave the id nowhere)."""
+    from app.domain.privacy import player_key
+
+    return f"player-sha256:{player_key(game, player_id)}"
+
+
 @players.command("erase")
 @click.option("--game", required=True)
 @click.argument("player_id")
@@ -798,7 +806,7 @@ def players_erase(game: str, player_id: str, wait_s: float) -> None:
             erasure = await privacy.erasure(game, erasure.id)
         return receipt(erasure, player_id)
 
-    erased = _with_privacy(erase, ("players.erase", game, f"player:{player_id}"))
+    erased = _with_privacy(erase, ("players.erase", game, _audited_player(game, player_id)))
     click.echo(msgspec.json.encode(erased).decode())
 
 
@@ -813,7 +821,7 @@ def players_export(game: str, player_id: str) -> None:
             sys.stdout.buffer.write(piece)
         sys.stdout.buffer.write(b"\n")
 
-    _with_privacy(export, ("players.export", game, f"player:{player_id}"), profiles=True)
+    _with_privacy(export, ("players.export", game, _audited_player(game, player_id)), profiles=True)
 
 
 @players.command("reuse")
@@ -826,7 +834,7 @@ def players_reuse(game: str, player_id: str) -> None:
     try:
         lifted = _with_privacy(
             lambda privacy: privacy.allow_reuse(game, player_id),
-            ("players.reuse", game, f"player:{player_id}"),
+            ("players.reuse", game, _audited_player(game, player_id)),
         )
     except ErasurePending:
         raise click.ClickException("the player's erasure is still pending") from None

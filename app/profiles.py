@@ -70,6 +70,8 @@ class ProfileService:
 
     async def get(self, game: str, player_id: str) -> Profile | None:
         """The profile, or None if the game never saw the player."""
+        if "\x00" in player_id:  # no stored id holds one (PostgreSQL text cannot)
+            return None
         if self._in_flight == 0 and not self._pending:
             stored = await self._alone(game, player_id)
         else:
@@ -87,7 +89,10 @@ class ProfileService:
 
     async def get_many(self, game: str, player_ids: list[str]) -> list[Profile | None]:
         """Each player's profile (None for a player the game never saw), in one query."""
-        found = await self.reads.profiles(game, list(dict.fromkeys(player_ids)))
+        # An id with a NUL has no profile (PostgreSQL text cannot hold one), and must not
+        # fail the query the others share.
+        wanted = [p for p in dict.fromkeys(player_ids) if "\x00" not in p]
+        found = await self.reads.profiles(game, wanted) if wanted else {}
         now_us = int(time.time() * 1_000_000)
         return [
             None if (stored := found.get(p)) is None else self._profile(p, stored, now_us)

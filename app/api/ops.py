@@ -14,6 +14,7 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from app.domain.access import Principal
 from app.domain.audit import AuditEntry
 from app.domain.cors import RouteKind, route_kind
+from app.domain.privacy import player_key
 from app.log import get_logger
 
 if TYPE_CHECKING:
@@ -136,7 +137,7 @@ class AdminAudit:
             return  # refused before any action: no key, or an unknown one
         raw = cast(dict[str, Any], scope)
         template = str(raw.get("path_template") or scope["path"])
-        target = raw.get(AUDIT_TARGET) or scope["path"]
+        target = raw.get(AUDIT_TARGET) or _target(template, scope, user.game)
         entry = AuditEntry(
             game=user.game,
             actor=f"key:{user.key_id}",
@@ -149,6 +150,25 @@ class AdminAudit:
             await self.state_of().services.audit.record(entry)
         except Exception as exc:  # the action is done; losing its record is logged loudly
             log.error("could not write the audit record", error=str(exc), entry=str(entry))
+
+
+_PARAM = re.compile(r"\{(\w+)(?::\w+)?\}")
+
+
+def _target(template: str, scope: Scope, game: str) -> str:
+    """The request's path, with a player named by the pseudonym an erasure keeps (the
+    trail is append-only: an erased player's id must not stay in it)."""
+    params = cast(dict[str, Any], scope).get("path_params") or {}
+    if "player_id" not in params:
+        return str(scope["path"])
+
+    def value(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name == "player_id":
+            return f"player-sha256:{player_key(game, str(params[name]))}"
+        return str(params.get(name, match.group(0)))
+
+    return _PARAM.sub(value, template)
 
 
 def _is_admin_action(scope: Scope) -> bool:

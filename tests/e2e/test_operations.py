@@ -20,6 +20,7 @@ import httpx
 import pytest
 import trustme
 
+from app.domain.privacy import player_key
 from app.embedded.postgres import EmbeddedPostgres
 from app.settings import DEFAULT_FEATURES
 from tests import onnx_models as m
@@ -228,9 +229,10 @@ def test_each_admin_action_leaves_its_audit_record(ops: ServeProcess) -> None:
         "ok",
     )
     assert shown[4] == (f"key:{admin_id}", "PUT /v1/admin/cors", "cors:https://audit.example", "ok")
+    # A player is named by the pseudonym an erasure keeps, never by the id.
     assert shown[5][1:] == (
         "DELETE /v1/admin/players/{player_id}",
-        "/v1/admin/players/p-gone",
+        f"/v1/admin/players/player-sha256:{player_key(game, 'p-gone')}",
         "ok",
     )
     assert shown[6][1:] == (

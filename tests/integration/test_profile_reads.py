@@ -55,3 +55,18 @@ async def test_concurrent_reads_share_queries_and_see_each_commit(
     assert {p.features["spend_total"] for p in again if p is not None} == {103.0}
     many = await profiles.get_many(game, ["p3", "nobody", "p0"])
     assert [None if p is None else p.features["purchases_7d"] for p in many] == [2, None, 1]
+
+
+async def test_an_id_with_a_nul_reads_as_unknown_without_failing_the_others(
+    engine: AsyncEngine, reads: FastReads, features: FeatureSet
+) -> None:
+    game = unique("game")
+    folder = ProfileFolder(engine, features)
+    await folder.fold_batch([purchase(game, "e1", "p1", 5.0)])
+    profiles = ProfileService(reads, features)
+    # Shared queries: a NUL (which PostgreSQL text cannot hold) must not fail the others.
+    got = await asyncio.gather(*(profiles.get(game, p) for p in ["p1", "bad\x00id", "p1"]))
+    assert [None if p is None else p.features["spend_total"] for p in got] == [5.0, None, 5.0]
+    many = await profiles.get_many(game, ["bad\x00id", "p1"])
+    assert [None if p is None else p.player_id for p in many] == [None, "p1"]
+    assert await profiles.get_many(game, ["\x00"]) == [None]
