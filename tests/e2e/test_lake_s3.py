@@ -83,6 +83,9 @@ def test_two_copies_share_one_s3_lake(
         requests = batches(events, 50, seed=6)
         sender = Sender([a.url, b.url], ingest, requests, threads=2).start()
         wait_for(lambda: sender.accepted >= len(requests) // 3, timeout=120, interval=0.05)
+        # Something archived first (a Parquet file appears within the lake flush), so
+        # that the compaction has partitions to work on while the copies archive more.
+        wait_for(lambda: lake_counts(a, game)[0] > 0, timeout=60, interval=0.5)
         # Compaction (and tiering) while both copies archive into the same partitions.
         first = json.loads(a.cli("lake", "compact", "--format", "json").stdout)
         assert first["partitions"] > 0
