@@ -342,10 +342,8 @@ def _backup_error(exc: Exception) -> click.ClickException:
 def backup_create(directory: Path) -> None:
     """Back up into DIRECTORY (the server may run; a later backup into the same
     directory copies only the lake files it does not hold yet)."""
-    from app.audit import os_actor
     from app.backup import BackupError, create_backup
-    from app.bootstrap import command_database, run_command
-    from app.domain.audit import AuditEntry
+    from app.bootstrap import command_database
 
     settings = _settings("warning")
     try:
@@ -354,12 +352,7 @@ def backup_create(directory: Path) -> None:
     except BackupError as exc:
         raise _backup_error(exc) from None
 
-    entry = AuditEntry(None, os_actor(), "backup.create", str(directory.resolve()), "ok")
-
-    async def record(services: Any) -> None:
-        await services.audit.record(entry)
-
-    run_command(settings, record)
+    _record_done(settings, "backup.create", str(directory.resolve()))
     rows = ", ".join(f"{t} {n}" for t, n in summary.tables.items() if n)
     click.echo(
         f"backup in {directory}: {summary.files} files, {summary.bytes} bytes "
@@ -402,10 +395,7 @@ def backup_verify(directory: Path) -> None:
 @click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
 def backup_restore(directory: Path) -> None:
     """Restore DIRECTORY into an empty data dir (or empty database), server stopped."""
-    from app.audit import os_actor
     from app.backup import BackupError, restore_backup
-    from app.bootstrap import run_command
-    from app.domain.audit import AuditEntry
 
     settings = _settings("warning")
     try:
@@ -413,12 +403,7 @@ def backup_restore(directory: Path) -> None:
     except BackupError as exc:
         raise _backup_error(exc) from None
 
-    entry = AuditEntry(None, os_actor(), "backup.restore", str(directory.resolve()), "ok")
-
-    async def record(services: Any) -> None:
-        await services.audit.record(entry)
-
-    run_command(settings, record)
+    _record_done(settings, "backup.restore", str(directory.resolve()))
     click.echo(
         f"restored {directory} into {settings.data_dir}: {sum(summary.tables.values())} rows, "
         f"{summary.copied} lake files"
@@ -776,6 +761,20 @@ def _with_privacy(action: Any, audit: tuple[str, str, str], *, profiles: bool = 
 
     what, game, target = audit
     return _run_audited(_settings("warning"), run, what=what, game=game, target=target, pool_size=2)
+
+
+def _record_done(settings: Settings, what: str, target: str) -> None:
+    """Record an action the command line completed outside the services (a backup)."""
+    from app.audit import os_actor
+    from app.bootstrap import run_command
+    from app.domain.audit import AuditEntry
+
+    entry = AuditEntry(None, os_actor(), what, target, "ok")
+
+    async def record(services: Any) -> None:
+        await services.audit.record(entry)
+
+    run_command(settings, record)
 
 
 def _audited_player(game: str, player_id: str) -> str:
