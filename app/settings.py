@@ -18,6 +18,16 @@ LogFormat = Literal["console", "json"]
 BrokerKind = Literal["kafka", "memory"]
 
 
+ALIASES = {"features": "features_path"}
+"""Variables whose field is named otherwise (``PLAYERPULSE_FEATURES``: ``features_path``)."""
+
+
+def variable(field_name: str) -> str:
+    """The environment variable of a :class:`Settings` field."""
+    short = {name: alias for alias, name in ALIASES.items()}.get(field_name, field_name)
+    return PREFIX + short.upper()
+
+
 class SettingsError(ValueError):
     """An environment variable holds a value that cannot be used."""
 
@@ -170,12 +180,11 @@ class Settings:
         default_format: LogFormat = "console" if sys.stderr.isatty() else "json"
         values: dict[str, Any] = {"log_format": default_format}
         names = {f.name: f for f in fields(cls)}
-        aliases = {"features": "features_path"}
         for key, raw in env.items():
             if not key.startswith(PREFIX):
                 continue
             name = key[len(PREFIX) :].lower()
-            name = aliases.get(name, name)
+            name = ALIASES.get(name, name)
             if name not in names or raw == "":
                 continue
             values[name] = _convert(key, raw, type(getattr(cls(), name)), name)

@@ -71,7 +71,9 @@ def test_every_route_documents_its_errors_and_who_may_call_it(server: ServeProce
                 assert operation["security"] == [{"apiKey": []}], (method, path)
                 assert {"401", "403"} <= errors, (method, path)
     schemas = document["components"]["schemas"]
-    for strict in ("ActivateBody", "GuardBody", "OutcomeBody", "PredictRequest", "RolloutBody"):
+    strict_bodies = ("ActivateBody", "GuardBody", "OutcomeBody", "RolloutBody")
+    predict_forms = ("PredictOnFeatures", "PredictOnInstances", "PredictForPlayers")
+    for strict in (*strict_bodies, *predict_forms):
         assert schemas[strict]["additionalProperties"] is False, strict
     events = document["paths"]["/v1/events"]["post"]
     assert set(events["responses"]) == {
