@@ -9,6 +9,9 @@ import click
 
 from app.cli.common import _record_done, _settings, _with_brokers
 
+_BACKUP = click.Path(exists=True, file_okay=False, path_type=Path)
+"""A backup directory to read."""
+
 
 @click.group()
 def backup() -> None:
@@ -43,7 +46,7 @@ def backup_create(directory: Path) -> None:
 
 
 @backup.command("verify")
-@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("directory", type=_BACKUP)
 def backup_verify(directory: Path) -> None:
     """Check every checksum, restore into a scratch PostgreSQL and compare row counts."""
     from app.backup import BackupError, verify_backup
@@ -62,7 +65,7 @@ def backup_verify(directory: Path) -> None:
 
 
 @backup.command("restore")
-@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("directory", type=_BACKUP)
 def backup_restore(directory: Path) -> None:
     """Restore DIRECTORY into an empty data dir (or empty database), server stopped."""
     from app.backup import BackupError, restore_backup
