@@ -36,8 +36,8 @@ from app.experiments import ExperimentService
 from app.ingest import Ingestor
 from app.keys import KeyService
 from app.log import get_logger
+from app.models.predictions import PredictionService
 from app.models.registry import ModelRegistry
-from app.predictions import PredictionService
 from app.privacy import BrokerView, Eraser, PrivacyService
 from app.profiles import FailedEventService, ProfileService, ReadYourWrites
 from app.replay import sync_features

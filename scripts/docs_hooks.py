@@ -17,7 +17,8 @@ import inspect
 import itertools
 import json
 from pathlib import Path
-from typing import Any
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin, get_type_hints
 
 from mkdocs.config.defaults import MkDocsConfig
 from mkdocs.structure.files import File, Files
@@ -54,10 +55,22 @@ def _default(value: Any) -> str:
     return f"`{value}`"
 
 
+def _type_name(hint: Any) -> str:
+    """``int``, ``Path or None``, ``"kafka" or "memory"``, ``duration``: what a reader needs."""
+    if get_origin(hint) in (Union, UnionType):
+        return " or ".join(_type_name(arg) for arg in get_args(hint))
+    if get_origin(hint) is Annotated:
+        return "duration" if hint.__origin__ is int else _type_name(hint.__origin__)
+    if get_origin(hint) is Literal:
+        return " or ".join(f'"{value}"' for value in get_args(hint))
+    return "None" if hint is type(None) else str(getattr(hint, "__name__", hint))
+
+
 def configuration_page() -> str:
     from app.settings import ObjectStoreSettings, Settings, variable
 
     docs = _attribute_docs(Settings)
+    hints = get_type_hints(Settings, include_extras=True)
     rows = []
     for item in dataclasses.fields(Settings):
         name = variable(item.name)
@@ -67,8 +80,8 @@ def configuration_page() -> str:
         head, sep, text = doc.partition(":")
         if not sep or head.strip() != name:
             raise ValueError(f"Settings.{item.name}: its docstring must start with '{name}:'")
-        kind = item.type if isinstance(item.type, str) else getattr(item.type, "__name__", "")
-        rows.append(f"| `{name}` | `{_cell(kind)}` | {_default(item.default)} | {_cell(text)} |")
+        kind = _type_name(hints[item.name])
+        rows.append(f"| `{name}` | {_cell(kind)} | {_default(item.default)} | {_cell(text)} |")
     store = _attribute_docs(ObjectStoreSettings)
     aws = [f"| {_cell(store[f.name])} |" for f in dataclasses.fields(ObjectStoreSettings)]
     return "\n".join(
