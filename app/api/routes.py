@@ -30,7 +30,7 @@ from .privacy_routes import privacy_routes
 from .read_your_writes import After, WaitMs, await_token
 
 if TYPE_CHECKING:
-    from app.db.repositories import FailedEvent
+    from app.db.failed_events import FailedEvent
 
 # -- response bodies -------------------------------------------------------------------
 
