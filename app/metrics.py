@@ -84,6 +84,10 @@ EVENTS_FOLDED = Counter("playerpulse_events_folded", "Events applied to a profil
 EVENTS_DUPLICATE = Counter(
     "playerpulse_events_duplicate", "Deliveries of events already applied (no effect)."
 )
+EVENTS_HELD = Counter(
+    "playerpulse_messages_held",
+    "Topic messages held back because one before them was not delivered (read again).",
+)
 EVENTS_FAILED = Counter(
     "playerpulse_events_failed", "Events that could not be folded (kept in failed_events)."
 )

@@ -80,6 +80,21 @@ def _no_sample(
     """No hop sample (until bootstrap sets one)."""
 
 
+RESEEK_S = 5.0
+"""How long a partition held back for a gap waits for its seek before asking again."""
+
+
+class Folded(NamedTuple):
+    """What :meth:`ProfileFolder.fold_messages` did with a batch of messages."""
+
+    records: list[EventRecord]
+    """The records of the messages folded or skipped as redelivered (for the archive)."""
+    held: set[int]
+    """Indices of the messages held back: not folded; not to be acknowledged."""
+    resume: dict[int, int]
+    """Partitions to seek back, and the offset to read them from."""
+
+
 class RefusedByDatabase(Exception):
     """PostgreSQL refused the data itself (not a transient failure): retrying cannot help."""
 
@@ -140,6 +155,8 @@ class FoldStats(FoldCounts):
     seen: int = 0
     redelivered: int = 0
     """Of the duplicates, those skipped by offset alone."""
+    held: int = 0
+    """Messages held back for a gap before them (delivered again after a seek)."""
     batches: int = 0
 
 
@@ -236,6 +253,10 @@ class ProfileFolder:
         # PostgreSQL stays the truth: each batch sends the versions it holds and gets
         # back only the states that changed elsewhere (after a rebalance, a replay).
         self.cache_size = cache_size
+        # The fold's progress per partition, as last read or committed here.
+        self._progress: dict[int, Progress] = {}
+        # Partitions held back for a gap: the offset a seek was asked for, and when.
+        self._seeking: dict[int, tuple[int, float]] = {}
         # Parallel maps, not (version, state) pairs: a new pair per update would be a new
         # object for the garbage collector to track and scan, per player, per batch.
         self._cache: OrderedDict[PlayerKey, ProfileState] = OrderedDict()
@@ -250,16 +271,35 @@ class ProfileFolder:
     async def fold_batch(
         self, payloads: Sequence[bytes], positions: Sequence[Position] | None = None
     ) -> list[EventRecord]:
-        """Fold topic messages; returns, once their effect is committed, their records.
+        """Fold topic messages; returns, once their effect is committed, their records
+        (:meth:`fold_messages`, for callers that deliver messages in order)."""
+        return (await self.fold_messages(payloads, positions)).records
+
+    async def fold_messages(
+        self, payloads: Sequence[bytes], positions: Sequence[Position] | None = None
+    ) -> Folded:
+        """Fold topic messages; returns, once their effect is committed, their records,
+        and the messages held back.
 
         ``positions``: each message's partition, offset and broker timestamp: messages
         at or below their partition's recorded progress are not folded again (they are
         still returned, for the archive, but have no hop times), the others' offsets are
         recorded in the transaction that commits their events (read-your-writes reads them
-        too).
+        too). A message past the next offset of its partition (one before it is missing:
+        the consumer delivered out of order, as around a rebalance) is held back with the
+        rest of its partition: not folded, not returned; the caller must not acknowledge
+        it, and must seek the partition back to ``resume`` (the offsets of the topic are
+        contiguous: an idempotent producer, no transactions, no compaction).
         """
-        decoded, undecodable = _decode(payloads)
         committed = await self._committed(positions)
+        held: set[int] = set()
+        resume: dict[int, int] = {}
+        if positions is not None:
+            held, resume = self._in_order(positions, committed)
+            if held:
+                payloads = [m for i, m in enumerate(payloads) if i not in held]
+                positions = [m for i, m in enumerate(positions) if i not in held]
+        decoded, undecodable = _decode(payloads)
         records: list[EventRecord] = []
         ends: list[tuple[int, Position]] = []
         kept: list[EventRecord] = []
@@ -292,22 +332,90 @@ class ProfileFolder:
             _observe_appended(folded, carried)
         self.stats.seen += len(records) + len(undecodable)
         self.stats.batches += 1
-        return records
+        return Folded(records, held, resume)
+
+    def _in_order(
+        self, positions: Sequence[Position], committed: dict[int, Progress]
+    ) -> tuple[set[int], dict[int, int]]:
+        """The messages to hold back (indices), and where to seek their partitions.
+
+        A partition's next offset is the one after its recorded progress; a message below
+        it is a redelivery (or, newer than the message there, of a topic created again);
+        one past it means the messages between were not delivered: that one and the rest
+        of its partition in this batch wait for the seek. A seek is asked again only if
+        the last one, for the same offset, is older than ``RESEEK_S``.
+        """
+        held: set[int] = set()
+        resume: dict[int, int] = {}
+        expected: dict[int, int] = {}
+        stopped: set[int] = set()
+        now = time.monotonic()
+        for index, position in enumerate(positions):
+            partition = position.partition
+            if partition in stopped:
+                held.add(index)
+                continue
+            known = committed.get(partition)
+            if known is None or known.appended_ms is None:
+                expected[partition] = position.offset + 1  # nothing recorded: any start
+                continue
+            after = expected.get(partition, known.offset + 1)
+            if position.offset < after:  # a redelivery, or a topic created again
+                continue
+            if position.offset == after:
+                expected[partition] = after + 1
+                self._seeking.pop(partition, None)
+                continue
+            held.add(index)
+            stopped.add(partition)
+            asked = self._seeking.get(partition)
+            if asked is None or asked[0] != after or now - asked[1] > RESEEK_S:
+                self._seeking[partition] = (after, now)
+                resume[partition] = after
+        if held:
+            self.stats.held += len(held)
+            metrics.EVENTS_HELD.inc(len(held))
+            log.warning("messages delivered out of order held back", resume=resume or None)
+        return held, resume
 
     async def _committed(self, positions: Sequence[Position] | None) -> dict[int, Progress]:
-        """The recorded progress of the partitions of these messages (a lower bound)."""
+        """The recorded progress of the partitions of these messages (a lower bound).
+
+        Read from PostgreSQL once per partition after each assignment; after that, what
+        this process committed itself (:meth:`forget_progress` on every rebalance). Only
+        the partition's owner writes its progress, so the copy stays exact while it owns
+        it; a lower bound would only mean an id lookup instead of an offset skip.
+        """
         if not positions:
             return {}
-        partitions = sorted({p.partition for p in positions})
+        known = self._progress
+        partitions = {p.partition for p in positions}
+        missing = sorted(p for p in partitions if p not in known)
         delay = 0.05
-        while True:
+        while missing:
             try:
                 async with self.engine.connect() as conn:
-                    return await self.repository.committed_offsets(conn, self.topic, partitions)
+                    read = await self.repository.committed_offsets(conn, self.topic, missing)
+                for partition, progress in read.items():
+                    _advance(known, partition, progress)
+                break
             except (DBAPIError, OSError, TimeoutError) as exc:
                 log.warning("fold progress not read; retrying", error=str(exc))
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.retry_max_s)
+        return {p: known[p] for p in partitions if p in known}
+
+    def accept_from(self, partition: int, offset: int) -> None:
+        """Fold ``partition`` from ``offset`` on, whatever its recorded progress: the
+        messages before it are gone from the broker (its retention deleted them)."""
+        self._progress[partition] = Progress(offset - 1, None)
+        self._seeking.pop(partition, None)
+
+    def forget_progress(self) -> None:
+        """Read every partition's progress from PostgreSQL again (partitions were
+        reassigned: another copy may have folded them meanwhile)."""
+        self._progress.clear()
+        self._seeking.clear()
 
     def _count_skipped(self, skipped: int) -> None:
         if skipped:
@@ -323,6 +431,8 @@ class ProfileFolder:
                 async with self.engine.begin() as conn:
                     outcome = await self._apply(conn, part.records, list(part.failures))
                     await self.repository.record_progress(conn, self.topic, part.offsets)
+                for partition, progress in part.offsets.items():
+                    _advance(self._progress, partition, progress)
                 self._remember(outcome)
                 self._count(outcome, time.monotonic() - started)
                 return
@@ -508,6 +618,14 @@ class ProfileFolder:
 
 def _ms(appended_at: float) -> int:
     return round(appended_at * 1000)
+
+
+def _advance(known: dict[int, Progress], partition: int, progress: Progress) -> None:
+    """``known`` after ``progress`` was recorded, as ``record_progress`` moves it: to the
+    higher offset (with that message's time), never backwards."""
+    held = known.get(partition)
+    if held is None or progress.offset >= held.offset:
+        known[partition] = progress
 
 
 def _redelivered(position: Position, committed: dict[int, Progress]) -> bool:
