@@ -466,7 +466,11 @@ async def _drain(server: uvicorn.Server, app: Any) -> None:
 
 
 async def _serve_worker(
-    settings: Settings, sock: socket.socket, generation: int = 0, ready_file: Path | None = None
+    settings: Settings,
+    sock: socket.socket,
+    generation: int = 0,
+    ready_file: Path | None = None,
+    index: int = 0,
 ) -> int:
     from app.api.app import create_app
 
@@ -476,7 +480,7 @@ async def _serve_worker(
         outcome["code"] = 1
         server.should_exit = True
 
-    app = create_app(settings, on_fatal=fatal)
+    app = create_app(settings, on_fatal=fatal, worker_index=index)
     app.state.generation = generation
     config = uvicorn.Config(
         app,
@@ -528,7 +532,8 @@ def run_worker(settings: Settings) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the supervisor's to handle
     generation = int(os.environ.get(WORKER_GENERATION, "0"))
     ready = os.environ.get(WORKER_READY)
-    return _run(_serve_worker(settings, sock, generation, Path(ready) if ready else None))
+    index = int(os.environ.get(WORKER_INDEX, "0"))
+    return _run(_serve_worker(settings, sock, generation, Path(ready) if ready else None, index))
 
 
 def _run(coro: object) -> int:

@@ -44,7 +44,46 @@ UserPath = Annotated[Path, Text(lambda raw: Path(raw).expanduser(), "a path")]
 AbsolutePath = Annotated[Path, Text(lambda raw: Path(raw).expanduser().resolve(), "a path")]
 """A path made absolute where it is read (``~`` is the user's home)."""
 
-ALIASES = {"features": "features_path"}
+def _positive_seconds(raw: str) -> float:
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = float(parse_window(raw))
+    if not seconds > 0:
+        raise ValueError(raw)
+    return seconds
+
+
+Seconds = Annotated[float, Text(_positive_seconds, "positive seconds or a duration such as 10s")]
+"""Seconds, written as a number (``2.5``) or a duration (``10s``, ``5m``)."""
+
+
+def _bytes(raw: str) -> int:
+    from humanfriendly import InvalidSize, parse_size
+
+    try:
+        return int(raw) if raw.isdigit() else int(parse_size(raw, binary=True))
+    except InvalidSize as exc:
+        raise ValueError(raw) from exc
+
+
+ByteSize = Annotated[int, Text(_bytes, "a size such as 256MiB (or bytes)")]
+"""Bytes, written as a number or a size (``256MiB``, ``1GB``)."""
+
+
+def _min_free(raw: str) -> str:
+    from app.disk import parse_min_free
+
+    parse_min_free(raw)  # raises ValueError
+    return raw
+
+
+MinFreeSpace = Annotated[
+    str, Text(_min_free, "a size such as 500MB or 1GiB, or a percentage such as 5%")
+]
+"""A free-space watermark: a size, or a percentage of the file system."""
+
+ALIASES = {"features": "features_path", "produce_timeout": "produce_timeout_s"}
 """Variables whose field is named otherwise (``PLAYERPULSE_FEATURES``: ``features_path``)."""
 
 
@@ -100,8 +139,19 @@ class Settings:
     """PLAYERPULSE_RATE_LIMIT_EVENTS_S: events/s per key and process (0: off); over: 429."""
     max_in_flight_events: int = 200_000
     """PLAYERPULSE_MAX_IN_FLIGHT_EVENTS: events awaiting the broker before 503s."""
-    produce_timeout_s: float = 10.0
-    """PLAYERPULSE_PRODUCE_TIMEOUT_S: longest wait for the broker to acknowledge a batch."""
+    produce_timeout_s: Seconds = 10.0
+    """PLAYERPULSE_PRODUCE_TIMEOUT (or PLAYERPULSE_PRODUCE_TIMEOUT_S): longest wait for the
+    broker to acknowledge a batch, after which ingest answers 503 with Retry-After."""
+    disk_min_free: MinFreeSpace = "5%"
+    """PLAYERPULSE_DISK_MIN_FREE: below this free space (a size such as 500MB or 1GiB, or a
+    percentage of the file system) in any directory the service writes, ingest answers 507
+    and the lake archive pauses until space returns."""
+    db_timeout_s: Seconds = 5.0
+    """PLAYERPULSE_DB_TIMEOUT_S: longest a read waits for PostgreSQL (connect or query)
+    before it answers 503."""
+    fold_cache_bytes: ByteSize = 256 * 1024 * 1024
+    """PLAYERPULSE_FOLD_CACHE_BYTES: memory (estimated) of the fold's cache of player states
+    in each worker, a size such as 256MiB; 0 keeps none."""
     fold_batch_max: int = 500
     """PLAYERPULSE_FOLD_BATCH_MAX: most topic messages (each one request's events for one
     partition) the fold commits in one transaction."""

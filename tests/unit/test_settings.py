@@ -100,6 +100,8 @@ def test_each_variable_is_parsed_to_the_type_of_its_field(name: str) -> None:
         )
     elif name == "dedup_horizon":  # a duration, in seconds
         raw, expected = "90m", 5400
+    elif name == "disk_min_free":  # a size or a percentage
+        raw, expected = "750MB", "750MB"
     elif default is None:
         raw, expected = "a-url-or-brokers", "a-url-or-brokers"
     else:
