@@ -534,7 +534,7 @@ class ProfileFolder:
         return writes
 
 
-CACHE_ENTRY_OVERHEAD = 600
+CACHE_ENTRY_OVERHEAD = 1200
 """Bytes of a cache entry beyond its state: the key tuple, dict and OrderedDict slots,
 the version, the id set's object (measured with tracemalloc: tests/unit/test_fold_cache.py)."""
 CACHE_STATE_FACTOR = 4

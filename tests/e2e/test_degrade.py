@@ -293,9 +293,17 @@ def test_a_killed_postgresql_gives_bounded_503s_and_is_restarted(
         def read_refused() -> bool:
             started = time.monotonic()
             reply = reader.get(f"/v1/players/{first}")
+            predicted = reader.get(f"/v1/players/{first}/predictions/spend")
+            unknown = httpx.get(
+                f"{server.url}/v1/players/{first}",
+                headers={"Authorization": "Bearer pp_000000000000_not-a-key"},
+                timeout=30,
+            )
             took = time.monotonic() - started
             assert reply.status_code in (200, 503), reply.text
-            assert took < DB_TIMEOUT_S + 5, took
+            assert predicted.status_code in (200, 503), predicted.text
+            assert unknown.status_code in (401, 503), unknown.text
+            assert took < 3 * (DB_TIMEOUT_S + 2), took
             if reply.status_code == 503:
                 assert "PostgreSQL" in reply.json()["error"]
                 assert reply.headers["retry-after"]
