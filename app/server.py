@@ -34,6 +34,7 @@ from typing import Any
 
 import uvicorn
 
+from app.disk import DiskWatch
 from app.domain.features import FeatureFileError, load_features
 from app.embedded import EmbeddedService, Runtime, embedded_runtime
 from app.embedded.process import ChildProcess
@@ -266,6 +267,8 @@ class _Supervisor:
         self.stopping: str | None = None
         self.upgrade_requested = False
         self.embedded_failures: dict[str, list[float]] = {}
+        self.disk = DiskWatch.of(settings)
+        """Read before restarting an embedded child: on a full disk it would only die again."""
         self.generation = 0
         env = {k: v for k, v in os.environ.items() if k != METRICS_DIR}
         env.update(
@@ -371,6 +374,8 @@ class _Supervisor:
         tail = child.log_tail(10) if child is not None else ""
         log.error("embedded service died; restarting it", child=what, log_tail=tail)
         while self.stopping is None:
+            if not self._await_disk_space(name):
+                break
             now = time.monotonic()
             failures = [
                 t
@@ -411,6 +416,25 @@ class _Supervisor:
             )
             return True
         return True  # stopping anyway: the caller sees the signal
+
+    def _await_disk_space(self, name: str) -> bool:
+        """Wait (uncounted: it is not the child's failure) while a watched directory is
+        below PLAYERPULSE_DISK_MIN_FREE; False if a signal came meanwhile."""
+        self.disk.check()
+        if self.disk.low is None:
+            return True
+        low = self.disk.low
+        log.error(
+            "not restarting an embedded service until disk space returns",
+            child=name,
+            directory=low.path,
+            free_bytes=low.free_bytes,
+            min_free_bytes=low.min_free_bytes,
+        )
+        while self.stopping is None and self.disk.low is not None:
+            time.sleep(1.0)
+            self.disk.check()
+        return self.stopping is None
 
     def _upgrade(self, workers: list[_Worker]) -> None:
         """Replace each worker in turn by a freshly started one (new code, features file):

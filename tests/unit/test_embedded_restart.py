@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from app import server
+from app.disk import DiskWatch
 from app.embedded import Runtime
 from app.embedded.process import ChildProcess
 from app.settings import Settings
@@ -56,3 +57,27 @@ def test_a_child_that_keeps_failing_stops_the_service(
     out = capsys.readouterr()
     assert "embedded service keeps failing; stopping" in out.out + out.err
     assert "while starting" in out.out + out.err
+
+
+def test_no_restart_is_tried_while_the_disk_is_below_its_watermark(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from app.disk import MinFree
+
+    watch = supervisor(tmp_path, monkeypatch)
+    watch.disk.min_free = MinFree(percent=99.99)  # no disk is that empty
+    service = FlakyService(failures=0)
+    checks = []
+
+    def check() -> None:
+        checks.append(1)
+        if len(checks) == 3:  # space comes back at the third check
+            watch.disk.min_free = MinFree(bytes=0)
+        DiskWatch.check(watch.disk)
+
+    monkeypatch.setattr(watch.disk, "check", check)
+    monkeypatch.setattr("app.server.time.sleep", lambda _s: None)
+    assert watch._restart_embedded("postgres (exit 9)", service)
+    assert service.starts == 1
+    assert len(checks) == 3
+    assert len(watch.embedded_failures["postgres"]) == 1  # the wait was not a failure
