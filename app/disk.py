@@ -17,44 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from app.log import get_logger
-from app.settings import Settings
+from app.settings import MinFree, Settings, parse_min_free
 
 log = get_logger(__name__)
 
 CHECK_INTERVAL_S = 1.0
 """How often the free space is read (a ``statvfs`` per watched directory)."""
-
-
-@dataclass(frozen=True, slots=True)
-class MinFree:
-    """A free-space watermark: bytes, or a percentage of the file system's size."""
-
-    bytes: int = 0
-    percent: float = 0.0
-
-    def threshold(self, total: int) -> int:
-        """The least free bytes allowed on a file system of ``total`` bytes."""
-        return self.bytes if self.percent == 0 else int(total * self.percent / 100)
-
-    def __str__(self) -> str:
-        return f"{self.percent:g}%" if self.percent else f"{self.bytes} bytes"
-
-
-def parse_min_free(text: str) -> MinFree:
-    """``"5%"``, ``"500MB"``, ``"1GiB"`` or a plain number of bytes; ValueError otherwise."""
-    from humanfriendly import InvalidSize, parse_size
-
-    text = text.strip()
-    if text.endswith("%"):
-        percent = float(text[:-1])
-        if not 0 <= percent < 100:
-            raise ValueError(f"{text!r}: a percentage from 0 to 100")
-        return MinFree(percent=percent)
-    try:
-        size = parse_size(text)
-    except InvalidSize as exc:
-        raise ValueError(f"{text!r} is neither a size (500MB, 1GiB) nor a percentage") from exc
-    return MinFree(bytes=int(size))
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,6 +29,8 @@ class Text:
 
     parse: Callable[[str], Any]
     form: str
+    kind: str = ""
+    """The type as the configuration page names it (``duration``, ``size``)."""
 
 
 def _seconds(raw: str) -> int:
@@ -36,13 +38,19 @@ def _seconds(raw: str) -> int:
 
 
 Duration = Annotated[
-    int, Text(_seconds, "a duration: a positive integer followed by s, m, h or d, such as 24h")
+    int,
+    Text(
+        _seconds,
+        "a duration: a positive integer followed by s, m, h or d, such as 24h",
+        "duration",
+    ),
 ]
 """Seconds, written as a duration (``60s``, ``30m``, ``24h``, ``7d``) or a number."""
 UserPath = Annotated[Path, Text(lambda raw: Path(raw).expanduser(), "a path")]
 """A path; ``~`` is the user's home."""
 AbsolutePath = Annotated[Path, Text(lambda raw: Path(raw).expanduser().resolve(), "a path")]
 """A path made absolute where it is read (``~`` is the user's home)."""
+
 
 def _positive_seconds(raw: str) -> float:
     try:
@@ -54,7 +62,9 @@ def _positive_seconds(raw: str) -> float:
     return seconds
 
 
-Seconds = Annotated[float, Text(_positive_seconds, "positive seconds or a duration such as 10s")]
+Seconds = Annotated[
+    float, Text(_positive_seconds, "positive seconds or a duration such as 10s", "seconds")
+]
 """Seconds, written as a number (``2.5``) or a duration (``10s``, ``5m``)."""
 
 
@@ -67,19 +77,50 @@ def _bytes(raw: str) -> int:
         raise ValueError(raw) from exc
 
 
-ByteSize = Annotated[int, Text(_bytes, "a size such as 256MiB (or bytes)")]
+ByteSize = Annotated[int, Text(_bytes, "a size such as 256MiB (or bytes)", "size")]
 """Bytes, written as a number or a size (``256MiB``, ``1GB``)."""
 
 
-def _min_free(raw: str) -> str:
-    from app.disk import parse_min_free
+@dataclass(frozen=True, slots=True)
+class MinFree:
+    """A free-space watermark: bytes, or a percentage of the file system's size."""
 
+    bytes: int = 0
+    percent: float = 0.0
+
+    def threshold(self, total: int) -> int:
+        """The least free bytes allowed on a file system of ``total`` bytes."""
+        return self.bytes if self.percent == 0 else int(total * self.percent / 100)
+
+    def __str__(self) -> str:
+        return f"{self.percent:g}%" if self.percent else f"{self.bytes} bytes"
+
+
+def parse_min_free(text: str) -> MinFree:
+    """``"5%"``, ``"500MB"``, ``"1GiB"`` or a plain number of bytes; ValueError otherwise."""
+    from humanfriendly import InvalidSize, parse_size
+
+    text = text.strip()
+    if text.endswith("%"):
+        percent = float(text[:-1])
+        if not 0 <= percent < 100:
+            raise ValueError(f"{text!r}: a percentage from 0 to 100")
+        return MinFree(percent=percent)
+    try:
+        size = parse_size(text)
+    except InvalidSize as exc:
+        raise ValueError(f"{text!r} is neither a size (500MB, 1GiB) nor a percentage") from exc
+    return MinFree(bytes=int(size))
+
+
+def _min_free(raw: str) -> str:
     parse_min_free(raw)  # raises ValueError
     return raw
 
 
 MinFreeSpace = Annotated[
-    str, Text(_min_free, "a size such as 500MB or 1GiB, or a percentage such as 5%")
+    str,
+    Text(_min_free, "a size such as 500MB or 1GiB, or a percentage such as 5%", "size or percent"),
 ]
 """A free-space watermark: a size, or a percentage of the file system."""
 
@@ -140,8 +181,8 @@ class Settings:
     max_in_flight_events: int = 200_000
     """PLAYERPULSE_MAX_IN_FLIGHT_EVENTS: events awaiting the broker before 503s."""
     produce_timeout_s: Seconds = 10.0
-    """PLAYERPULSE_PRODUCE_TIMEOUT (or PLAYERPULSE_PRODUCE_TIMEOUT_S): longest wait for the
-    broker to acknowledge a batch, after which ingest answers 503 with Retry-After."""
+    """PLAYERPULSE_PRODUCE_TIMEOUT: longest wait for the broker to acknowledge a batch, after
+    which ingest answers 503 with Retry-After (PLAYERPULSE_PRODUCE_TIMEOUT_S also works)."""
     disk_min_free: MinFreeSpace = "5%"
     """PLAYERPULSE_DISK_MIN_FREE: below this free space (a size such as 500MB or 1GiB, or a
     percentage of the file system) in any directory the service writes, ingest answers 507

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from app.disk import DiskFull, DiskWatch, MinFree, out_of_space, parse_min_free, watched_directories
-from app.settings import Settings, SettingsError
+from app.disk import DiskFull, DiskWatch, out_of_space, watched_directories
+from app.settings import MinFree, Settings, SettingsError, parse_min_free
 
 pytestmark = pytest.mark.unit
 

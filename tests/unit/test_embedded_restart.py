@@ -62,7 +62,7 @@ def test_a_child_that_keeps_failing_stops_the_service(
 def test_no_restart_is_tried_while_the_disk_is_below_its_watermark(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from app.disk import MinFree
+    from app.settings import MinFree
 
     watch = supervisor(tmp_path, monkeypatch)
     watch.disk.min_free = MinFree(percent=99.99)  # no disk is that empty
