@@ -10,6 +10,7 @@ batch answered 202 must be folded exactly once (one player per batch: that playe
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -98,7 +99,7 @@ def game(server: ServeProcess) -> dict[str, str]:
             files={"model": ("model.onnx", sklearn_regressor()), "manifest": (None, MANIFEST)},
         )
         assert uploaded.status_code == 201, uploaded.text
-    return keys
+    return {**keys, "name": name}
 
 
 class Load:
@@ -110,6 +111,8 @@ class Load:
         self.key = key
         self.prefix = prefix
         self.outcomes: dict[str, int] = {}
+        self.slowest: dict[int, float] = {}
+        """The longest answer of each status, in seconds."""
         self.failures: list[str] = []
         self.bodies: dict[int, dict[str, Any]] = {}
         self._stop = threading.Event()
@@ -147,6 +150,7 @@ class Load:
                     }
                     for j in range(BATCH)
                 ]
+                started = time.monotonic()
                 try:
                     reply = client.post(
                         "/v1/events", json={"events": events}, timeout=PRODUCE_TIMEOUT_S + 30
@@ -154,6 +158,8 @@ class Load:
                 except httpx.HTTPError as exc:
                     self.failures.append(f"{player}: {exc!r}")
                     continue
+                took = time.monotonic() - started
+                self.slowest[reply.status_code] = max(took, self.slowest.get(reply.status_code, 0))
                 self.outcomes[player] = reply.status_code
                 if reply.status_code != 202:
                     self.bodies.setdefault(reply.status_code, reply.json())
@@ -252,6 +258,19 @@ def test_a_full_disk_answers_507_keeps_reads_and_resumes_without_a_restart(
         assert load.count(507) >= refused_so_far
     assert _metric(server, "playerpulse_disk_writes_refused")[0][1] == 0.0
     _check_exactly_once(server, game, load)
+    # The archive paused and resumed where it was: every accepted event reaches the lake.
+    accepted = BATCH * load.count(202)
+    query = (
+        "select count(distinct event_id) as n from events "
+        f"where game = '{game['name']}' and player_id like '{load.prefix}-%'"
+    )
+
+    def archived() -> int:
+        out = server.cli("analytics", "query", query, "--format", "json").stdout
+        return int(json.loads(out)[0]["n"])
+
+    wait_for(lambda: archived() >= accepted, timeout=60, interval=1.0)
+    assert archived() <= BATCH * (load.count(202) + load.count(503))  # none of the 507s
     assert server.proc is not None
     assert server.proc.poll() is None
     reader.close()
@@ -337,5 +356,8 @@ def test_a_killed_broker_gives_503_after_the_produce_timeout_and_is_restarted(
     _check_exactly_once(server, game, load)
     if 503 in load.bodies:
         assert "broker" in load.bodies[503]["error"]
+    # Bounded: the producer gives up after the produce timeout (and a margin to collect
+    # its delivery reports), whatever the broker does meanwhile.
+    assert max(load.slowest.values()) < PRODUCE_TIMEOUT_S + 5 + 5, load.slowest
     with server.client(game["read"]) as reader:
         assert reader.get("/v1/dashboard").status_code == 200
