@@ -29,6 +29,7 @@ from app.db.model_versions import MODEL_CHANNEL
 from app.db.notify import ChangeListener
 from app.db.privacy import ERASURE_CHANNEL
 from app.db.reads import FastReads
+from app.disk import DiskWatch
 from app.domain.events import EventRecord
 from app.domain.features import FeatureSet, load_features
 from app.domain.guard import GuardWatch
@@ -89,7 +90,9 @@ class Services:
     key_changes: ChangeListener
     cors: CorsOrigins
     cors_changes: ChangeListener
+    disk: DiskWatch
     _release_serving_lock: Callable[[], Awaitable[None]] | None = None
+    _disk_task: asyncio.Task[None] | None = None
     _eraser_task: asyncio.Task[None] | None = None
     _audit_copy_task: asyncio.Task[None] | None = None
 
@@ -115,6 +118,7 @@ class Services:
         self.prediction_log.start()
         await self.erasure_notices.start()
         self._eraser_task = asyncio.create_task(self.eraser.run_forever(), name="eraser")
+        self._disk_task = asyncio.create_task(self.disk.run(), name="disk-watch")
         self._audit_copy_task = asyncio.create_task(
             copy_to_lake_forever(self.audit, settings.lake_dir), name="audit-to-lake"
         )
@@ -141,6 +145,8 @@ class Services:
         await self.cors_changes.stop()
         if self._audit_copy_task is not None:
             self._audit_copy_task.cancel()
+        if self._disk_task is not None:
+            self._disk_task.cancel()
         if self._eraser_task is not None:
             self._eraser_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -271,7 +277,8 @@ async def open_services(settings: Settings) -> Services:
     features = load_features(settings.features_path)
     engine = open_engine(settings)
     url = settings.database_url or ""
-    reads = await FastReads.open(url)
+    reads = await FastReads.open(url, timeout_s=settings.db_timeout_s)
+    disk = DiskWatch.of(settings)
     replication = await asyncio.to_thread(_ensure_topics, settings, brokers)
     producer = EventProducer(brokers, timeout_s=settings.produce_timeout_s)
     tombstones = TombstoneWatch(engine)
@@ -281,8 +288,9 @@ async def open_services(settings: Settings) -> Services:
         topic=settings.events_topic,
         tombstones=tombstones,
         dedup_horizon_s=settings.dedup_horizon,
+        cache_bytes=settings.fold_cache_bytes,
     )
-    archiver, prediction_archiver, hop_archiver = _archivers(settings, tombstones)
+    archiver, prediction_archiver, hop_archiver = _archivers(settings, tombstones, disk)
     folder.hop_sampler = HopSampler(settings.hop_sample, hop_archiver)
     location = LakeLocation.of(settings)
     topics = (settings.events_topic, settings.predictions_topic)
@@ -310,6 +318,7 @@ async def open_services(settings: Settings) -> Services:
             settings.events_topic,
             rate_per_key=settings.rate_limit_events_s,
             max_in_flight=settings.max_in_flight_events,
+            disk=disk,
         ),
         folder=folder,
         archiver=archiver,
@@ -338,6 +347,7 @@ async def open_services(settings: Settings) -> Services:
         key_changes=ChangeListener(url, KEY_CHANNEL, keys.forget),
         cors=cors,
         cors_changes=ChangeListener(url, CORS_CHANNEL, cors.changed),
+        disk=disk,
     )
 
 
@@ -352,15 +362,16 @@ def _ensure_topics(settings: Settings, brokers: str) -> int:
 
 
 def _archivers(
-    settings: Settings, tombstones: TombstoneWatch
+    settings: Settings, tombstones: TombstoneWatch, disk: DiskWatch
 ) -> tuple[LakeArchiver[EventRecord], LakeArchiver[PredictionRecord], LakeArchiver[HopRecord]]:
     """The lake buffers of events and of predictions (erased players dropped at write),
-    and of the hop sample (no player in it)."""
+    and of the hop sample (no player in it); all paused while the disk is low."""
     buffer = partial(
         LakeArchiver,
         settings.lake_root,
         flush_s=settings.lake_flush_s,
         flush_events=settings.lake_flush_events,
+        may_write=lambda: disk.writable,
     )
     events = buffer(writer=write_events, tombstones=tombstones, counter=metrics.EVENTS_ARCHIVED)
     predictions = buffer(writer=write_predictions, tombstones=tombstones)

@@ -74,14 +74,23 @@ class EmbeddedPostgres:
     # -- lifecycle ---------------------------------------------------------------------
 
     def start(self, timeout: float = 60.0) -> str:
-        """Initialise the cluster if needed, start PostgreSQL and return its URL."""
+        """Initialise the cluster if needed, start PostgreSQL and return its URL.
+
+        Started again after it died, it listens on the same port: the workers hold its URL.
+        """
+        if self.child is not None and self.child.exited() is not None:
+            self.child.stop()  # it died: close its log before a new start
+            self.child = None
+        if self.child is not None:
+            raise RuntimeError(f"PostgreSQL already runs from {self.pgdata}")
+        same_port = self.port
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._prepare_user()
         self._wait_for_previous_owner()
         if not (self.pgdata / "PG_VERSION").exists():
             self._initdb()
         for _attempt in range(3):
-            self.port = free_port()
+            self.port = same_port or free_port()
             self.child = ChildProcess(
                 "postgres",
                 [
@@ -112,6 +121,8 @@ class EmbeddedPostgres:
             except RuntimeError as exc:
                 # Another process may have taken the port between our probe and the bind.
                 if "could not bind" in str(exc) or "Address already in use" in str(exc):
+                    if same_port is not None:
+                        time.sleep(1.0)  # a restart keeps its port: wait for it to be free
                     continue
                 raise
         raise RuntimeError("embedded postgres could not bind a port after 3 attempts")

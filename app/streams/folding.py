@@ -171,6 +171,8 @@ class _Outcome(FoldCounts):
     seen: dict[PlayerKey, SeenIds] = field(default_factory=dict)
     """Written states, their new versions and id sets (as encoded): cached once the
     transaction commits (so the next events of a player decode nothing)."""
+    sizes: dict[PlayerKey, int] = field(default_factory=dict)
+    """The estimated memory of each written state with its id set, in the cache."""
 
 
 @dataclass(slots=True)
@@ -228,7 +230,7 @@ class ProfileFolder:
         repository: ProfileRepository | None = None,
         *,
         retry_max_s: float = 5.0,
-        cache_size: int = 100_000,
+        cache_bytes: int = 256 * 1024 * 1024,
         transaction_events: int = 2000,
         topic: str = "events",
         tombstones: TombstoneWatch | None = None,
@@ -252,7 +254,11 @@ class ProfileFolder:
         # Partition-owned state cache: the states this process wrote last, by version.
         # PostgreSQL stays the truth: each batch sends the versions it holds and gets
         # back only the states that changed elsewhere (after a rebalance, a replay).
-        self.cache_size = cache_size
+        # Bounded by memory, not by players: a state's size is estimated from its encoded
+        # row (see _cached_size), so heavy players take more of the budget than light ones.
+        self.cache_bytes = cache_bytes
+        self.cached_bytes = 0
+        self._sizes: dict[PlayerKey, int] = {}
         # The fold's progress per partition, as last read or committed here.
         self._progress: dict[int, Progress] = {}
         # Partitions held back for a gap: the offset a seek was asked for, and when.
@@ -446,17 +452,38 @@ class ProfileFolder:
                 delay = min(delay * 2, self.retry_max_s)
 
     def _remember(self, outcome: _Outcome) -> None:
-        cache = self._cache
+        cache, sizes = self._cache, self._sizes
         move_to_end = cache.move_to_end
         cache.update(outcome.states)
         self._versions.update(outcome.versions)
         self._seen.update(outcome.seen)
         for key in outcome.states:
             move_to_end(key)
-        while len(cache) > self.cache_size:
+        for key, size in outcome.sizes.items():
+            self.cached_bytes += size - sizes.get(key, 0)
+            sizes[key] = size
+        while cache and self.cached_bytes > self.cache_bytes:
             key, _state = cache.popitem(last=False)
             del self._versions[key]
             self._seen.pop(key, None)
+            self.cached_bytes -= sizes.pop(key, 0)
+
+    @property
+    def cached_players(self) -> int:
+        """Player states in the cache now."""
+        return len(self._cache)
+
+    def _forget(self, keys: Sequence[PlayerKey] | None = None) -> None:
+        """Drop these players' cached states (all of them when ``keys`` is None)."""
+        if keys is None:
+            self._cache.clear()
+            self._versions.clear()
+            self._seen.clear()
+            self._sizes.clear()
+            self.cached_bytes = 0
+            return
+        for key in keys:
+            self.cached_bytes -= self._sizes.pop(key, 0)
 
     def _count(self, outcome: _Outcome, seconds: float) -> None:
         """Counted once committed: an attempt that failed and was retried is not."""
@@ -496,9 +523,7 @@ class ProfileFolder:
         tombstones = await self.tombstones.refresh(conn)
         if tombstones.revision != self._tombstone_revision:
             # An erasure (or a lifted one): no state held in memory may outlive it.
-            self._cache.clear()
-            self._versions.clear()
-            self._seen.clear()
+            self._forget()
             self._tombstone_revision = tombstones.revision
         kept = TombstoneWatch.screen(tombstones, records)
         outcome.erased = len(records) - len(kept)
@@ -536,6 +561,7 @@ class ProfileFolder:
         held = {key: cache.pop(key) for key in keys if key in cache}
         versions = {key: known.pop(key) for key in held}
         held_seen = {key: seen.pop(key) for key in held}  # cached with their state
+        self._forget(list(held))
         stored = await self.repository.lock_states(conn, keys, versions)
         players = {}
         for key in keys:
@@ -612,8 +638,23 @@ class ProfileFolder:
             outcome.states[key] = state
             outcome.versions[key] = player.version + 1
             outcome.seen[key] = player.seen
-            writes.append(profile_write(key, state, seen_ids))
+            write = profile_write(key, state, seen_ids)
+            outcome.sizes[key] = _cached_size(write)
+            writes.append(write)
         return writes
+
+
+CACHE_ENTRY_OVERHEAD = 1200
+"""Bytes of a cache entry beyond its state: the key tuple, dict and OrderedDict slots,
+the version, the id set's object (measured with tracemalloc: tests/unit/test_fold_cache.py)."""
+CACHE_STATE_FACTOR = 4
+"""A decoded state takes about this many times its encoded size (Python objects)."""
+
+
+def _cached_size(write: ProfileWrite) -> int:
+    """The estimated memory of a state and its id set once cached, from their encoding."""
+    seen = len(write.seen_ids or b"")
+    return CACHE_ENTRY_OVERHEAD + CACHE_STATE_FACTOR * len(write.state) + 2 * seen
 
 
 def _ms(appended_at: float) -> int:

@@ -90,6 +90,7 @@ def test_every_route_documents_its_errors_and_who_may_call_it(server: ServeProce
         "429",
         "500",
         "503",
+        "507",
     }
     assert events["requestBody"]["content"]["application/json"]["schema"]["required"] == ["events"]
 
