@@ -5,18 +5,22 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: run test test-kafka lint install install-dev clean
+.PHONY: run test test-kafka lint install install-dev lock dist clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e .
+# Every install takes its versions from the lock files (made by `make lock`), so the
+# development venv, CI and the artifact of `make dist` run the same versions.
+$(VENV)/.installed: requirements.lock pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -r requirements.lock
+	$(BIN)/pip install --quiet --no-deps -e .
 	touch $@
 
-$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[dev]'
+$(VENV)/.installed-dev: requirements-dev.lock pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -r requirements-dev.lock
+	$(BIN)/pip install --quiet --no-deps -e .
 	touch $@ $(VENV)/.installed
 
 install: $(VENV)/.installed
@@ -40,5 +44,15 @@ test: lint
 test-kafka: $(VENV)/.installed-dev
 	PYTHON=$(BIN)/python scripts/with-apache-kafka.sh $(BIN)/pytest -m kafka tests/integration tests/e2e $(PYTEST_ARGS)
 
+# Re-resolve both lock files after a change of pyproject.toml's dependencies (uv, from
+# PyPI, into a tools venv of its own). The runtime lock is constrained by the dev lock, so
+# the two agree on every package they share.
+TOOLS := .venv-tools
+LOCK_OPTS := --python-version 3.11 --python-platform x86_64-manylinux_2_28 --no-header --annotation-style line -q
+lock:
+	test -x $(TOOLS)/bin/uv || { $(PYTHON) -m venv $(TOOLS) && $(TOOLS)/bin/pip install --quiet uv; }
+	$(TOOLS)/bin/uv pip compile pyproject.toml --extra dev $(LOCK_OPTS) -o requirements-dev.lock
+	$(TOOLS)/bin/uv pip compile pyproject.toml -c requirements-dev.lock $(LOCK_OPTS) -o requirements.lock
+
 clean:
-	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(TOOLS) var build dist .pytest_cache .mypy_cache .ruff_cache
