@@ -847,3 +847,8 @@ from app.analytics.commands import lake, report, training_set  # noqa: E402
 main.add_command(lake)
 analytics.add_command(report)
 analytics.add_command(training_set)
+
+from app.deploy_cli import service, worker  # noqa: E402
+
+main.add_command(service)
+main.add_command(worker)

@@ -155,6 +155,18 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def worker_command() -> list[str]:
+    """The command line that starts one worker, from a venv or from the one-file build.
+
+    A frozen executable (``make dist``) has no interpreter that could run ``-m
+    app.worker``: it is re-invoked with its hidden ``worker`` subcommand instead, and
+    reuses the files its supervisor already unpacked.
+    """
+    if getattr(sys, "frozen", False):
+        return [sys.executable, "worker"]
+    return [sys.executable, "-m", "app.worker"]
+
+
 def _prepare(settings: Settings) -> None:
     """What runs once per start, before any worker: migrations, topics, metrics files."""
     from app.db.engine import migrate
@@ -278,7 +290,7 @@ class _Supervisor:
     def _child(self, index: int) -> ChildProcess:
         return ChildProcess(
             f"worker-{index}",
-            [sys.executable, "-m", "app.worker"],
+            worker_command(),
             None,  # workers log to our stderr
             stop_signal=signal.SIGTERM,
             # If the supervisor is killed, its workers go at once: what they held
