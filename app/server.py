@@ -34,6 +34,7 @@ from typing import Any
 
 import uvicorn
 
+from app.db.engine import SchemaTooNewError
 from app.domain.features import FeatureFileError, load_features
 from app.embedded import Runtime, embedded_runtime
 from app.embedded.process import ChildProcess
@@ -110,7 +111,11 @@ def serve(settings: Settings, host: str, port: int, workers: int | None = None) 
                 database="embedded" if settings.embedded_postgres else "external",
                 broker=_broker_kind(settings),
             )
-            _prepare(concrete)
+            try:
+                _prepare(concrete)
+            except SchemaTooNewError as exc:
+                log.error("refusing to start: the data is newer than this build", error=str(exc))
+                return 1
             return _Supervisor(concrete, runtime, listener, count).run()
     except Interrupted as exc:
         log.info("interrupted while starting", signal=str(exc))
