@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: run test test-kafka lint install install-dev lock dist clean
+.PHONY: run test test-dist test-kafka lint install install-dev lock dist clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,7 +35,20 @@ lint: $(VENV)/.installed-dev
 	$(BIN)/mypy
 
 test: lint
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest -m "not dist" $(PYTEST_ARGS)
+
+# The one-file executable (PyInstaller; docs/deploy.md): Python, the locked dependencies,
+# the Java runtime, Kafka's jars and the PostgreSQL binaries, nothing fetched at run time.
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+ARTIFACT := dist/playerpulse-$(VERSION)-linux-x86_64
+$(ARTIFACT): requirements.lock pyproject.toml scripts/build-dist.sh $(shell find app packaging -type f -not -name '*.pyc')
+	PYTHON=$(PYTHON) scripts/build-dist.sh
+
+dist: $(ARTIFACT)
+
+# Builds the executable (when the sources changed) and runs it as on a fresh VM, offline.
+test-dist: $(VENV)/.installed-dev $(ARTIFACT)
+	$(BIN)/pytest -m dist tests/e2e/test_dist.py $(PYTEST_ARGS)
 
 # The tests marked `kafka` (every integration test, and the end-to-end tests whose outcome
 # depends on the broker) again, against a separate Apache Kafka 4.x that the servers under
