@@ -26,7 +26,8 @@ from app.embedded.process import free_port
 from tests.e2e.test_walkthrough import check_walkthrough_output, walkthrough_script
 from tests.support import ROOT
 
-pytestmark = pytest.mark.dist
+# Building the executable (when run without `make test-dist`) takes minutes.
+pytestmark = [pytest.mark.dist, pytest.mark.timeout(1800)]
 
 PROXY_VARIABLES = (
     "http_proxy",
