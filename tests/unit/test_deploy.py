@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -82,3 +84,18 @@ def test_the_worker_subcommand_is_hidden_from_help() -> None:
     assert result.exit_code == 0
     assert "service" in result.output
     assert " worker" not in result.output
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze here")
+def test_systemd_accepts_the_unit(tmp_path: Path) -> None:
+    unit = tmp_path / "playerpulse.service"
+    unit.write_text(unit_text(UnitSpec(executable=Path(sys.executable))))
+    result = subprocess.run(
+        ["systemd-analyze", "verify", str(unit)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip() == ""  # not even a warning
