@@ -34,6 +34,7 @@ from typing import Any
 
 import uvicorn
 
+from app.db.engine import SchemaTooNewError
 from app.disk import DiskWatch
 from app.domain.features import FeatureFileError, load_features
 from app.embedded import EmbeddedService, Runtime, embedded_runtime
@@ -117,7 +118,11 @@ def serve(settings: Settings, host: str, port: int, workers: int | None = None) 
                 database="embedded" if settings.embedded_postgres else "external",
                 broker=_broker_kind(settings),
             )
-            _prepare(concrete)
+            try:
+                _prepare(concrete)
+            except SchemaTooNewError as exc:
+                log.error("refusing to start: the data is newer than this build", error=str(exc))
+                return 1
             return _Supervisor(concrete, runtime, listener, count).run()
     except Interrupted as exc:
         log.info("interrupted while starting", signal=str(exc))
@@ -160,6 +165,18 @@ def _bind(host: str, port: int) -> socket.socket:
         raise
     sock.set_inheritable(True)
     return sock
+
+
+def worker_command() -> list[str]:
+    """The command line that starts one worker, from a venv or from the one-file build.
+
+    A frozen executable (``make dist``) has no interpreter that could run ``-m
+    app.worker``: it is re-invoked with its hidden ``worker`` subcommand instead, and
+    reuses the files its supervisor already unpacked.
+    """
+    if getattr(sys, "frozen", False):
+        return [sys.executable, "worker"]
+    return [sys.executable, "-m", "app.worker"]
 
 
 def _prepare(settings: Settings) -> None:
@@ -289,7 +306,7 @@ class _Supervisor:
     def _child(self, index: int) -> ChildProcess:
         return ChildProcess(
             f"worker-{index}",
-            [sys.executable, "-m", "app.worker"],
+            worker_command(),
             None,  # workers log to our stderr
             stop_signal=signal.SIGTERM,
             # If the supervisor is killed, its workers go at once: what they held

