@@ -24,10 +24,14 @@ def test_thousands_of_shuffled_repeated_events_match_the_reference(tmp_path: Pat
         wait_for(lambda: profiles_match(server, read, events), timeout=90, interval=1)
         with server.client() as client:
             text = client.get("/metrics").text
+        # A sample is "NAME{LABELS} VALUE"; label values may hold spaces.
         values = {
-            line.split()[0]: float(line.split()[1])
-            for line in text.splitlines()
-            if line.startswith("playerpulse_") and " " in line
+            name: float(value)
+            for name, value in (
+                line.rsplit(" ", 1)
+                for line in text.splitlines()
+                if line.startswith("playerpulse_") and " " in line
+            )
         }
         old = datetime.now(UTC) - timedelta(days=1)
         late = sum(1 for e in events if datetime.fromisoformat(e["ts"]) < old)
