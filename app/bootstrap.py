@@ -28,6 +28,7 @@ from app.db.notify import ChangeListener
 from app.db.privacy import ERASURE_CHANNEL
 from app.db.reads import FastReads
 from app.db.repositories import KEY_CHANNEL, MODEL_CHANNEL
+from app.db.segments import SEGMENT_CHANNEL
 from app.domain.events import EventRecord
 from app.domain.features import FeatureSet, load_features
 from app.domain.guard import GuardWatch
@@ -41,6 +42,8 @@ from app.predictions import PredictionService
 from app.privacy import BrokerView, Eraser, PrivacyService
 from app.profiles import FailedEventService, ProfileService, ReadYourWrites
 from app.replay import sync_features
+from app.segment_catalog import SegmentCatalog, SegmentJudge, SegmentReads
+from app.segment_clock import SegmentClock
 from app.settings import Settings
 from app.streams.app import create_stream_app
 from app.streams.folding import ProfileFolder
@@ -88,6 +91,11 @@ class Services:
     key_changes: ChangeListener
     cors: CorsOrigins
     cors_changes: ChangeListener
+    segments: SegmentCatalog
+    segment_reads: SegmentReads
+    segment_changes: ChangeListener
+    segment_clock: SegmentClock
+    _segment_clock_task: asyncio.Task[None] | None = None
     _release_serving_lock: Callable[[], Awaitable[None]] | None = None
     _eraser_task: asyncio.Task[None] | None = None
     _audit_copy_task: asyncio.Task[None] | None = None
@@ -111,6 +119,11 @@ class Services:
         await self.key_changes.start()
         await self.cors.load()
         await self.cors_changes.start()
+        await self.segments.start()
+        await self.segment_changes.start()
+        self._segment_clock_task = asyncio.create_task(
+            self.segment_clock.run_forever(), name="segment-clock"
+        )
         self.prediction_log.start()
         await self.erasure_notices.start()
         self._eraser_task = asyncio.create_task(self.eraser.run_forever(), name="eraser")
@@ -138,6 +151,11 @@ class Services:
         await self.model_changes.stop()
         await self.key_changes.stop()
         await self.cors_changes.stop()
+        await self.segment_changes.stop()
+        if self._segment_clock_task is not None:
+            self._segment_clock_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._segment_clock_task
         if self._audit_copy_task is not None:
             self._audit_copy_task.cancel()
         if self._eraser_task is not None:
@@ -274,12 +292,14 @@ async def open_services(settings: Settings) -> Services:
     replication = await asyncio.to_thread(_ensure_topics, settings, brokers)
     producer = EventProducer(brokers, timeout_s=settings.produce_timeout_s)
     tombstones = TombstoneWatch(engine)
+    segments = SegmentCatalog(engine, features)
     folder = ProfileFolder(
         engine,
         features,
         topic=settings.events_topic,
         tombstones=tombstones,
         dedup_horizon_s=settings.dedup_horizon,
+        segments=SegmentJudge(segments.for_game),
     )
     archiver, prediction_archiver, hop_archiver = _archivers(settings, tombstones)
     folder.hop_sampler = HopSampler(settings.hop_sample, hop_archiver)
@@ -337,6 +357,10 @@ async def open_services(settings: Settings) -> Services:
         key_changes=ChangeListener(url, KEY_CHANNEL, keys.forget),
         cors=cors,
         cors_changes=ChangeListener(url, CORS_CHANNEL, cors.changed),
+        segments=segments,
+        segment_reads=SegmentReads(engine, segments),
+        segment_changes=ChangeListener(url, SEGMENT_CHANNEL, segments.changed),
+        segment_clock=SegmentClock(engine, segments, interval_s=settings.segment_clock_s),
     )
 
 

@@ -35,6 +35,7 @@ from .openapi import finish
 from .ops import AdminAudit, Cors
 from .ops_routes import OPS_BODIES, document_ops
 from .routes import build_routes
+from .segment_routes import SEGMENT_BODIES
 
 log = get_logger(__name__)
 
@@ -91,6 +92,8 @@ PROVIDED = {
     "keys": "keys",
     "audit": "audit",
     "cors": "cors",
+    "segments": "segments",
+    "segment_reads": "segment_reads",
 }
 
 DOCS_ASSETS = "/docs/assets"
@@ -198,7 +201,7 @@ def create_app(settings: Settings, on_fatal: Callable[[str], None] | None = None
         debug=False,
         logging_config=None,  # structlog owns logging (app.log)
     )
-    finish(app, settings, [*STRICT_BODIES, *OPS_BODIES])
+    finish(app, settings, [*STRICT_BODIES, *OPS_BODIES, *SEGMENT_BODIES])
     document_ops(app)
     # Outermost, around routing too (app-level middleware runs after routing).
     app.asgi_handler = ServerTiming(
