@@ -28,7 +28,7 @@ from app.db.notify import ChangeListener
 from app.db.privacy import ERASURE_CHANNEL
 from app.db.reads import FastReads
 from app.db.repositories import KEY_CHANNEL, MODEL_CHANNEL
-from app.db.segments import SEGMENT_CHANNEL
+from app.db.segments import CHANGES_CHANNEL, SEGMENT_CHANNEL
 from app.domain.events import EventRecord
 from app.domain.features import FeatureSet, load_features
 from app.domain.guard import GuardWatch
@@ -44,6 +44,13 @@ from app.profiles import FailedEventService, ProfileService, ReadYourWrites
 from app.replay import sync_features
 from app.segment_catalog import SegmentCatalog, SegmentJudge, SegmentReads
 from app.segment_clock import SegmentClock
+from app.segment_delivery import (
+    LakeRelay,
+    SegmentDelivery,
+    TopicRelay,
+    WebhookSender,
+    WebhookService,
+)
 from app.settings import Settings
 from app.streams.app import create_stream_app
 from app.streams.folding import ProfileFolder
@@ -95,6 +102,9 @@ class Services:
     segment_reads: SegmentReads
     segment_changes: ChangeListener
     segment_clock: SegmentClock
+    segment_delivery: SegmentDelivery
+    segment_outbox: ChangeListener
+    webhooks: WebhookService
     _segment_clock_task: asyncio.Task[None] | None = None
     _release_serving_lock: Callable[[], Awaitable[None]] | None = None
     _eraser_task: asyncio.Task[None] | None = None
@@ -124,6 +134,8 @@ class Services:
         self._segment_clock_task = asyncio.create_task(
             self.segment_clock.run_forever(), name="segment-clock"
         )
+        await self.segment_outbox.start()
+        self.segment_delivery.start()
         self.prediction_log.start()
         await self.erasure_notices.start()
         self._eraser_task = asyncio.create_task(self.eraser.run_forever(), name="eraser")
@@ -152,6 +164,8 @@ class Services:
         await self.key_changes.stop()
         await self.cors_changes.stop()
         await self.segment_changes.stop()
+        await self.segment_outbox.stop()
+        await self.segment_delivery.stop()
         if self._segment_clock_task is not None:
             self._segment_clock_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -293,6 +307,7 @@ async def open_services(settings: Settings) -> Services:
     producer = EventProducer(brokers, timeout_s=settings.produce_timeout_s)
     tombstones = TombstoneWatch(engine)
     segments = SegmentCatalog(engine, features)
+    delivery = _segment_delivery(settings, engine, producer)
     folder = ProfileFolder(
         engine,
         features,
@@ -361,13 +376,35 @@ async def open_services(settings: Settings) -> Services:
         segment_reads=SegmentReads(engine, segments),
         segment_changes=ChangeListener(url, SEGMENT_CHANNEL, segments.changed),
         segment_clock=SegmentClock(engine, segments, interval_s=settings.segment_clock_s),
+        segment_delivery=delivery,
+        segment_outbox=ChangeListener(url, CHANGES_CHANNEL, delivery.notice),
+        webhooks=WebhookService(engine, delivery.sender),
+    )
+
+
+def _segment_delivery(
+    settings: Settings, engine: AsyncEngine, producer: EventProducer
+) -> SegmentDelivery:
+    """The relays of segment transitions: topic, webhooks, lake."""
+    sender = WebhookSender(
+        timeout_s=settings.webhook_timeout_s,
+        retries=settings.webhook_retries,
+        backoff_s=settings.webhook_backoff_s,
+        allow_private=settings.webhook_allow_private,
+    )
+    return SegmentDelivery(
+        engine,
+        TopicRelay(engine, producer, settings.segments_topic),
+        LakeRelay(engine, settings.lake_root),
+        sender,
+        lake_every_s=settings.lake_flush_s,
     )
 
 
 def _ensure_topics(settings: Settings, brokers: str) -> int:
     """Create the events and predictions topics if missing; their replication factor."""
     replication = 0
-    for topic in (settings.events_topic, settings.predictions_topic):
+    for topic in (settings.events_topic, settings.predictions_topic, settings.segments_topic):
         replication = ensure_topic(
             brokers, topic, settings.topic_partitions, settings.topic_replication
         )

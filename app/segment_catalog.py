@@ -20,7 +20,13 @@ from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from app.db.segments import ALL_GAMES, PlayerKey, SegmentRepository, StoredSegment
+from app.db.segments import (
+    ALL_GAMES,
+    PlayerKey,
+    SegmentRepository,
+    StoredChange,
+    StoredSegment,
+)
 from app.domain.features import FeatureFileError, FeatureSet
 from app.domain.fold import ProfileState
 from app.domain.segments import (
@@ -274,3 +280,13 @@ class SegmentReads:
             return []
         async with self.engine.connect() as conn:
             return await self.repository.player_segments(conn, game, player_id)
+
+    async def changes_after(self, game: str, after: int, limit: int) -> list[StoredChange]:
+        """The game's transitions after outbox id ``after``, oldest first."""
+        async with self.engine.connect() as conn:
+            return await self.repository.changes_after(conn, after, limit, game=game)
+
+    async def newest_change(self) -> int:
+        """The newest outbox id (0 if none): a stream from now on starts after it."""
+        async with self.engine.connect() as conn:
+            return await self.repository.newest_change(conn)

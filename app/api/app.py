@@ -94,6 +94,7 @@ PROVIDED = {
     "cors": "cors",
     "segments": "segments",
     "segment_reads": "segment_reads",
+    "webhooks": "webhooks",
 }
 
 DOCS_ASSETS = "/docs/assets"

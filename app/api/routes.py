@@ -29,7 +29,7 @@ from .openapi import documented, secured
 from .ops_routes import ops_routes
 from .privacy_routes import privacy_routes
 from .read_your_writes import After, WaitMs, await_token
-from .segment_routes import segment_routes
+from .segment_routes import segment_routes, webhook_routes
 
 if TYPE_CHECKING:
     from app.db.repositories import FailedEvent
@@ -157,4 +157,5 @@ def build_routes(settings: Settings) -> list[Any]:
         *privacy_routes(),
         *ops_routes(),
         *segment_routes(),
+        *webhook_routes(),
     ]

@@ -2,22 +2,30 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Annotated, Any
 
 import msgspec
-from litestar import Request, delete, get, put
+from litestar import Request, delete, get, post, put
 from litestar.handlers import HTTPRouteHandler
 from litestar.params import Parameter
+from litestar.response import ServerSentEvent
+from litestar.response.sse import ServerSentEventMessage
 from litestar.status_codes import (
+    HTTP_200_OK,
+    HTTP_201_CREATED,
     HTTP_204_NO_CONTENT,
     HTTP_404_NOT_FOUND,
     HTTP_409_CONFLICT,
     HTTP_422_UNPROCESSABLE_ENTITY,
 )
 
+from app.db.segments import StoredWebhook
 from app.domain.access import Principal, Role
 from app.domain.segments import MAX_WHERE_CHARS, SEGMENT_NAME, SegmentError
+from app.domain.webhooks import EVENT_TYPES, WebhookError
 from app.segment_catalog import (
     FileSegment,
     SegmentCatalog,
@@ -25,12 +33,17 @@ from app.segment_catalog import (
     SegmentReads,
     UnknownSegment,
 )
+from app.segment_delivery import WebhookService, body_of, encode_change
 
 from .errors import ApiError
 from .model_routes import options_route
 from .openapi import secured
 
 SegmentName = Annotated[str, Parameter(pattern=SEGMENT_NAME)]
+SegmentNameText = Annotated[str, msgspec.Meta(pattern=SEGMENT_NAME)]
+EventType = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+SSE_POLL_S = 0.1
+"""How often an open stream looks for new transitions."""
 
 
 class SegmentBody(msgspec.Struct, forbid_unknown_fields=True):
@@ -169,6 +182,176 @@ async def segment_members(
     )
 
 
+class WebhookBody(msgspec.Struct, forbid_unknown_fields=True):
+    """Where to POST this game's segment transitions, and which ones."""
+
+    url: Annotated[str, msgspec.Meta(min_length=1, max_length=2000)]
+    events: Annotated[list[EventType], msgspec.Meta(min_length=1, max_length=2)] = msgspec.field(
+        default_factory=lambda: list(EVENT_TYPES)
+    )
+    segments: Annotated[list[SegmentNameText], msgspec.Meta(max_length=1000)] | None = None
+    """Only these segments' transitions (none: every segment's)."""
+
+
+class WebhookReply(msgspec.Struct):
+    """A webhook; ``secret`` (``whsec_...``) verifies its Standard Webhooks signatures."""
+
+    id: str
+    url: str
+    events: list[str]
+    segments: list[str] | None
+    secret: str | None = None
+    """Shown when the webhook is created only."""
+
+
+class WebhooksReply(msgspec.Struct):
+    webhooks: list[WebhookReply]
+
+
+class FailedDeliveryReply(msgspec.Struct):
+    """A transition the webhook did not take within its retries (``delivery``: its body)."""
+
+    webhook_id: str
+    attempts: int
+    error: str
+    failed_at: datetime
+    delivery: dict[str, Any]
+
+
+class FailedDeliveriesReply(msgspec.Struct):
+    failed: list[FailedDeliveryReply]
+
+
+class ResendReply(msgspec.Struct):
+    """Failed deliveries sent again: how many were taken, how many still fail."""
+
+    delivered: int
+    failed: int
+
+
+def _hook(hook: StoredWebhook, *, secret: bool = False) -> WebhookReply:
+    return WebhookReply(
+        id=hook.id,
+        url=hook.url,
+        events=hook.events,
+        segments=hook.segments,
+        secret=hook.secret if secret else None,
+    )
+
+
+async def create_webhook(
+    data: WebhookBody, request: Request[Principal, Any, Any], webhooks: WebhookService
+) -> WebhookReply:
+    """A webhook receiving this game's transitions from now on, signed with its secret."""
+    try:
+        hook = await webhooks.create(request.user.game, data.url, data.events, data.segments)
+    except WebhookError as exc:
+        field = str(exc).split(":", 1)[0]
+        raise ApiError(
+            HTTP_422_UNPROCESSABLE_ENTITY, "invalid webhook", {field: str(exc)}
+        ) from None
+    return _hook(hook, secret=True)
+
+
+async def list_webhooks(
+    request: Request[Principal, Any, Any], webhooks: WebhookService
+) -> WebhooksReply:
+    """The game's webhooks (without secrets)."""
+    return WebhooksReply(webhooks=[_hook(h) for h in await webhooks.of_game(request.user.game)])
+
+
+async def _known(webhooks: WebhookService, game: str, hook_id: str) -> StoredWebhook:
+    hook = await webhooks.get(game, hook_id)
+    if hook is None:
+        raise ApiError(HTTP_404_NOT_FOUND, f"no webhook {hook_id!r} in this game")
+    return hook
+
+
+async def get_webhook(
+    hook_id: str, request: Request[Principal, Any, Any], webhooks: WebhookService
+) -> WebhookReply:
+    """One webhook (without its secret)."""
+    return _hook(await _known(webhooks, request.user.game, hook_id))
+
+
+async def delete_webhook(
+    hook_id: str, request: Request[Principal, Any, Any], webhooks: WebhookService
+) -> None:
+    """Stop delivering to this webhook; its failed deliveries are forgotten."""
+    if not await webhooks.delete(request.user.game, hook_id):
+        raise ApiError(HTTP_404_NOT_FOUND, f"no webhook {hook_id!r} in this game")
+
+
+async def failed_deliveries(
+    hook_id: str,
+    request: Request[Principal, Any, Any],
+    webhooks: WebhookService,
+    limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
+) -> FailedDeliveriesReply:
+    """Deliveries that exhausted their retries, oldest transition first."""
+    hook = await _known(webhooks, request.user.game, hook_id)
+    rows = await webhooks.failed(hook, limit)
+    return FailedDeliveriesReply(
+        failed=[
+            FailedDeliveryReply(
+                webhook_id=hook.id,
+                attempts=r.attempts,
+                error=r.error,
+                failed_at=r.failed_at,
+                delivery=body_of(r.change),
+            )
+            for r in rows
+        ]
+    )
+
+
+async def resend_failed(
+    hook_id: str, request: Request[Principal, Any, Any], webhooks: WebhookService
+) -> ResendReply:
+    """Send the failed deliveries again (once each, in order per player)."""
+    hook = await _known(webhooks, request.user.game, hook_id)
+    delivered, failed = await webhooks.resend(hook)
+    return ResendReply(delivered=delivered, failed=failed)
+
+
+async def segment_changes(
+    request: Request[Principal, Any, Any],
+    segment_reads: SegmentReads,
+    after: Annotated[int | None, Parameter(ge=0, le=2**62)] = None,
+    last_event_id: Annotated[
+        str | None, Parameter(header="Last-Event-ID", pattern=r"^[0-9]{1,18}$")
+    ] = None,
+) -> ServerSentEvent:
+    """The game's transitions as server-sent events (``id``: the outbox id, ``event``:
+    ``segment.entered`` or ``segment.left``, ``data``: the webhook body), from after
+    ``Last-Event-ID`` (or ``after``; neither: from now on)."""
+    game = request.user.game
+    start = int(last_event_id) if last_event_id is not None else after
+
+    async def stream() -> AsyncIterator[ServerSentEventMessage]:
+        cursor = start if start is not None else await segment_reads.newest_change()
+        idle = 0.0
+        while True:
+            changes = await segment_reads.changes_after(game, cursor, 500)
+            for change in changes:
+                cursor = change.id
+                yield ServerSentEventMessage(
+                    data=encode_change(change).decode(),
+                    event=f"segment.{change.kind}",
+                    id=change.id,
+                )
+            if changes:
+                idle = 0.0
+                continue
+            idle += SSE_POLL_S
+            if idle >= 15:  # a comment keeps proxies from closing an idle stream
+                idle = 0.0
+                yield ServerSentEventMessage(comment="keep-alive")
+            await asyncio.sleep(SSE_POLL_S)
+
+    return ServerSentEvent(stream())
+
+
 def segment_routes() -> list[HTTPRouteHandler]:
     """Definitions (admin keys) and members (read keys)."""
     tags = {"tags": ["segments"]}
@@ -193,6 +376,12 @@ def segment_routes() -> list[HTTPRouteHandler]:
             list_segments
         ),
         get(
+            "/v1/segments/changes",
+            summary="Segment transitions (server-sent events)",
+            media_type="text/event-stream",
+            **secured(Role.READ, 400, **tags),
+        )(segment_changes),
+        get(
             "/v1/segments/{name:str}",
             summary="A segment's size",
             **secured(Role.READ, 400, 404, **tags),
@@ -205,5 +394,42 @@ def segment_routes() -> list[HTTPRouteHandler]:
     ]
 
 
-SEGMENT_BODIES: list[type[msgspec.Struct]] = [SegmentBody]
+def webhook_routes() -> list[HTTPRouteHandler]:
+    """A game's webhooks (admin keys)."""
+    tags = {"tags": ["segments"]}
+    path = "/v1/admin/webhooks/{hook_id:str}"
+    return [
+        options_route("/v1/admin/webhooks", "GET, OPTIONS, POST"),
+        options_route(path, "DELETE, GET, OPTIONS"),
+        post(
+            "/v1/admin/webhooks",
+            status_code=HTTP_201_CREATED,
+            summary="Create a webhook",
+            **secured(Role.ADMIN, 400, 422, **tags),
+        )(create_webhook),
+        get("/v1/admin/webhooks", summary="The game's webhooks", **secured(Role.ADMIN, **tags))(
+            list_webhooks
+        ),
+        get(path, summary="A webhook", **secured(Role.ADMIN, 404, **tags))(get_webhook),
+        delete(
+            path,
+            status_code=HTTP_204_NO_CONTENT,
+            summary="Remove a webhook",
+            **secured(Role.ADMIN, 404, **tags),
+        )(delete_webhook),
+        get(
+            f"{path}/failed",
+            summary="A webhook's failed deliveries",
+            **secured(Role.ADMIN, 400, 404, **tags),
+        )(failed_deliveries),
+        post(
+            f"{path}/failed/resend",
+            status_code=HTTP_200_OK,
+            summary="Send a webhook's failed deliveries again",
+            **secured(Role.ADMIN, 404, **tags),
+        )(resend_failed),
+    ]
+
+
+SEGMENT_BODIES: list[type[msgspec.Struct]] = [SegmentBody, WebhookBody]
 """Request bodies that refuse unknown fields."""

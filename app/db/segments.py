@@ -236,6 +236,10 @@ class SegmentRepository:
             )
         if not announce:
             return
+        # Outbox ids in commit order: writers take turns from here to their commit (short:
+        # the end of a fold transaction), so a relay that has read up to an id never sees
+        # a smaller one commit later.
+        await conn.execute(text("SELECT pg_advisory_xact_lock(hashtext('playerpulse:outbox'))"))
         await conn.execute(
             text(
                 """
@@ -411,15 +415,23 @@ class SegmentRepository:
         )
         return [StoredChange(*r) for r in rows.all()]
 
-    async def cursor(self, conn: AsyncConnection, consumer: str, *, lock: bool = False) -> int:
-        """Where a relay got to (0: nowhere yet); ``lock``: held to the transaction's end."""
-        await conn.execute(
-            text(
-                "INSERT INTO segment_cursors (consumer, last_id) VALUES (:c, 0) "
-                "ON CONFLICT DO NOTHING"
-            ),
-            {"c": consumer},
-        )
+    async def newest_change(self, conn: AsyncConnection) -> int:
+        """The newest outbox id (0: none yet)."""
+        return int(await conn.scalar(text("SELECT coalesce(max(id), 0) FROM segment_changes")) or 0)
+
+    async def cursor(
+        self, conn: AsyncConnection, consumer: str, *, lock: bool = False, create: bool = True
+    ) -> int:
+        """Where a relay got to (0: nowhere yet); ``lock``: held to the transaction's end
+        (-1: another transaction holds it, or there is none and ``create`` is False)."""
+        if create:
+            await conn.execute(
+                text(
+                    "INSERT INTO segment_cursors (consumer, last_id) VALUES (:c, 0) "
+                    "ON CONFLICT DO NOTHING"
+                ),
+                {"c": consumer},
+            )
         suffix = " FOR UPDATE SKIP LOCKED" if lock else ""
         value = await conn.scalar(
             text(f"SELECT last_id FROM segment_cursors WHERE consumer = :c{suffix}"),
@@ -435,3 +447,145 @@ class SegmentRepository:
             ),
             {"c": consumer, "i": last_id},
         )
+
+
+@dataclass(frozen=True, slots=True)
+class StoredWebhook:
+    """A game's webhook."""
+
+    id: str
+    game: str
+    url: str
+    secret: str
+    events: list[str]
+    segments: list[str] | None
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class FailedDelivery:
+    """A transition a webhook did not take within its retries."""
+
+    change: StoredChange
+    attempts: int
+    error: str
+    failed_at: datetime
+
+
+_HOOK_COLUMNS = "id, game, url, secret, events, segments, created_at"
+
+
+class WebhookRepository:
+    """Webhooks, their delivery cursors and their failed deliveries."""
+
+    async def create(self, conn: AsyncConnection, hook: StoredWebhook) -> StoredWebhook:
+        """Store a webhook; it receives the transitions committed from now on."""
+        row = (
+            await conn.execute(
+                text(
+                    f"INSERT INTO webhooks (id, game, url, secret, events, segments) "
+                    f"VALUES (:i, :g, :u, :s, :e, :f) RETURNING {_HOOK_COLUMNS}"
+                ),
+                {
+                    "i": hook.id,
+                    "g": hook.game,
+                    "u": hook.url,
+                    "s": hook.secret,
+                    "e": hook.events,
+                    "f": hook.segments,
+                },
+            )
+        ).one()
+        await conn.execute(
+            text(
+                "INSERT INTO segment_cursors (consumer, last_id) "
+                "SELECT :c, coalesce(max(id), 0) FROM segment_changes"
+            ),
+            {"c": webhook_consumer(hook.id)},
+        )
+        return StoredWebhook(*row)
+
+    async def webhooks(self, conn: AsyncConnection, game: str | None = None) -> list[StoredWebhook]:
+        """A game's webhooks (every game's with None), oldest first."""
+        where = "" if game is None else " WHERE game = :g"
+        rows = await conn.execute(
+            text(f"SELECT {_HOOK_COLUMNS} FROM webhooks{where} ORDER BY created_at, id"),
+            {"g": game},
+        )
+        return [StoredWebhook(*r) for r in rows.all()]
+
+    async def get(self, conn: AsyncConnection, game: str, hook_id: str) -> StoredWebhook | None:
+        row = (
+            await conn.execute(
+                text(f"SELECT {_HOOK_COLUMNS} FROM webhooks WHERE game = :g AND id = :i"),
+                {"g": game, "i": hook_id},
+            )
+        ).first()
+        return None if row is None else StoredWebhook(*row)
+
+    async def delete(self, conn: AsyncConnection, game: str, hook_id: str) -> bool:
+        gone = await conn.execute(
+            text("DELETE FROM webhooks WHERE game = :g AND id = :i"), {"g": game, "i": hook_id}
+        )
+        if gone.rowcount:
+            await conn.execute(
+                text("DELETE FROM segment_cursors WHERE consumer = :c"),
+                {"c": webhook_consumer(hook_id)},
+            )
+            await conn.execute(
+                text("DELETE FROM webhook_failures WHERE webhook_id = :i"), {"i": hook_id}
+            )
+        return bool(gone.rowcount)
+
+    async def add_failures(
+        self, conn: AsyncConnection, hook_id: str, failed: Sequence[tuple[int, int, str]]
+    ) -> None:
+        """Keep deliveries that exhausted their retries: (change id, attempts, error)."""
+        if not failed:
+            return
+        await conn.execute(
+            text(
+                """
+                INSERT INTO webhook_failures (webhook_id, change_id, attempts, error)
+                SELECT :w, * FROM unnest(CAST(:c AS bigint[]), CAST(:a AS int[]),
+                                         CAST(:e AS text[]))
+                ON CONFLICT (webhook_id, change_id) DO UPDATE
+                SET attempts = webhook_failures.attempts + excluded.attempts,
+                    error = excluded.error, failed_at = now()
+                """
+            ),
+            {
+                "w": hook_id,
+                "c": [f[0] for f in failed],
+                "a": [f[1] for f in failed],
+                "e": [f[2][:2000] for f in failed],
+            },
+        )
+
+    async def failures(
+        self, conn: AsyncConnection, hook_id: str, limit: int = 1000
+    ) -> list[FailedDelivery]:
+        """The webhook's failed deliveries, in transition order."""
+        rows = await conn.execute(
+            text(
+                f"""
+                SELECT {", ".join("c." + c for c in _CHANGE_COLUMNS.split(", "))},
+                       f.attempts, f.error, f.failed_at
+                FROM webhook_failures f JOIN segment_changes c ON c.id = f.change_id
+                WHERE f.webhook_id = :w ORDER BY c.id LIMIT :n
+                """
+            ),
+            {"w": hook_id, "n": limit},
+        )
+        return [FailedDelivery(StoredChange(*r[:7]), r[7], r[8], r[9]) for r in rows.all()]
+
+    async def forget_failure(self, conn: AsyncConnection, hook_id: str, change_id: int) -> None:
+        await conn.execute(
+            text("DELETE FROM webhook_failures WHERE webhook_id = :w AND change_id = :c"),
+            {"w": hook_id, "c": change_id},
+        )
+
+
+def webhook_consumer(hook_id: str) -> str:
+    """The outbox cursor of a webhook."""
+    return f"webhook:{hook_id}"
