@@ -42,7 +42,7 @@ from app.domain.webhooks import (
     delivery_body,
     url_host,
 )
-from app.lake_layout import TIMESTAMP, event_date
+from app.lake_layout import SEGMENT_CHANGES_SCHEMA, TIMESTAMP, event_date
 from app.log import get_logger
 from app.streams.lake import write_partitions
 from app.streams.producer import BrokerUnavailable, EventProducer
@@ -50,18 +50,6 @@ from app.streams.producer import BrokerUnavailable, EventProducer
 log = get_logger(__name__)
 
 _json = msgspec.json.Encoder()
-
-SEGMENT_CHANGES_SCHEMA = pa.schema(
-    [
-        ("id", pa.int64()),
-        ("player_id", pa.string()),
-        ("segment", pa.string()),
-        ("kind", pa.string()),
-        ("at", TIMESTAMP),
-        ("features", pa.string()),
-    ]
-)
-"""Columns of ``<lake>/segment_changes/game=/date=/`` (``features``: JSON text)."""
 
 
 def body_of(change: StoredChange) -> dict[str, Any]:

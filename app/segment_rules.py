@@ -40,16 +40,16 @@ def compile_segment(definition: SegmentDef, features: FeatureSet) -> CompiledSeg
             f"the features are {sorted(features.names)}"
         )
     reads = tuple(sorted(variables))
-    empty = {spec.name: spec.empty_value for spec in features.specs if spec.name in variables}
-    try:
-        result = program.execute(empty)
-    except (ValueError, RuntimeError, TypeError):
-        result = False  # a player with no events may make it fail (null): not a member
-    if not isinstance(result, bool):
-        raise SegmentError(
-            f"segment {name!r}: the expression must give true or false, "
-            f"not {type(result).__name__} (for a player with no events)"
-        )
+    for probe in _probes(features, variables):
+        try:
+            result = program.execute(probe)
+        except (ValueError, RuntimeError, TypeError):
+            continue  # such values make it fail (a null, an int beside a float): not a member
+        if not isinstance(result, bool):
+            raise SegmentError(
+                f"segment {name!r}: the expression must give true or false, "
+                f"not {type(result).__name__}"
+            )
 
     def predicate(activation: Any) -> bool:
         try:
@@ -59,6 +59,23 @@ def compile_segment(definition: SegmentDef, features: FeatureSet) -> CompiledSeg
             return False
 
     return CompiledSegment(definition, reads, predicate)
+
+
+def _probes(features: FeatureSet, variables: set[str]) -> list[dict[str, Any]]:
+    """Feature values to try an expression on: the empty profile's, and with every
+    number as an int, then as a float (CEL does not mix them in arithmetic)."""
+    empty = {s.name: s.empty_value for s in features.specs if s.name in variables}
+    numbers = [
+        {
+            name: kind(1) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
+            for name, v in empty.items()
+        }
+        for kind in (int, float)
+    ]
+    for spec in features.specs:  # a feature whose empty value is null may hold a number
+        if spec.name in variables and empty[spec.name] is None:
+            numbers[0][spec.name], numbers[1][spec.name] = 1, 1.0
+    return [empty, *numbers]
 
 
 @dataclass(frozen=True, slots=True)

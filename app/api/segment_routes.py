@@ -321,18 +321,21 @@ async def segment_changes(
     last_event_id: Annotated[
         str | None, Parameter(header="Last-Event-ID", pattern=r"^[0-9]{1,18}$")
     ] = None,
+    limit: Annotated[int | None, Parameter(ge=1, le=100_000)] = None,
 ) -> ServerSentEvent:
     """The game's transitions as server-sent events (``id``: the outbox id, ``event``:
     ``segment.entered`` or ``segment.left``, ``data``: the webhook body), from after
-    ``Last-Event-ID`` (or ``after``; neither: from now on)."""
+    ``Last-Event-ID`` (or ``after``; neither: from now on). The stream stays open; with
+    ``limit`` it ends after that many transitions."""
     game = request.user.game
     start = int(last_event_id) if last_event_id is not None else after
 
     async def stream() -> AsyncIterator[ServerSentEventMessage]:
         cursor = start if start is not None else await segment_reads.newest_change()
         idle = 0.0
+        left = limit
         while True:
-            changes = await segment_reads.changes_after(game, cursor, 500)
+            changes = await segment_reads.changes_after(game, cursor, min(500, left or 500))
             for change in changes:
                 cursor = change.id
                 yield ServerSentEventMessage(
@@ -340,6 +343,10 @@ async def segment_changes(
                     event=f"segment.{change.kind}",
                     id=change.id,
                 )
+            if left is not None:
+                left -= len(changes)
+                if left <= 0:
+                    return
             if changes:
                 idle = 0.0
                 continue

@@ -99,6 +99,8 @@ def test_null_features_and_lists_evaluate_without_raising() -> None:
         ("spend_total >= ", "not a valid CEL expression"),
         ("spend_totl > 1", r"unknown feature\(s\) \['spend_totl'\]"),
         ("spend_total + 1", "must give true or false"),
+        ("spend_total + 1.0", "must give true or false"),
+        ("last_level", "must give true or false"),
     ],
 )
 def test_bad_expressions_name_the_problem(where: str, problem: str) -> None:
