@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Annotated, Any
@@ -322,17 +323,20 @@ async def segment_changes(
         str | None, Parameter(header="Last-Event-ID", pattern=r"^[0-9]{1,18}$")
     ] = None,
     limit: Annotated[int | None, Parameter(ge=1, le=100_000)] = None,
+    idle_ms: Annotated[int | None, Parameter(ge=1, le=3_600_000)] = None,
 ) -> ServerSentEvent:
     """The game's transitions as server-sent events (``id``: the outbox id, ``event``:
     ``segment.entered`` or ``segment.left``, ``data``: the webhook body), from after
     ``Last-Event-ID`` (or ``after``; neither: from now on). The stream stays open; with
-    ``limit`` it ends after that many transitions."""
+    ``limit`` it ends after that many transitions, with ``idle_ms`` once none came for
+    that long."""
     game = request.user.game
     start = int(last_event_id) if last_event_id is not None else after
 
     async def stream() -> AsyncIterator[ServerSentEventMessage]:
         cursor = start if start is not None else await segment_reads.newest_change()
         idle = 0.0
+        quiet_since = time.monotonic()
         left = limit
         while True:
             changes = await segment_reads.changes_after(game, cursor, min(500, left or 500))
@@ -349,7 +353,10 @@ async def segment_changes(
                     return
             if changes:
                 idle = 0.0
+                quiet_since = time.monotonic()
                 continue
+            if idle_ms is not None and time.monotonic() - quiet_since >= idle_ms / 1000:
+                return
             idle += SSE_POLL_S
             if idle >= 15:  # a comment keeps proxies from closing an idle stream
                 idle = 0.0
