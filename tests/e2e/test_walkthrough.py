@@ -59,13 +59,15 @@ def test_readme_walkthrough_works_verbatim(serve: ServeProcess) -> None:
     segment = json.loads(next(line for line in lines[4:] if line.startswith('{"name"')))
     assert segment["name"] == "big_spenders"
     assert segment["source"] == "api"
-    event = [line.strip() for line in lines if line.startswith(("event:", "data:", "id:"))]
-    assert event[0] == "event: segment.entered"
-    change = json.loads(event[1].removeprefix("data:"))
+    event = dict(
+        line.strip().split(": ", 1) for line in lines if line.startswith(("event:", "data:", "id:"))
+    )
+    assert event["event"] == "segment.entered"
+    change = json.loads(event["data"])
     assert change["type"] == "segment.entered"
     assert change["data"]["player_id"] == "p-42"
     assert change["data"]["segment"] == "big_spenders"
     assert change["data"]["features"] == {"sessions_7d": 1, "spend_total": 44.5}
-    assert event[2] == f"id: {change['id']}"
+    assert event["id"] == str(change["id"])
     for event_type, count in [("level_complete", 1), ("purchase", 2), ("session_start", 1)]:
         assert re.search(rf"{event_type}\s*┃?│?\s*{count}\b", table), table
