@@ -92,7 +92,7 @@ PROVIDED = {
     "keys": "keys",
     "audit": "audit",
     "cors": "cors",
-    "segments": "segments",
+    "segment_catalog": "segments",
     "segment_reads": "segment_reads",
     "webhooks": "webhooks",
 }

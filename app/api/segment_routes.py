@@ -106,12 +106,14 @@ async def put_segment(
     name: SegmentName,
     data: SegmentBody,
     request: Request[Principal, Any, Any],
-    segments: SegmentCatalog,
+    segment_catalog: SegmentCatalog,
 ) -> SegmentReply:
     """Create or replace a segment; every worker and copy judges players on it at once,
     and it is evaluated over the existing profiles (``GET`` shows the progress)."""
     try:
-        info = await segments.put(request.user.game, name, data.where, announce=data.announce)
+        info = await segment_catalog.put(
+            request.user.game, name, data.where, announce=data.announce
+        )
     except SegmentError as exc:
         raise ApiError(
             HTTP_422_UNPROCESSABLE_ENTITY, "invalid segment", {"where": str(exc)}
@@ -124,28 +126,30 @@ async def put_segment(
 
 
 async def list_segments(
-    request: Request[Principal, Any, Any], segments: SegmentCatalog
+    request: Request[Principal, Any, Any], segment_catalog: SegmentCatalog
 ) -> SegmentsReply:
     """The game's segments."""
-    return SegmentsReply(segments=[_reply(i) for i in await segments.list(request.user.game)])
+    return SegmentsReply(
+        segments=[_reply(i) for i in await segment_catalog.list(request.user.game)]
+    )
 
 
 async def get_segment(
-    name: SegmentName, request: Request[Principal, Any, Any], segments: SegmentCatalog
+    name: SegmentName, request: Request[Principal, Any, Any], segment_catalog: SegmentCatalog
 ) -> SegmentReply:
     """One segment's definition and evaluation progress."""
     try:
-        return _reply(await segments.get(request.user.game, name))
+        return _reply(await segment_catalog.get(request.user.game, name))
     except UnknownSegment:
         raise _unknown(name) from None
 
 
 async def delete_segment(
-    name: SegmentName, request: Request[Principal, Any, Any], segments: SegmentCatalog
+    name: SegmentName, request: Request[Principal, Any, Any], segment_catalog: SegmentCatalog
 ) -> None:
     """Remove a segment and its memberships (no ``left`` is announced)."""
     try:
-        await segments.delete(request.user.game, name)
+        await segment_catalog.delete(request.user.game, name)
     except UnknownSegment:
         raise _unknown(name) from None
     except FileSegment:
@@ -319,9 +323,7 @@ async def segment_changes(
     request: Request[Principal, Any, Any],
     segment_reads: SegmentReads,
     after: Annotated[int | None, Parameter(ge=0, le=2**62)] = None,
-    last_event_id: Annotated[
-        str | None, Parameter(header="Last-Event-ID", pattern=r"^[0-9]{1,18}$")
-    ] = None,
+    last_event_id: Annotated[str | None, Parameter(header="Last-Event-ID", max_length=64)] = None,
     limit: Annotated[int | None, Parameter(ge=1, le=100_000)] = None,
     idle_ms: Annotated[int | None, Parameter(ge=1, le=3_600_000)] = None,
 ) -> ServerSentEvent:
@@ -331,7 +333,9 @@ async def segment_changes(
     ``limit`` it ends after that many transitions, with ``idle_ms`` once none came for
     that long."""
     game = request.user.game
-    start = int(last_event_id) if last_event_id is not None else after
+    # A Last-Event-ID that is not one of ours (not a number) is ignored, as SSE servers do.
+    resumed = last_event_id.strip() if last_event_id is not None else ""
+    start = int(resumed) if resumed.isdigit() and len(resumed) <= 18 else after
 
     async def stream() -> AsyncIterator[ServerSentEventMessage]:
         cursor = start if start is not None else await segment_reads.newest_change()
