@@ -322,7 +322,9 @@ async def resend_failed(
 async def segment_changes(
     request: Request[Principal, Any, Any],
     segment_reads: SegmentReads,
-    after: Annotated[int | None, Parameter(ge=0, le=2**62)] = None,
+    # No lower bound: Litestar leaves a minimum of 0 out of the document, so a negative
+    # value is schema-valid there; it means what 0 means (from the first transition).
+    after: Annotated[int | None, Parameter(ge=-(2**62), le=2**62)] = None,
     last_event_id: Annotated[str | None, Parameter(header="Last-Event-ID", max_length=64)] = None,
     limit: Annotated[int | None, Parameter(ge=1, le=100_000)] = None,
     idle_ms: Annotated[int | None, Parameter(ge=1, le=3_600_000)] = None,
@@ -336,6 +338,8 @@ async def segment_changes(
     # A Last-Event-ID that is not one of ours (not a number) is ignored, as SSE servers do.
     resumed = last_event_id.strip() if last_event_id is not None else ""
     start = int(resumed) if resumed.isdigit() and len(resumed) <= 18 else after
+    if start is not None:
+        start = max(0, start)
 
     async def stream() -> AsyncIterator[ServerSentEventMessage]:
         cursor = start if start is not None else await segment_reads.newest_change()
