@@ -432,12 +432,12 @@ def webhook_routes() -> list[HTTPRouteHandler]:
         get("/v1/admin/webhooks", summary="The game's webhooks", **secured(Role.ADMIN, **tags))(
             list_webhooks
         ),
-        get(path, summary="A webhook", **secured(Role.ADMIN, 404, **tags))(get_webhook),
+        get(path, summary="A webhook", **secured(Role.ADMIN, 400, 404, **tags))(get_webhook),
         delete(
             path,
             status_code=HTTP_204_NO_CONTENT,
             summary="Remove a webhook",
-            **secured(Role.ADMIN, 404, **tags),
+            **secured(Role.ADMIN, 400, 404, **tags),
         )(delete_webhook),
         get(
             f"{path}/failed",
@@ -448,7 +448,7 @@ def webhook_routes() -> list[HTTPRouteHandler]:
             f"{path}/failed/resend",
             status_code=HTTP_200_OK,
             summary="Send a webhook's failed deliveries again",
-            **secured(Role.ADMIN, 404, **tags),
+            **secured(Role.ADMIN, 400, 404, **tags),
         )(resend_failed),
     ]
 
