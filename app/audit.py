@@ -12,7 +12,7 @@ from pathlib import Path
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from app.db.repositories import AuditRepository
+from app.db.audit import AuditRepository
 from app.domain.audit import AuditEntry, AuditRecord, BrokenLink, first_broken
 from app.log import get_logger
 

@@ -22,12 +22,13 @@ from app.analytics.location import LakeLocation
 from app.analytics.privacy import housekeeping_tick
 from app.audit import AuditTrail, copy_to_lake_forever
 from app.cors import CORS_CHANNEL, CorsOrigins
+from app.db.api_keys import KEY_CHANNEL
 from app.db.engine import create_engine, migrate
 from app.db.locks import hold_serving_lock
+from app.db.model_versions import MODEL_CHANNEL
 from app.db.notify import ChangeListener
 from app.db.privacy import ERASURE_CHANNEL
 from app.db.reads import FastReads
-from app.db.repositories import KEY_CHANNEL, MODEL_CHANNEL
 from app.db.segments import CHANGES_CHANNEL, SEGMENT_CHANNEL
 from app.domain.events import EventRecord
 from app.domain.features import FeatureSet, load_features
@@ -37,8 +38,8 @@ from app.experiments import ExperimentService
 from app.ingest import Ingestor
 from app.keys import KeyService
 from app.log import get_logger
+from app.models.predictions import PredictionService
 from app.models.registry import ModelRegistry
-from app.predictions import PredictionService
 from app.privacy import BrokerView, Eraser, PrivacyService
 from app.profiles import FailedEventService, ProfileService, ReadYourWrites
 from app.replay import sync_features

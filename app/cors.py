@@ -9,7 +9,7 @@ from dataclasses import replace
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.db.repositories import CorsRepository
+from app.db.cors import CorsRepository
 from app.domain.cors import CorsPolicy, parse_origins
 from app.log import get_logger
 

@@ -18,7 +18,7 @@ from app.analytics import drift as drift_stats
 from app.analytics import experiment as stats
 from app.analytics.location import LakeLocation
 from app.analytics.query import connect
-from app.db.repositories import ModelRepository
+from app.db.model_versions import ModelRepository
 from app.domain.outcome import Outcome
 from app.domain.predictions import ProbabilitySpec
 

@@ -16,8 +16,8 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.db.api_keys import ApiKeyRepository, StoredKey
 from app.db.reads import FastReads
-from app.db.repositories import ApiKeyRepository, StoredKey
 from app.domain.access import Principal, Role, hash_key, new_key, new_key_id
 from app.domain.events import NAME_PATTERN
 from app.log import get_logger

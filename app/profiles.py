@@ -11,12 +11,13 @@ from typing import Any
 import msgspec
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.db.failed_events import FailedEvent, FailedEventRepository
+from app.db.profiles import StoredProfile
 from app.db.reads import FastReads
-from app.db.repositories import FailedEvent, FailedEventRepository, StoredProfile
 from app.domain.features import FeatureSet
 from app.domain.fold import decode_state, evaluate
+from app.domain.partitioning import partition_for
 from app.domain.tokens import decode_token
-from app.streams.producer import partition_for
 
 
 class Freshness(msgspec.Struct, frozen=True):

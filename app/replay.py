@@ -23,9 +23,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from app import metrics
 from app.analytics.lake import PlayerEvents, count_players, player_events
 from app.analytics.location import LakeLocation
+from app.db.feature_defs import FeatureDefRepository
 from app.db.locks import serving_lock_alone
 from app.db.privacy import ErasureRepository
-from app.db.repositories import FeatureDefRepository, ProfileRepository, ProfileWrite
+from app.db.profiles import ProfileRepository, ProfileWrite
 from app.domain.dedup import SeenIds, bucket_width_s, event_hash
 from app.domain.events import EventRecord
 from app.domain.features import FeatureSet

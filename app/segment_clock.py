@@ -17,7 +17,7 @@ from collections.abc import Callable
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from app.db.repositories import PlayerKey, ProfileRepository
+from app.db.profiles import PlayerKey, ProfileRepository
 from app.db.segments import ALL_GAMES, Backfill, SegmentRepository
 from app.domain.fold import ProfileState, decode_state
 from app.domain.segments import CompiledSegment, SegmentDef, SegmentError

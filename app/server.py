@@ -191,7 +191,8 @@ def _upgrade_refusal(settings: Settings) -> str | None:
 async def _features_needing_replay(settings: Settings, features: Any) -> list[str]:
     """The features whose definition differs from the one the profiles were built with."""
     from app.db.engine import create_engine
-    from app.db.repositories import FeatureDefRepository, ProfileRepository
+    from app.db.feature_defs import FeatureDefRepository
+    from app.db.profiles import ProfileRepository
 
     assert settings.database_url is not None
     engine = create_engine(settings.database_url, pool_size=1)

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin, get_type_hints
+
+import msgspec
 
 from app.domain.features import parse_window
 
@@ -16,6 +19,39 @@ DEFAULT_FEATURES = Path(__file__).parent / "features.example.toml"
 
 LogFormat = Literal["console", "json"]
 BrokerKind = Literal["kafka", "memory"]
+
+
+@dataclass(frozen=True, slots=True)
+class Text:
+    """How a variable's text becomes its field's value where the type alone does not say
+    (``Annotated[T, Text(...)]``): ``parse`` raises ValueError, and the error names
+    ``form``."""
+
+    parse: Callable[[str], Any]
+    form: str
+
+
+def _seconds(raw: str) -> int:
+    return int(raw) if raw.isdigit() and int(raw) > 0 else parse_window(raw)
+
+
+Duration = Annotated[
+    int, Text(_seconds, "a duration: a positive integer followed by s, m, h or d, such as 24h")
+]
+"""Seconds, written as a duration (``60s``, ``30m``, ``24h``, ``7d``) or a number."""
+UserPath = Annotated[Path, Text(lambda raw: Path(raw).expanduser(), "a path")]
+"""A path; ``~`` is the user's home."""
+AbsolutePath = Annotated[Path, Text(lambda raw: Path(raw).expanduser().resolve(), "a path")]
+"""A path made absolute where it is read (``~`` is the user's home)."""
+
+ALIASES = {"features": "features_path"}
+"""Variables whose field is named otherwise (``PLAYERPULSE_FEATURES``: ``features_path``)."""
+
+
+def variable(field_name: str) -> str:
+    """The environment variable of a :class:`Settings` field."""
+    short = {name: alias for alias, name in ALIASES.items()}.get(field_name, field_name)
+    return PREFIX + short.upper()
 
 
 class SettingsError(ValueError):
@@ -60,7 +96,7 @@ class Settings:
     """PLAYERPULSE_MAX_EVENT_BYTES: largest single event (Segment: 32 KB); larger: rejected."""
     max_batch_events: int = 2000
     """PLAYERPULSE_MAX_BATCH_EVENTS: most events in one request; more: 413."""
-    rate_limit_events_s: float = 100_000
+    rate_limit_events_s: float = 100_000.0
     """PLAYERPULSE_RATE_LIMIT_EVENTS_S: events/s per key and process (0: off); over: 429."""
     max_in_flight_events: int = 200_000
     """PLAYERPULSE_MAX_IN_FLIGHT_EVENTS: events awaiting the broker before 503s."""
@@ -75,7 +111,7 @@ class Settings:
     """PLAYERPULSE_LAKE_FLUSH_S: longest an event waits in memory before its Parquet file."""
     lake_flush_events: int = 20_000
     """PLAYERPULSE_LAKE_FLUSH_EVENTS: events that trigger an early Parquet flush."""
-    dedup_horizon: int = 86400
+    dedup_horizon: Duration = 86400
     """PLAYERPULSE_DEDUP_HORIZON: seconds (received time) an event id is remembered, to
     skip a client's resend; set as a duration such as 60s, 30m, 24h or 7d, or seconds."""
     hop_sample: float = 0.01
@@ -93,7 +129,7 @@ class Settings:
     """PLAYERPULSE_LAKE_COMPACT_TARGET_ROWS: most rows per compacted file."""
     lake_retention_days: int | None = None
     """PLAYERPULSE_LAKE_RETENTION_DAYS: partitions dated longer ago are dropped; unset: kept."""
-    kafka_home: Path | None = None
+    kafka_home: AbsolutePath | None = None
     """PLAYERPULSE_KAFKA_HOME: where the embedded Kafka's jars and class archive are cached
     (default ``~/.cache/playerpulse/kafka-VERSION``)."""
     kafka_heap_opts: str = "-Xms128m -Xmx768m"
@@ -119,9 +155,9 @@ class Settings:
     cors_origins: str = ""
     """PLAYERPULSE_CORS_ORIGINS: comma-separated browser origins (or ``*``) allowed on the
     ingest routes of every game; read routes need a game's own (PUT /v1/admin/cors)."""
-    tls_cert: Path | None = None
+    tls_cert: UserPath | None = None
     """PLAYERPULSE_TLS_CERT: PEM certificate (chain) to serve HTTPS; needs TLS_KEY."""
-    tls_key: Path | None = None
+    tls_key: UserPath | None = None
     """PLAYERPULSE_TLS_KEY: PEM private key of TLS_CERT."""
     segments_topic: str = "segment-changes"
     """PLAYERPULSE_SEGMENTS_TOPIC: the Kafka topic segment transitions are written to
@@ -185,16 +221,15 @@ class Settings:
         env = os.environ if environ is None else environ
         default_format: LogFormat = "console" if sys.stderr.isatty() else "json"
         values: dict[str, Any] = {"log_format": default_format}
-        names = {f.name: f for f in fields(cls)}
-        aliases = {"features": "features_path"}
+        hints = get_type_hints(cls, include_extras=True)
         for key, raw in env.items():
             if not key.startswith(PREFIX):
                 continue
             name = key[len(PREFIX) :].lower()
-            name = aliases.get(name, name)
-            if name not in names or raw == "":
+            name = ALIASES.get(name, name)
+            if name not in hints or raw == "":
                 continue
-            values[name] = _convert(key, raw, type(getattr(cls(), name)), name)
+            values[name] = _convert(key, raw, hints[name])
         settings = cls(**values)
         for name, url in (
             ("LAKE_URL", settings.lake_url),
@@ -242,35 +277,32 @@ class Settings:
         return replace(self, database_url=database_url, kafka_brokers=kafka_brokers)
 
 
-def _convert(key: str, raw: str, kind: type, name: str) -> Any:
-    if name in ("database_url", "kafka_brokers", "lake_url", "lake_cold_url"):
-        return raw
-    if name == "lake_retention_days":  # optional: unset keeps everything
-        kind = int
-    if name in ("tls_cert", "tls_key"):
-        return Path(raw).expanduser()
-    if name == "kafka_home":  # optional: unset uses the user's cache
-        return Path(raw).expanduser().resolve()
-    if name == "dedup_horizon":
+def _convert(key: str, raw: str, hint: Any) -> Any:
+    """``raw`` as the field's annotation says: a :class:`Text` parser if it has one, a
+    ``Literal`` checked against its values, anything else by msgspec (``int``, ``float``,
+    ``str``, ``Path``, each optional)."""
+    if get_origin(hint) in (Union, UnionType):  # optional: unset is the default
+        (hint,) = (arg for arg in get_args(hint) if arg is not type(None))
+    if get_origin(hint) is Annotated:
+        text = next(m for m in hint.__metadata__ if isinstance(m, Text))
         try:
-            return int(raw) if raw.isdigit() and int(raw) > 0 else parse_window(raw)
+            return text.parse(raw)
         except ValueError as exc:
-            raise SettingsError(
-                f"{key}={raw!r} is not a duration: a positive integer followed by s, m, h "
-                "or d, such as 24h"
-            ) from exc
+            raise SettingsError(f"{key}={raw!r} is not {text.form}") from exc
+    if get_origin(hint) is Literal:
+        if raw not in get_args(hint):
+            raise SettingsError(f"{key} must be {' or '.join(get_args(hint))}, not {raw!r}")
+        return raw
     try:
-        if kind is bool:
-            return raw.lower() in ("1", "true", "yes", "on")
-        if kind is int:
-            return int(raw)
-        if kind is float:
-            return float(raw)
-        if issubclass(kind, Path):
-            return Path(raw)
-    except ValueError as exc:
-        raise SettingsError(f"{key}={raw!r} is not a valid {kind.__name__}") from exc
-    return raw
+        return msgspec.convert(raw, hint, strict=False, dec_hook=_decode)
+    except msgspec.ValidationError as exc:
+        raise SettingsError(f"{key}={raw!r} is not a valid {hint.__name__}") from exc
+
+
+def _decode(kind: type, raw: Any) -> Any:
+    if kind is Path and isinstance(raw, str):
+        return Path(raw)
+    raise NotImplementedError(kind)
 
 
 @dataclass(frozen=True, slots=True)

@@ -54,7 +54,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from app.streams.producer import partition_for  # noqa: E402
+from app.domain.partitioning import partition_for  # noqa: E402
 from bench.load import (  # noqa: E402
     GAME,
     CpuShare,

@@ -75,6 +75,25 @@ def reference(raw: bytes, row: list[float]) -> dict[str, Any]:
     return {o.name: v for o, v in zip(session.get_outputs(), values, strict=True)}
 
 
+def same(served: Any, expected: Any) -> bool:
+    """Served JSON equals onnxruntime's output for one row (float32 tolerance)."""
+    if isinstance(expected, np.ndarray):
+        expected = expected[0].tolist() if expected.ndim > 1 else expected[0].item()
+    if isinstance(expected, list) and expected and isinstance(expected[0], dict):
+        expected = expected[0]
+    if isinstance(expected, dict):
+        return set(served) == {str(k) for k in expected} and all(
+            same(served[str(k)], v) for k, v in expected.items()
+        )
+    if isinstance(expected, list):
+        return len(served) == len(expected) and all(
+            same(a, b) for a, b in zip(served, expected, strict=True)
+        )
+    if isinstance(expected, float):
+        return bool(abs(served - expected) <= 1e-5 * max(1.0, abs(expected)))
+    return bool(served == expected)
+
+
 def custom_domain_model() -> bytes:
     """A graph using an operator outside the standard domains."""
     node = helper.make_node("Magic", ["float_input"], ["y"], domain="com.example")

@@ -183,6 +183,14 @@ class ServeProcess:
         assert len(lines) == 1, f"expected the key alone on stdout, got {out!r}"
         return lines[0]
 
+    def openapi(self) -> dict[str, Any]:
+        """The OpenAPI document the server serves."""
+        with self.client() as client:
+            reply = client.get("/schema/openapi.json")
+        assert reply.status_code == 200, reply.text
+        document: dict[str, Any] = reply.json()
+        return document
+
     def client(self, key: str | None = None) -> httpx.Client:
         """An HTTP client for the server, authenticated with ``key`` if given."""
         headers = {"Authorization": f"Bearer {key}"} if key else {}

@@ -31,7 +31,7 @@ from .auth import PUBLIC_PATHS, ApiKeyAuthentication
 from .dashboard import STATIC
 from .errors import handle_http_error, handle_unexpected
 from .model_routes import STRICT_BODIES
-from .openapi import finish
+from .openapi import finish, operation_id
 from .ops import AdminAudit, Cors
 from .ops_routes import OPS_BODIES, document_ops
 from .routes import build_routes
@@ -120,6 +120,7 @@ def _openapi_config() -> OpenAPIConfig:
         description="Live player events in; real-time profiles and ONNX predictions out. "
         'Every error is `{"error": "...", "detail": ...}`.',
         path="/schema",
+        operation_id_creator=operation_id,
         render_plugins=[
             SwaggerRenderPlugin(
                 js_url=f"{swagger}/swagger-ui-bundle.js",

@@ -28,9 +28,9 @@ from app.domain.guard import Guard, GuardError, GuardEvent
 from app.domain.outcome import Outcome, OutcomeError
 from app.domain.rollout import Rollout, RolloutError
 from app.experiments import ExperimentService, Period, ReportUnavailable, UnknownModelName
-from app.models.registry import ModelInfo, ModelRegistry, Prediction, UnknownModel
+from app.models.predictions import PredictionService, Served, UnknownPlayer
+from app.models.registry import ModelInfo, ModelRegistry, UnknownModel
 from app.models.runtime import ModelRejected, PredictionFailed
-from app.predictions import PredictionService
 from app.profiles import Freshness
 from app.settings import Settings
 
@@ -175,15 +175,14 @@ def _rollout_reply(rollout: Rollout) -> RolloutReply:
     )
 
 
-def _reply(
-    prediction: Prediction, player_id: str | None = None, freshness: Freshness | None = None
-) -> PredictionReply:
+def _reply(served: Served) -> PredictionReply:
+    prediction = served.prediction
     return PredictionReply(
         model=prediction.model,
         version=prediction.version,
         outputs=prediction.outputs,
-        player_id=player_id,
-        freshness=freshness,
+        player_id=served.player_id,
+        freshness=served.freshness,
     )
 
 
@@ -241,12 +240,11 @@ async def predict_for_player(
     if after is not None:
         await await_token(predictions.read_your_writes, game, player_id, after, wait_ms)
     started = time.perf_counter()
-    profile = await predictions.profiles.get(game, player_id)
-    if profile is None:
-        raise ApiError(HTTP_404_NOT_FOUND, f"player {player_id!r} has no events in this game")
-    read = time.perf_counter()
-    prediction = await _predict(predictions.registry, game, name, profile.features, player_id)
-    return _timed(_reply(prediction, player_id, profile.freshness), started, read)
+    try:
+        served = await predictions.for_player(game, name, player_id)
+    except PREDICTION_ERRORS as exc:
+        raise _prediction_error(name, exc) from None
+    return _timed(_reply(served), started, served.read_at)
 
 
 async def predict(
@@ -269,34 +267,19 @@ async def predict(
             "body: give exactly one of 'features', 'instances' or 'players'",
         )
     game = request.user.game
-    registry = predictions.registry
-    if data.features is not None:
-        started = time.perf_counter()
-        prediction = await _predict(registry, game, name, data.features, data.player_id)
-        return _timed(_reply(prediction, data.player_id), started)
-    if data.instances is not None:
-        rows = [(i.player_id, i.features) for i in data.instances]
-        answers = await _predict_many(registry, game, name, rows)
-        return Response(
-            BatchPredictionReply(
-                [_reply(a, i.player_id) for a, i in zip(answers, data.instances, strict=True)]
-            )
-        )
-    players = data.players or []
-    if not players:
-        return Response(BatchPredictionReply([]))
-    profiles = await predictions.profiles.get_many(game, players)
-    found = []
-    for player_id, profile in zip(players, profiles, strict=True):
-        if profile is None:
-            raise ApiError(HTTP_404_NOT_FOUND, f"player {player_id!r} has no events in this game")
-        found.append(profile)
-    answers = await _predict_many(registry, game, name, [(p.player_id, p.features) for p in found])
-    return Response(
-        BatchPredictionReply(
-            [_reply(a, p.player_id, p.freshness) for a, p in zip(answers, found, strict=True)]
-        )
-    )
+    started = time.perf_counter()
+    try:
+        if data.features is not None:
+            one = await predictions.on_features(game, name, data.features, data.player_id)
+            return _timed(_reply(one), started)
+        if data.instances is not None:
+            rows = [(i.player_id, i.features) for i in data.instances]
+            served = await predictions.on_instances(game, name, rows)
+        else:
+            served = await predictions.for_players(game, name, data.players or [])
+    except PREDICTION_ERRORS as exc:
+        raise _prediction_error(name, exc) from None
+    return Response(BatchPredictionReply([_reply(s) for s in served]))
 
 
 def _timed(reply: PredictionReply, started: float, read: float | None = None) -> Response[Any]:
@@ -354,25 +337,12 @@ class _Timings:
 _TIMINGS = _Timings()
 
 
-async def _predict(
-    registry: ModelRegistry, game: str, name: str, features: dict[str, Any], player_id: str | None
-) -> Prediction:
-    try:
-        return await registry.predict(game, name, features, player_id)
-    except (UnknownModel, ModelRejected, PredictionFailed) as exc:
-        raise _prediction_error(name, exc) from None
-
-
-async def _predict_many(
-    registry: ModelRegistry, game: str, name: str, rows: list[tuple[str | None, dict[str, Any]]]
-) -> list[Prediction]:
-    try:
-        return await registry.predict_many(game, name, rows)
-    except (UnknownModel, ModelRejected, PredictionFailed) as exc:
-        raise _prediction_error(name, exc) from None
+PREDICTION_ERRORS = (UnknownPlayer, UnknownModel, ModelRejected, PredictionFailed)
 
 
 def _prediction_error(name: str, exc: Exception) -> ApiError:
+    if isinstance(exc, UnknownPlayer):
+        return ApiError(HTTP_404_NOT_FOUND, str(exc))
     if isinstance(exc, UnknownModel):
         return ApiError(HTTP_404_NOT_FOUND, f"model {name!r} has no version in this game")
     if isinstance(exc, ModelRejected):

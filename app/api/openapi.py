@@ -12,8 +12,16 @@ from typing import Any, cast
 
 import msgspec
 from litestar import Litestar
+from litestar.handlers import HTTPRouteHandler
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.openapi.spec import OpenAPIMediaType, OpenAPIType, Parameter, RequestBody, Schema
+from litestar.openapi.spec import (
+    OpenAPIMediaType,
+    OpenAPIType,
+    Parameter,
+    Reference,
+    RequestBody,
+    Schema,
+)
 
 from app.domain.access import Role
 from app.settings import Settings
@@ -44,6 +52,31 @@ STATUS_TEXT = {
     503: "Overloaded or the broker is unavailable: nothing accepted; retry after Retry-After",
     504: "The events of `after` were not folded within `wait_ms`",
 }
+
+
+OPERATION_IDS = {
+    "health": "getHealth",
+    "metrics_page": "getMetrics",
+    "dashboard_page": "getDashboardPage",
+    "dashboard_data": "getDashboardData",
+    "rollback": "rollbackModel",
+    "experiment_report": "getExperimentReport",
+    "drift_report": "getDriftReport",
+    "predict": "predict",
+    "put_cors": "setCors",
+}
+"""Operation ids that the handler's name would not give well (the rest: its name in
+camelCase)."""
+
+
+def operation_id(handler: HTTPRouteHandler, method: Any, path: list[Any]) -> str:
+    """A short, stable ``operationId`` (``sendEvents``, ``getProfile``, ...): what client
+    generators name their functions after. Unique: checked by the tests."""
+    name = handler.handler_name
+    if name in OPERATION_IDS:
+        return OPERATION_IDS[name]
+    first, *rest = name.split("_")
+    return first + "".join(word.title() for word in rest)
 
 
 def errors(*statuses: int) -> dict[int, ResponseSpec]:
@@ -163,7 +196,7 @@ def _bodies(settings: Settings) -> dict[str, dict[str, Any]]:
             "events": {
                 "type": "array",
                 "maxItems": most,
-                "items": {"anyOf": [_event_schema(), {}]},
+                "items": {"anyOf": [{"$ref": "#/components/schemas/Event"}, {}]},
                 "description": "Each event is validated on its own: an invalid one is "
                 "listed in `rejected`, the others are accepted.",
             }
@@ -191,13 +224,19 @@ def _bodies(settings: Settings) -> dict[str, dict[str, Any]]:
     return bodies
 
 
+EVENT_DESCRIPTION = (
+    "One player event: a unique `event_id` (a repeat is counted once), the player, its "
+    "type, when it happened (`ts`, RFC 3339 with an offset) and optional `props`."
+)
+
 _SENT_AT = Parameter(
     name="X-Sent-At",
     param_in="header",
     required=False,
     description="When the device sent the batch (RFC 3339 with an offset): each event's "
     "`ts` is corrected by how far the device clock is off the server's.",
-    schema=Schema(type="string", format="date-time", pattern=DATE_TIME_PATTERN),  # type: ignore[arg-type]
+    # A plain string with the pattern: client generators refuse a date-time header.
+    schema=Schema(type=OpenAPIType.STRING, pattern=DATE_TIME_PATTERN),
 )
 
 
@@ -234,12 +273,42 @@ _OUTCOME = {
 }
 """An outcome's rules (checked when it is set, 422 naming the field)."""
 
-_ONE_FORM = [
-    {"required": ["features"], "properties": {"features": {"type": "object"}}},
-    {"required": ["instances"], "properties": {"instances": {"type": "array"}}},
-    {"required": ["players"], "properties": {"players": {"type": "array"}}},
-]
-"""A prediction request names exactly one of features, instances or players (not null)."""
+_ABSENT = {"type": "null", "description": "Absent or null in this form."}
+_PLAYER_ID = {
+    "type": ["string", "null"],
+    "description": "Chooses the version of a split (features form only).",
+}
+_PREDICT_FORMS: dict[str, tuple[str, dict[str, Any]]] = {
+    "PredictOnFeatures": (
+        "features",
+        {"type": "object", "additionalProperties": {}, "description": "Feature values by name."},
+    ),
+    "PredictOnInstances": (
+        "instances",
+        {"type": "array", "items": {"$ref": "#/components/schemas/Instance"}},
+    ),
+    "PredictForPlayers": (
+        "players",
+        {"type": "array", "items": {"type": "string"}, "description": "Player ids."},
+    ),
+}
+"""A prediction request names exactly one of features, instances or players (not null):
+three complete object schemas, so that client generators can model each form."""
+
+
+def _predict_forms() -> dict[str, dict[str, Any]]:
+    names = [name for name, _ in _PREDICT_FORMS.values()]
+    forms = {}
+    for title, (name, schema) in _PREDICT_FORMS.items():
+        properties = {other: _ABSENT for other in names if other != name}
+        forms[title] = {
+            "type": "object",
+            "title": title,
+            "required": [name],
+            "properties": {name: schema, "player_id": _PLAYER_ID, **properties},
+            "additionalProperties": False,
+        }
+    return forms
 
 
 def _fix_components(schemas: dict[str, Schema], strict: list[type[msgspec.Struct]]) -> None:
@@ -247,9 +316,12 @@ def _fix_components(schemas: dict[str, Schema], strict: list[type[msgspec.Struct
         schema = schemas.get(kind.__name__)
         if schema is not None:
             schema.additional_properties = False
-    predict = schemas.get("PredictRequest")
-    if predict is not None:
-        predict.one_of = cast(Any, _ONE_FORM)
+    if "PredictRequest" in schemas:
+        schemas.update(cast(Any, _predict_forms()))
+        schemas["PredictRequest"] = Schema(
+            description="Exactly one of `features`, `instances` or `players`.",
+            one_of=[Reference(f"#/components/schemas/{title}") for title in _PREDICT_FORMS],
+        )
     guard = schemas.get("GuardBody")
     if guard is not None:
         guard.properties = cast(Any, _GUARD)
@@ -293,6 +365,9 @@ def finish(app: Litestar, settings: Settings, strict: list[type[msgspec.Struct]]
     document = app.openapi_schema
     if document.components and document.components.schemas:
         _fix_components(cast(Any, document.components.schemas), strict)
+        document.components.schemas["Event"] = cast(
+            Any, {**_event_schema(), "title": "Event", "description": EVENT_DESCRIPTION}
+        )
     _fix_parameters(document)
     upload = (document.paths or {}).get("/v1/admin/models/{name}")
     if upload is not None and upload.post is not None:

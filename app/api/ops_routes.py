@@ -16,7 +16,7 @@ from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_404_NOT_FO
 
 from app.audit import AuditTrail
 from app.cors import CorsOrigins
-from app.db.repositories import StoredKey
+from app.db.api_keys import StoredKey
 from app.domain.access import Principal, Role
 from app.domain.cors import ORIGIN_PATTERN, CorsError
 from app.domain.features import parse_window

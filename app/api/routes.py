@@ -32,7 +32,7 @@ from .read_your_writes import After, WaitMs, await_token
 from .segment_routes import segment_routes, webhook_routes
 
 if TYPE_CHECKING:
-    from app.db.repositories import FailedEvent
+    from app.db.failed_events import FailedEvent
 
 # -- response bodies -------------------------------------------------------------------
 

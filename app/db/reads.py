@@ -25,7 +25,7 @@ import asyncpg
 from app.domain.access import Principal, Role
 
 from .engine import libpq_url
-from .repositories import StoredProfile
+from .profiles import StoredProfile
 
 _PROFILE = (
     "SELECT state, events_applied, last_event_at, last_received_at, updated_at "

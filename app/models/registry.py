@@ -20,7 +20,7 @@ from typing import Any
 import msgspec
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.db.repositories import ModelRepository, ModelVersionInfo
+from app.db.model_versions import ModelRepository, ModelVersionInfo
 from app.domain.drift import DriftError, parse_stats
 from app.domain.events import NAME_PATTERN
 from app.domain.features import FeatureSet

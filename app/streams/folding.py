@@ -24,7 +24,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app import metrics
-from app.db.repositories import Failure, PlayerKey, ProfileRepository, ProfileWrite, Progress
+from app.db.profiles import Failure, PlayerKey, ProfileRepository, ProfileWrite, Progress
 from app.domain.compiled_fold import compile_fold
 from app.domain.dedup import SeenIds, bucket_width_s, event_hash
 from app.domain.events import EventRecord, decode_records, encode_record, maybe_from_micros

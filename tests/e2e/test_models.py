@@ -8,7 +8,6 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
 from tests import onnx_models as m
@@ -28,25 +27,6 @@ def upload(client: Any, name: str, raw: bytes, manifest: str = m.MANIFEST, **par
 
 def features(row: list[float]) -> dict[str, float]:
     return dict(zip(m.FEATURES, row, strict=True))
-
-
-def same(served: Any, expected: Any) -> bool:
-    """Served JSON equals onnxruntime's output for one row (float32 tolerance)."""
-    if isinstance(expected, np.ndarray):
-        expected = expected[0].tolist() if expected.ndim > 1 else expected[0].item()
-    if isinstance(expected, list) and expected and isinstance(expected[0], dict):
-        expected = expected[0]
-    if isinstance(expected, dict):
-        return set(served) == {str(k) for k in expected} and all(
-            same(served[str(k)], v) for k, v in expected.items()
-        )
-    if isinstance(expected, list):
-        return len(served) == len(expected) and all(
-            same(a, b) for a, b in zip(served, expected, strict=True)
-        )
-    if isinstance(expected, float):
-        return bool(abs(served - expected) <= 1e-5 * max(1.0, abs(expected)))
-    return bool(served == expected)
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +51,7 @@ def test_converted_models_serve_what_onnxruntime_computes(admin: Any, build: Any
         expected = m.reference(raw, row)
         assert set(body["outputs"]) == set(expected)
         for output, value in expected.items():
-            assert same(body["outputs"][output], value), (output, body["outputs"][output], value)
+            assert m.same(body["outputs"][output], value), (output, body["outputs"][output], value)
 
 
 def test_each_rejection_names_its_reason_and_the_serving_version_stays(

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import subprocess
 from pathlib import Path
-from typing import Any
 
 from tests.support import BIN, ServeProcess, unique
 
@@ -16,16 +15,8 @@ SEED = os.environ.get("PLAYERPULSE_SCHEMATHESIS_SEED", "20261128")
 ERROR = {"$ref": "#/components/schemas/ErrorReply"}
 
 
-def _document(server: ServeProcess) -> dict[str, Any]:
-    with server.client() as client:
-        reply = client.get("/schema/openapi.json")
-    assert reply.status_code == 200, reply.text
-    document: dict[str, Any] = reply.json()
-    return document
-
-
 def test_schemathesis_finds_no_failure(server: ServeProcess) -> None:
-    operations = sum(len(item) for item in _document(server)["paths"].values())
+    operations = sum(len(item) for item in server.openapi()["paths"].values())
     admin = server.key(unique("game"), "admin")
     command = [
         str(BIN / "schemathesis"),
@@ -53,7 +44,7 @@ def test_schemathesis_finds_no_failure(server: ServeProcess) -> None:
 
 
 def test_every_route_documents_its_errors_and_who_may_call_it(server: ServeProcess) -> None:
-    document = _document(server)
+    document = server.openapi()
     assert "security" not in document  # per operation, below
     error = document["components"]["schemas"]["ErrorReply"]
     assert sorted(error["required"]) == ["detail", "error"]
@@ -71,7 +62,9 @@ def test_every_route_documents_its_errors_and_who_may_call_it(server: ServeProce
                 assert operation["security"] == [{"apiKey": []}], (method, path)
                 assert {"401", "403"} <= errors, (method, path)
     schemas = document["components"]["schemas"]
-    for strict in ("ActivateBody", "GuardBody", "OutcomeBody", "PredictRequest", "RolloutBody"):
+    strict_bodies = ("ActivateBody", "GuardBody", "OutcomeBody", "RolloutBody")
+    predict_forms = ("PredictOnFeatures", "PredictOnInstances", "PredictForPlayers")
+    for strict in (*strict_bodies, *predict_forms):
         assert schemas[strict]["additionalProperties"] is False, strict
     events = document["paths"]["/v1/events"]["post"]
     assert set(events["responses"]) == {

@@ -14,9 +14,9 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.audit import AuditTrail, last_copied_seq, write_audit_file
+from app.db.api_keys import KEY_CHANNEL
 from app.db.notify import ChangeListener
 from app.db.reads import FastReads
-from app.db.repositories import KEY_CHANNEL
 from app.domain.access import Role, key_id_of
 from app.domain.audit import AuditEntry
 from app.keys import KeyService, UnknownKey

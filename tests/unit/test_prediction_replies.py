@@ -19,6 +19,7 @@ from app.api.model_routes import (
     predict,
     predict_for_player,
 )
+from app.models.predictions import PredictionService
 from app.models.registry import Prediction
 from app.profiles import Freshness, Profile
 
@@ -80,7 +81,7 @@ class Handlers(NamedTuple):
 def fakes() -> tuple[FakeRegistry, Handlers]:
     registry = FakeRegistry()
     request = SimpleNamespace(user=SimpleNamespace(game="game-1"))
-    predictions = SimpleNamespace(registry=registry, profiles=FakeProfiles(), read_your_writes=None)
+    predictions = PredictionService(cast(Any, registry), cast(Any, FakeProfiles()), cast(Any, None))
     return registry, Handlers(cast(Request[Any, Any, Any], request), predictions)
 
 

@@ -7,7 +7,8 @@ from collections import Counter, defaultdict
 import pytest
 
 from app.domain.events import EventRecord, decode_records, encode_record
-from app.streams.producer import MAX_MESSAGE_BYTES, group_messages, partition_for
+from app.domain.partitioning import partition_for
+from app.streams.producer import MAX_MESSAGE_BYTES, group_messages
 
 pytestmark = pytest.mark.unit
 

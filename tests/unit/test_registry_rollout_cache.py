@@ -14,7 +14,7 @@ from typing import Any, cast
 import pytest
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from app.db.repositories import ModelRepository
+from app.db.model_versions import ModelRepository
 from app.domain.features import FeatureSet
 from app.domain.rollout import Rollout
 from app.models.registry import ModelRegistry

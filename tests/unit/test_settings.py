@@ -71,7 +71,7 @@ def test_contract_variables_are_read() -> None:
 
 
 EXAMPLES = {
-    bool: ("yes", True),
+    bool: ("true", True),
     int: ("17", 17),
     float: ("0.25", 0.25),
     str: ("custom", "custom"),

@@ -1,150 +1,51 @@
-"""Command line of the offline path: ``lake compact``, ``analytics report``, ``training-set``.
-
-Registered in ``app/cli.py``; heavy imports stay inside the commands (start-up time).
-"""
+"""``playerpulse analytics``: SQL, reports and training sets over the lake."""
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import date, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import click
 
-if TYPE_CHECKING:
-    from app.settings import Settings
-
-_FORMATS = click.Choice(["table", "csv", "json"])
-_DAY = click.DateTime(formats=["%Y-%m-%d"])
-INPUT_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
-"""A file the command reads (it must exist)."""
-OUTPUT_FILE = click.Path(dir_okay=False, path_type=Path)
-"""A file the command writes."""
-
-
-def _settings() -> Settings:
-    from app.log import configure_logging
-    from app.settings import Settings, SettingsError
-
-    try:
-        settings = Settings.from_env()
-    except SettingsError as exc:
-        raise click.ClickException(str(exc)) from None
-    configure_logging(settings.log_format, "warning")
-    return settings
-
-
-@contextmanager
-def _progress(description: str) -> Iterator[Any]:
-    """A progress bar on stderr; yields ``advance(done, total)``."""
-    from rich.console import Console
-    from rich.progress import Progress
-
-    with Progress(console=Console(stderr=True), transient=False) as bar:
-        task = bar.add_task(description, total=None)
-
-        def advance(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
-
-        yield advance
-
-
-@contextmanager
-def _lake_errors() -> Iterator[None]:
-    import duckdb
-
-    from app.analytics.location import LakeLocationError
-
-    try:
-        yield
-    except (LakeLocationError, duckdb.Error, OSError) as exc:
-        raise click.ClickException(str(exc)) from None
+from app.cli.common import (
+    _DAY,
+    _FORMATS,
+    INPUT_FILE,
+    OUTPUT_FILE,
+    _lake_errors,
+    _progress,
+    _settings,
+)
 
 
 @click.group()
-def lake() -> None:
-    """The Parquet lake: compaction, tiering and retention."""
+def analytics() -> None:
+    """Questions to the Parquet lake (DuckDB)."""
 
 
-@lake.command("compact")
+@analytics.command("query")
+@click.argument("sql")
 @click.option(
-    "--target-rows",
-    type=click.IntRange(2),
-    default=None,
-    help="Rows per compacted file [setting lake_compact_target_rows, 1000000].",
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "csv", "json"]),
+    default="table",
+    show_default=True,
+    help="json prints one JSON array of row objects.",
 )
-@click.option(
-    "--cold-after-days",
-    type=click.IntRange(0),
-    default=None,
-    help="Move partitions older than this to the cold root [setting lake_cold_after_days].",
-)
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
-def compact(target_rows: int | None, cold_after_days: int | None, fmt: str) -> None:
-    """Merge small files per partition (one copy of each event, zstd) and tier old ones."""
-    import dataclasses
-
-    import msgspec
-
-    from app.analytics.compaction import compact_from_settings
-
-    settings = _settings()
-    overrides: dict[str, Any] = {}
-    if target_rows is not None:
-        overrides["target_rows"] = target_rows
-    if cold_after_days is not None:
-        overrides["cold_after_days"] = cold_after_days
-    with _lake_errors(), _progress("compacting partitions") as advance:
-        stats = compact_from_settings(settings, progress=advance, **overrides)
-    if fmt == "json":
-        click.echo(msgspec.json.encode(dataclasses.asdict(stats)).decode())
-    else:
-        click.echo(stats.describe())
-    if stats.skipped:
-        sys.exit(75)  # EX_TEMPFAIL: try again later
-
-
-@lake.command("retention")
-@click.option(
-    "--days",
-    type=click.IntRange(0),
-    default=None,
-    help="Drop partitions dated more than this many days ago [PLAYERPULSE_LAKE_RETENTION_DAYS].",
-)
-@click.option("--dry-run", is_flag=True, help="Only report what would be dropped.")
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
-def retention(days: int | None, dry_run: bool, fmt: str) -> None:
-    """Report the partitions (hot and cold) older than the retention, and drop them."""
-    import dataclasses
-
-    import msgspec
-
+def analytics_query(sql: str, fmt: str) -> None:
+    """Run SQL over the lake; the view `events` holds every event once."""
     from app.analytics.location import LakeLocation
-    from app.analytics.privacy import apply_retention
+    from app.analytics.query import LakeQueryError, render, run_query
 
-    settings = _settings()
-    keep = days if days is not None else settings.lake_retention_days
-    if keep is None:
-        raise click.UsageError(
-            "no retention: set PLAYERPULSE_LAKE_RETENTION_DAYS or pass --days "
-            "(unset, the lake keeps everything)"
-        )
-    with _lake_errors():
-        expired = apply_retention(LakeLocation.of(settings), keep, dry_run=dry_run)
-    verb = "would drop" if dry_run else "dropped"
-    if fmt == "json":
-        rows = [dataclasses.asdict(part) for part in expired]
-        click.echo(msgspec.json.encode({"dry_run": dry_run, "days": keep, "partitions": rows}))
-        return
-    for part in expired:
-        click.echo(
-            f"{verb} {part.kind} game={part.game} date={part.date} ({part.files} files, "
-            f"{part.bytes} bytes) in {part.root}"
-        )
-    click.echo(f"{verb} {len(expired)} partitions older than {keep} days")
+    settings = _settings("warning")
+    try:
+        result = run_query(LakeLocation.of(settings), sql)
+    except LakeQueryError as exc:
+        raise click.ClickException(str(exc)) from None
+    render(result, fmt, sys.stdout)
 
 
 @click.command("report")
@@ -223,7 +124,7 @@ def report(
     from app.analytics.reports import ReportError, ReportRequest, run_report
     from app.analytics.reports import plot as draw
 
-    settings = _settings()
+    settings = _settings("warning")
     request = ReportRequest(
         name=name,
         game=game,
@@ -293,7 +194,7 @@ def training_set(
     from app.analytics.training import TrainingSetError, build_training_set, training_sql
     from app.domain.features import FeatureFileError, load_features
 
-    settings = _settings()
+    settings = _settings("warning")
     try:
         features = load_features(features_path or settings.features_path)
     except FeatureFileError as exc:
@@ -347,7 +248,7 @@ def _model_report(
 
     try:
         with _lake_errors():
-            result = run_command(_settings(), run)
+            result = run_command(_settings("warning"), run)
     except UnknownModelName:
         raise click.ClickException(f"model {model!r} has no version in game {game!r}") from None
     except ReportUnavailable as exc:
@@ -437,3 +338,7 @@ def _print_experiment_extras(report: Any) -> None:
             "table",
             sys.stdout,
         )
+
+
+analytics.add_command(report)
+analytics.add_command(training_set)
