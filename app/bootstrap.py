@@ -376,7 +376,12 @@ async def open_services(settings: Settings) -> Services:
         segments=segments,
         segment_reads=SegmentReads(engine, segments),
         segment_changes=ChangeListener(url, SEGMENT_CHANNEL, segments.changed),
-        segment_clock=SegmentClock(engine, segments, interval_s=settings.segment_clock_s),
+        segment_clock=SegmentClock(
+            engine,
+            segments,
+            interval_s=settings.segment_clock_s,
+            keep_changes_s=settings.segment_changes_keep,
+        ),
         segment_delivery=delivery,
         segment_outbox=ChangeListener(url, CHANGES_CHANNEL, delivery.notice),
         webhooks=WebhookService(engine, delivery.sender),

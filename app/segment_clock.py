@@ -38,12 +38,15 @@ class SegmentClock:
         *,
         interval_s: float = 1.0,
         page: int = 500,
+        keep_changes_s: float = 7 * 86400,
     ) -> None:
         self.engine = engine
         self.catalog = catalog
         self.judge = SegmentJudge(catalog.for_game)
         self.interval_s = interval_s
         self.page = page
+        self.keep_changes_s = keep_changes_s
+        self._next_prune = 0.0
         self.profiles = ProfileRepository()
         self.repository = SegmentRepository()
 
@@ -65,6 +68,14 @@ class SegmentClock:
         deadline = time.monotonic() + 0.5
         while time.monotonic() < deadline and await self.backfill_round():
             pass
+        if time.monotonic() >= self._next_prune:
+            self._next_prune = time.monotonic() + 60
+            await self.prune()
+
+    async def prune(self) -> int:
+        """Forget transitions past their keeping time that every relay delivered."""
+        async with self.engine.begin() as conn:
+            return await self.repository.prune_changes(conn, self.keep_changes_s)
 
     async def _states(
         self, conn: AsyncConnection, keys: list[PlayerKey]

@@ -162,6 +162,10 @@ class Settings:
     segments_topic: str = "segment-changes"
     """PLAYERPULSE_SEGMENTS_TOPIC: the Kafka topic segment transitions are written to
     (keyed by player, one record per transition)."""
+    segment_changes_keep: Duration = 7 * 86400
+    """PLAYERPULSE_SEGMENT_CHANGES_KEEP: how long the transitions outbox keeps a
+    transition once every relay (topic, lake, each webhook) has delivered it (SSE streams
+    resume within it); a duration such as 7d."""
     segment_clock_s: float = 1.0
     """PLAYERPULSE_SEGMENT_CLOCK_S: how often each process looks for players whose windows
     moved (time-driven segment exits) and for new segments to evaluate over profiles."""

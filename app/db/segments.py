@@ -415,6 +415,20 @@ class SegmentRepository:
         )
         return [StoredChange(*r) for r in rows.all()]
 
+    async def prune_changes(self, conn: AsyncConnection, older_than_s: float) -> int:
+        """Delete transitions older than this that every relay has delivered; how many."""
+        gone = await conn.execute(
+            text(
+                """
+                DELETE FROM segment_changes
+                WHERE at < clock_timestamp() - make_interval(secs => :s)
+                  AND id <= (SELECT coalesce(min(last_id), 0) FROM segment_cursors)
+                """
+            ),
+            {"s": older_than_s},
+        )
+        return int(gone.rowcount or 0)
+
     async def newest_change(self, conn: AsyncConnection) -> int:
         """The newest outbox id (0: none yet)."""
         return int(await conn.scalar(text("SELECT coalesce(max(id), 0) FROM segment_changes")) or 0)

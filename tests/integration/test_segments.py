@@ -177,5 +177,26 @@ async def test_a_new_segment_is_evaluated_over_existing_profiles(
     assert info.profiles_evaluated == 12
 
 
+async def test_delivered_transitions_are_pruned_after_their_keeping_time(
+    engine: AsyncEngine, catalog: SegmentCatalog
+) -> None:
+    folder = ProfileFolder(engine, FEATURES, segments=SegmentJudge(catalog.for_game))
+    now = time.time_ns() // 1000
+    await folder.fold_batch([_payload([record("k1", "p7", "purchase", now, amount=500)])])
+    await folder.fold_batch([_payload([record("k2", "p8", "purchase", now, amount=500)])])
+    newest = len(await changes(engine))
+    clock = SegmentClock(engine, catalog, keep_changes_s=0)
+    async with engine.begin() as conn:
+        await conn.exec_driver_sql("TRUNCATE segment_cursors")
+        await conn.execute(
+            text("INSERT INTO segment_cursors (consumer, last_id) VALUES ('a', :a), ('b', :b)"),
+            {"a": 10**9, "b": await conn.scalar(text("SELECT min(id) FROM segment_changes"))},
+        )
+    # Only what the slowest relay ("b") has delivered may go.
+    assert await clock.prune() == 1
+    assert len(await changes(engine)) == newest - 1
+    assert await SegmentClock(engine, catalog).prune() == 0  # kept 7 days by default
+
+
 def _payload(events: list[EventRecord]) -> bytes:
     return encode_many(events)
