@@ -30,6 +30,7 @@ from app.db.notify import ChangeListener
 from app.db.privacy import ERASURE_CHANNEL
 from app.db.reads import FastReads
 from app.db.segments import CHANGES_CHANNEL, SEGMENT_CHANNEL
+from app.disk import DiskWatch
 from app.domain.events import EventRecord
 from app.domain.features import FeatureSet, load_features
 from app.domain.guard import GuardWatch
@@ -106,8 +107,10 @@ class Services:
     segment_delivery: SegmentDelivery
     segment_outbox: ChangeListener
     webhooks: WebhookService
+    disk: DiskWatch
     _segment_clock_task: asyncio.Task[None] | None = None
     _release_serving_lock: Callable[[], Awaitable[None]] | None = None
+    _disk_task: asyncio.Task[None] | None = None
     _eraser_task: asyncio.Task[None] | None = None
     _audit_copy_task: asyncio.Task[None] | None = None
 
@@ -140,6 +143,7 @@ class Services:
         self.prediction_log.start()
         await self.erasure_notices.start()
         self._eraser_task = asyncio.create_task(self.eraser.run_forever(), name="eraser")
+        self._disk_task = asyncio.create_task(self.disk.run(), name="disk-watch")
         self._audit_copy_task = asyncio.create_task(
             copy_to_lake_forever(self.audit, settings.lake_dir), name="audit-to-lake"
         )
@@ -173,6 +177,8 @@ class Services:
                 await self._segment_clock_task
         if self._audit_copy_task is not None:
             self._audit_copy_task.cancel()
+        if self._disk_task is not None:
+            self._disk_task.cancel()
         if self._eraser_task is not None:
             self._eraser_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -303,7 +309,8 @@ async def open_services(settings: Settings) -> Services:
     features = load_features(settings.features_path)
     engine = open_engine(settings)
     url = settings.database_url or ""
-    reads = await FastReads.open(url)
+    reads = await FastReads.open(url, timeout_s=settings.db_timeout_s)
+    disk = DiskWatch.of(settings)
     replication = await asyncio.to_thread(_ensure_topics, settings, brokers)
     producer = EventProducer(brokers, timeout_s=settings.produce_timeout_s)
     tombstones = TombstoneWatch(engine)
@@ -316,8 +323,9 @@ async def open_services(settings: Settings) -> Services:
         tombstones=tombstones,
         dedup_horizon_s=settings.dedup_horizon,
         segments=SegmentJudge(segments.for_game),
+        cache_bytes=settings.fold_cache_bytes,
     )
-    archiver, prediction_archiver, hop_archiver = _archivers(settings, tombstones)
+    archiver, prediction_archiver, hop_archiver = _archivers(settings, tombstones, disk)
     folder.hop_sampler = HopSampler(settings.hop_sample, hop_archiver)
     location = LakeLocation.of(settings)
     topics = (settings.events_topic, settings.predictions_topic)
@@ -345,6 +353,7 @@ async def open_services(settings: Settings) -> Services:
             settings.events_topic,
             rate_per_key=settings.rate_limit_events_s,
             max_in_flight=settings.max_in_flight_events,
+            disk=disk,
         ),
         folder=folder,
         archiver=archiver,
@@ -373,6 +382,7 @@ async def open_services(settings: Settings) -> Services:
         key_changes=ChangeListener(url, KEY_CHANNEL, keys.forget),
         cors=cors,
         cors_changes=ChangeListener(url, CORS_CHANNEL, cors.changed),
+        disk=disk,
         segments=segments,
         segment_reads=SegmentReads(engine, segments),
         segment_changes=ChangeListener(url, SEGMENT_CHANNEL, segments.changed),
@@ -418,15 +428,16 @@ def _ensure_topics(settings: Settings, brokers: str) -> int:
 
 
 def _archivers(
-    settings: Settings, tombstones: TombstoneWatch
+    settings: Settings, tombstones: TombstoneWatch, disk: DiskWatch
 ) -> tuple[LakeArchiver[EventRecord], LakeArchiver[PredictionRecord], LakeArchiver[HopRecord]]:
     """The lake buffers of events and of predictions (erased players dropped at write),
-    and of the hop sample (no player in it)."""
+    and of the hop sample (no player in it); all paused while the disk is low."""
     buffer = partial(
         LakeArchiver,
         settings.lake_root,
         flush_s=settings.lake_flush_s,
         flush_events=settings.lake_flush_events,
+        may_write=lambda: disk.writable,
     )
     events = buffer(writer=write_events, tombstones=tombstones, counter=metrics.EVENTS_ARCHIVED)
     predictions = buffer(writer=write_predictions, tombstones=tombstones)

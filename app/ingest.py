@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from app import metrics
+from app.disk import DiskFull, DiskWatch
 from app.domain.events import EventRecord
 from app.streams.producer import BrokerUnavailable, EventProducer
 
@@ -65,20 +66,26 @@ class Ingestor:
         *,
         rate_per_key: float,
         max_in_flight: int,
+        disk: DiskWatch | None = None,
     ) -> None:
         self.producer = producer
+        self.disk = disk
+        """When set, events are refused (:class:`DiskFull`) while the disk is low."""
         self.topic = topic
         self.limiter = RateLimiter(rate_per_key)
         self.max_in_flight = max_in_flight
         self.in_flight = 0
 
     async def accept(self, key: str, records: Sequence[EventRecord]) -> dict[int, int]:
-        """Make ``records`` durable in Kafka, or raise Overloaded / BrokerUnavailable.
+        """Make ``records`` durable in Kafka, or raise Overloaded / BrokerUnavailable /
+        DiskFull.
 
         Returns, per partition, the offset of the last message holding some of them.
         """
         if not records:
             return {}
+        if self.disk is not None:
+            self.disk.refuse_writes()
         wait = self.limiter.take(key, len(records))
         if wait:
             metrics.EVENTS_THROTTLED.inc(len(records))
@@ -101,4 +108,4 @@ class Ingestor:
             self.in_flight -= len(records)
 
 
-__all__ = ["BrokerUnavailable", "Ingestor", "Overloaded", "RateLimiter"]
+__all__ = ["BrokerUnavailable", "DiskFull", "Ingestor", "Overloaded", "RateLimiter"]

@@ -15,7 +15,7 @@ from bisect import bisect_left
 from collections.abc import Sequence
 from typing import Any
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, multiprocess
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, multiprocess
 
 
 def registry() -> CollectorRegistry:
@@ -83,6 +83,10 @@ EVENTS_REJECTED = Counter("playerpulse_events_rejected", "Events refused at inge
 EVENTS_FOLDED = Counter("playerpulse_events_folded", "Events applied to a profile.")
 EVENTS_DUPLICATE = Counter(
     "playerpulse_events_duplicate", "Deliveries of events already applied (no effect)."
+)
+EVENTS_HELD = Counter(
+    "playerpulse_messages_held",
+    "Topic messages held back because one before them was not delivered (read again).",
 )
 EVENTS_FAILED = Counter(
     "playerpulse_events_failed", "Events that could not be folded (kept in failed_events)."
@@ -155,6 +159,44 @@ PREDICTIONS_BY_VERSION = Histogram(
     "number of predictions).",
     ["model", "version"],
     buckets=(0.0002, 0.0005, 0.001, 0.0015, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1),
+)
+DISK_FREE_BYTES = Gauge(
+    "playerpulse_disk_free_bytes",
+    "Free space of each directory the service writes, at the last check (about every second).",
+    ["directory", "path"],
+    multiprocess_mode="max",
+)
+DISK_MIN_FREE_BYTES = Gauge(
+    "playerpulse_disk_min_free_bytes",
+    "The watermark (PLAYERPULSE_DISK_MIN_FREE) of each directory, in bytes: below it, "
+    "ingest answers 507 and the lake archive pauses.",
+    ["directory", "path"],
+    multiprocess_mode="max",
+)
+DISK_WRITES_REFUSED = Gauge(
+    "playerpulse_disk_writes_refused",
+    "1 while some directory is below its watermark (ingest answers 507), else 0.",
+    multiprocess_mode="max",
+)
+RESIDENT_BYTES = Gauge(
+    "playerpulse_process_resident_bytes",
+    "Resident memory (RSS) of each process of the service, by role (worker-N, supervisor, "
+    "postgresql, broker).",
+    ["process"],
+    multiprocess_mode="mostrecent",
+)
+FOLD_CACHE_BYTES = Gauge(
+    "playerpulse_fold_cache_bytes",
+    "Estimated memory of the fold's cache of player states, per worker "
+    "(bounded by PLAYERPULSE_FOLD_CACHE_BYTES).",
+    ["worker"],
+    multiprocess_mode="mostrecent",
+)
+FOLD_CACHE_PLAYERS = Gauge(
+    "playerpulse_fold_cache_players",
+    "Player states in the fold's cache, per worker.",
+    ["worker"],
+    multiprocess_mode="mostrecent",
 )
 GC_SECONDS = Counter(
     "playerpulse_gc_seconds",

@@ -34,8 +34,10 @@ from typing import Any
 
 import uvicorn
 
+from app.db.engine import SchemaTooNewError
+from app.disk import DiskWatch
 from app.domain.features import FeatureFileError, load_features
-from app.embedded import Runtime, embedded_runtime
+from app.embedded import EmbeddedService, Runtime, embedded_runtime
 from app.embedded.process import ChildProcess
 from app.log import get_logger
 from app.settings import Settings
@@ -63,6 +65,12 @@ WORKER_STOP_TIMEOUT_S = 30.0
 CRASH_WINDOW_S = 60.0
 """A worker that dies this many times within this window is not restarted again."""
 CRASH_LIMIT = 5
+EMBEDDED_RESTART_LIMIT = 5
+"""An embedded PostgreSQL or broker that dies (or fails to start again) this many times
+within EMBEDDED_RESTART_WINDOW_S stops the service, with the reason logged."""
+EMBEDDED_RESTART_WINDOW_S = 600.0
+EMBEDDED_BACKOFF_S = (0.5, 1.0, 2.0, 5.0, 10.0)
+"""The waits before successive restarts of an embedded child within the window."""
 
 
 class Interrupted(Exception):
@@ -110,7 +118,11 @@ def serve(settings: Settings, host: str, port: int, workers: int | None = None) 
                 database="embedded" if settings.embedded_postgres else "external",
                 broker=_broker_kind(settings),
             )
-            _prepare(concrete)
+            try:
+                _prepare(concrete)
+            except SchemaTooNewError as exc:
+                log.error("refusing to start: the data is newer than this build", error=str(exc))
+                return 1
             return _Supervisor(concrete, runtime, listener, count).run()
     except Interrupted as exc:
         log.info("interrupted while starting", signal=str(exc))
@@ -153,6 +165,18 @@ def _bind(host: str, port: int) -> socket.socket:
         raise
     sock.set_inheritable(True)
     return sock
+
+
+def worker_command() -> list[str]:
+    """The command line that starts one worker, from a venv or from the one-file build.
+
+    A frozen executable (``make dist``) has no interpreter that could run ``-m
+    app.worker``: it is re-invoked with its hidden ``worker`` subcommand instead, and
+    reuses the files its supervisor already unpacked.
+    """
+    if getattr(sys, "frozen", False):
+        return [sys.executable, "worker"]
+    return [sys.executable, "-m", "app.worker"]
 
 
 def _prepare(settings: Settings) -> None:
@@ -259,6 +283,9 @@ class _Supervisor:
         self.count = count
         self.stopping: str | None = None
         self.upgrade_requested = False
+        self.embedded_failures: dict[str, list[float]] = {}
+        self.disk = DiskWatch.of(settings)
+        """Read before restarting an embedded child: on a full disk it would only die again."""
         self.generation = 0
         env = {k: v for k, v in os.environ.items() if k != METRICS_DIR}
         env.update(
@@ -279,7 +306,7 @@ class _Supervisor:
     def _child(self, index: int) -> ChildProcess:
         return ChildProcess(
             f"worker-{index}",
-            [sys.executable, "-m", "app.worker"],
+            worker_command(),
             None,  # workers log to our stderr
             stop_signal=signal.SIGTERM,
             # If the supervisor is killed, its workers go at once: what they held
@@ -331,9 +358,8 @@ class _Supervisor:
                 self.upgrade_requested = False
                 self._upgrade(workers)
                 continue
-            dead = self.runtime.dead_child()
-            if dead is not None:
-                log.error("embedded service died; stopping", child=dead)
+            dead = self.runtime.dead_service()
+            if dead is not None and not self._restart_embedded(*dead):
                 return 1
             for worker in workers:
                 code = worker.child.exited()
@@ -356,6 +382,76 @@ class _Supervisor:
             time.sleep(0.1)
         log.info("stopping", signal=self.stopping, workers=len(workers))
         return 0
+
+    def _restart_embedded(self, what: str, service: EmbeddedService) -> bool:
+        """Start a dead embedded child again, with backoff; False when it keeps failing
+        (EMBEDDED_RESTART_LIMIT times within EMBEDDED_RESTART_WINDOW_S) or a signal came."""
+        child = service.child
+        name = child.name if child is not None else type(service).__name__
+        tail = child.log_tail(10) if child is not None else ""
+        log.error("embedded service died; restarting it", child=what, log_tail=tail)
+        while self.stopping is None:
+            if not self._await_disk_space(name):
+                break
+            now = time.monotonic()
+            failures = [
+                t
+                for t in self.embedded_failures.get(name, [])
+                if now - t < EMBEDDED_RESTART_WINDOW_S
+            ]
+            failures.append(now)
+            self.embedded_failures[name] = failures
+            if len(failures) > EMBEDDED_RESTART_LIMIT:
+                log.error(
+                    "embedded service keeps failing; stopping",
+                    child=name,
+                    failures=len(failures) - 1,
+                    within_s=EMBEDDED_RESTART_WINDOW_S,
+                    last=what,
+                    log_tail=tail,
+                )
+                return False
+            wait = EMBEDDED_BACKOFF_S[min(len(failures), len(EMBEDDED_BACKOFF_S)) - 1]
+            deadline = time.monotonic() + wait
+            while self.stopping is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if self.stopping is not None:
+                break
+            started = time.monotonic()
+            try:
+                service.start()
+            except (RuntimeError, OSError) as exc:
+                what = f"{name} did not start again: {exc}"
+                tail = str(exc)[-2000:]
+                log.error("embedded service did not start again", child=name, error=tail)
+                continue
+            log.warning(
+                "embedded service restarted",
+                child=name,
+                seconds=round(time.monotonic() - started, 2),
+                restarts_in_window=len(failures),
+            )
+            return True
+        return True  # stopping anyway: the caller sees the signal
+
+    def _await_disk_space(self, name: str) -> bool:
+        """Wait (uncounted: it is not the child's failure) while a watched directory is
+        below PLAYERPULSE_DISK_MIN_FREE; False if a signal came meanwhile."""
+        self.disk.check()
+        if self.disk.low is None:
+            return True
+        low = self.disk.low
+        log.error(
+            "not restarting an embedded service until disk space returns",
+            child=name,
+            directory=low.path,
+            free_bytes=low.free_bytes,
+            min_free_bytes=low.min_free_bytes,
+        )
+        while self.stopping is None and self.disk.low is not None:
+            time.sleep(1.0)
+            self.disk.check()
+        return self.stopping is None
 
     def _upgrade(self, workers: list[_Worker]) -> None:
         """Replace each worker in turn by a freshly started one (new code, features file):
@@ -466,7 +562,11 @@ async def _drain(server: uvicorn.Server, app: Any) -> None:
 
 
 async def _serve_worker(
-    settings: Settings, sock: socket.socket, generation: int = 0, ready_file: Path | None = None
+    settings: Settings,
+    sock: socket.socket,
+    generation: int = 0,
+    ready_file: Path | None = None,
+    index: int = 0,
 ) -> int:
     from app.api.app import create_app
 
@@ -476,7 +576,7 @@ async def _serve_worker(
         outcome["code"] = 1
         server.should_exit = True
 
-    app = create_app(settings, on_fatal=fatal)
+    app = create_app(settings, on_fatal=fatal, worker_index=index)
     app.state.generation = generation
     config = uvicorn.Config(
         app,
@@ -528,7 +628,8 @@ def run_worker(settings: Settings) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the supervisor's to handle
     generation = int(os.environ.get(WORKER_GENERATION, "0"))
     ready = os.environ.get(WORKER_READY)
-    return _run(_serve_worker(settings, sock, generation, Path(ready) if ready else None))
+    index = int(os.environ.get(WORKER_INDEX, "0"))
+    return _run(_serve_worker(settings, sock, generation, Path(ready) if ready else None, index))
 
 
 def _run(coro: object) -> int:

@@ -29,6 +29,8 @@ class Text:
 
     parse: Callable[[str], Any]
     form: str
+    kind: str = ""
+    """The type as the configuration page names it (``duration``, ``size``)."""
 
 
 def _seconds(raw: str) -> int:
@@ -36,7 +38,12 @@ def _seconds(raw: str) -> int:
 
 
 Duration = Annotated[
-    int, Text(_seconds, "a duration: a positive integer followed by s, m, h or d, such as 24h")
+    int,
+    Text(
+        _seconds,
+        "a duration: a positive integer followed by s, m, h or d, such as 24h",
+        "duration",
+    ),
 ]
 """Seconds, written as a duration (``60s``, ``30m``, ``24h``, ``7d``) or a number."""
 UserPath = Annotated[Path, Text(lambda raw: Path(raw).expanduser(), "a path")]
@@ -44,7 +51,80 @@ UserPath = Annotated[Path, Text(lambda raw: Path(raw).expanduser(), "a path")]
 AbsolutePath = Annotated[Path, Text(lambda raw: Path(raw).expanduser().resolve(), "a path")]
 """A path made absolute where it is read (``~`` is the user's home)."""
 
-ALIASES = {"features": "features_path"}
+
+def _positive_seconds(raw: str) -> float:
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = float(parse_window(raw))
+    if not seconds > 0:
+        raise ValueError(raw)
+    return seconds
+
+
+Seconds = Annotated[
+    float, Text(_positive_seconds, "positive seconds or a duration such as 10s", "seconds")
+]
+"""Seconds, written as a number (``2.5``) or a duration (``10s``, ``5m``)."""
+
+
+def _bytes(raw: str) -> int:
+    from humanfriendly import InvalidSize, parse_size
+
+    try:
+        return int(raw) if raw.isdigit() else int(parse_size(raw, binary=True))
+    except InvalidSize as exc:
+        raise ValueError(raw) from exc
+
+
+ByteSize = Annotated[int, Text(_bytes, "a size such as 256MiB (or bytes)", "size")]
+"""Bytes, written as a number or a size (``256MiB``, ``1GB``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class MinFree:
+    """A free-space watermark: bytes, or a percentage of the file system's size."""
+
+    bytes: int = 0
+    percent: float = 0.0
+
+    def threshold(self, total: int) -> int:
+        """The least free bytes allowed on a file system of ``total`` bytes."""
+        return self.bytes if self.percent == 0 else int(total * self.percent / 100)
+
+    def __str__(self) -> str:
+        return f"{self.percent:g}%" if self.percent else f"{self.bytes} bytes"
+
+
+def parse_min_free(text: str) -> MinFree:
+    """``"5%"``, ``"500MB"``, ``"1GiB"`` or a plain number of bytes; ValueError otherwise."""
+    from humanfriendly import InvalidSize, parse_size
+
+    text = text.strip()
+    if text.endswith("%"):
+        percent = float(text[:-1])
+        if not 0 <= percent < 100:
+            raise ValueError(f"{text!r}: a percentage from 0 to 100")
+        return MinFree(percent=percent)
+    try:
+        size = parse_size(text)
+    except InvalidSize as exc:
+        raise ValueError(f"{text!r} is neither a size (500MB, 1GiB) nor a percentage") from exc
+    return MinFree(bytes=int(size))
+
+
+def _min_free(raw: str) -> str:
+    parse_min_free(raw)  # raises ValueError
+    return raw
+
+
+MinFreeSpace = Annotated[
+    str,
+    Text(_min_free, "a size such as 500MB or 1GiB, or a percentage such as 5%", "size or percent"),
+]
+"""A free-space watermark: a size, or a percentage of the file system."""
+
+ALIASES = {"features": "features_path", "produce_timeout": "produce_timeout_s"}
 """Variables whose field is named otherwise (``PLAYERPULSE_FEATURES``: ``features_path``)."""
 
 
@@ -100,8 +180,19 @@ class Settings:
     """PLAYERPULSE_RATE_LIMIT_EVENTS_S: events/s per key and process (0: off); over: 429."""
     max_in_flight_events: int = 200_000
     """PLAYERPULSE_MAX_IN_FLIGHT_EVENTS: events awaiting the broker before 503s."""
-    produce_timeout_s: float = 10.0
-    """PLAYERPULSE_PRODUCE_TIMEOUT_S: longest wait for the broker to acknowledge a batch."""
+    produce_timeout_s: Seconds = 10.0
+    """PLAYERPULSE_PRODUCE_TIMEOUT: longest wait for the broker to acknowledge a batch, after
+    which ingest answers 503 with Retry-After (PLAYERPULSE_PRODUCE_TIMEOUT_S also works)."""
+    disk_min_free: MinFreeSpace = "5%"
+    """PLAYERPULSE_DISK_MIN_FREE: below this free space (a size such as 500MB or 1GiB, or a
+    percentage of the file system) in any directory the service writes, ingest answers 507
+    and the lake archive pauses until space returns."""
+    db_timeout_s: Seconds = 5.0
+    """PLAYERPULSE_DB_TIMEOUT_S: longest a read waits for PostgreSQL (connect or query)
+    before it answers 503."""
+    fold_cache_bytes: ByteSize = 256 * 1024 * 1024
+    """PLAYERPULSE_FOLD_CACHE_BYTES: memory (estimated) of the fold's cache of player states
+    in each worker, a size such as 256MiB; 0 keeps none."""
     fold_batch_max: int = 500
     """PLAYERPULSE_FOLD_BATCH_MAX: most topic messages (each one request's events for one
     partition) the fold commits in one transaction."""

@@ -60,7 +60,8 @@ def _type_name(hint: Any) -> str:
     if get_origin(hint) in (Union, UnionType):
         return " or ".join(_type_name(arg) for arg in get_args(hint))
     if get_origin(hint) is Annotated:
-        return "duration" if hint.__origin__ is int else _type_name(hint.__origin__)
+        kinds = [getattr(meta, "kind", "") for meta in hint.__metadata__]
+        return next((kind for kind in kinds if kind), None) or _type_name(hint.__origin__)
     if get_origin(hint) is Literal:
         return " or ".join(f'"{value}"' for value in get_args(hint))
     return "None" if hint is type(None) else str(getattr(hint, "__name__", hint))

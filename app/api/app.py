@@ -25,6 +25,7 @@ from app import __version__
 from app.bootstrap import Services, open_services
 from app.gc_tuning import settle_heap
 from app.log import get_logger
+from app.process_memory import publish_forever
 from app.settings import Settings
 
 from .auth import PUBLIC_PATHS, ApiKeyAuthentication
@@ -143,7 +144,7 @@ def _openapi_config() -> OpenAPIConfig:
 
 
 def _lifespan(
-    settings: Settings, on_fatal: Callable[[str], None] | None
+    settings: Settings, on_fatal: Callable[[str], None] | None, worker_index: int = 0
 ) -> Callable[[Litestar], AbstractAsyncContextManager[None]]:
     """Open the services, run the stream agents beside HTTP, and stop in order.
 
@@ -171,8 +172,12 @@ def _lifespan(
             async with faust_app_running(services.stream_app, stop_timeout=30):
                 log.info("stream agents started", topic=settings.events_topic)
                 watcher = asyncio.create_task(watch(services))
+                memory = asyncio.create_task(
+                    publish_forever(worker_index, folder=services.folder), name="memory"
+                )
                 yield
                 watcher.cancel()
+                memory.cancel()
                 # HTTP has stopped taking requests: archive what is buffered, then stop.
                 # Bounded: what is not archived stays unacknowledged and is redelivered.
                 try:
@@ -186,15 +191,17 @@ def _lifespan(
     return lifespan
 
 
-def create_app(settings: Settings, on_fatal: Callable[[str], None] | None = None) -> Litestar:
+def create_app(
+    settings: Settings, on_fatal: Callable[[str], None] | None = None, worker_index: int = 0
+) -> Litestar:
     """The ASGI app for ``settings``, which must name a database and brokers (``on_fatal``:
-    see :func:`_lifespan`)."""
+    see :func:`_lifespan`; ``worker_index``: which worker of ``serve`` this is)."""
     docs_assets = create_static_files_router(
         path=DOCS_ASSETS, directories=[STATIC / "docs"], include_in_schema=False
     )
     app = Litestar(
         route_handlers=[*build_routes(settings), docs_assets],
-        lifespan=[_lifespan(settings, on_fatal)],
+        lifespan=[_lifespan(settings, on_fatal, worker_index)],
         dependencies={name: _provider(attribute) for name, attribute in PROVIDED.items()},
         middleware=[DefineMiddleware(ApiKeyAuthentication, exclude=PUBLIC_PATHS)],
         exception_handlers={HTTPException: handle_http_error, Exception: handle_unexpected},

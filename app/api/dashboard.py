@@ -59,8 +59,19 @@ class ModelHistogram(msgspec.Struct):
     seconds: Histogram
 
 
+class DiskSpace(msgspec.Struct):
+    """A directory the service writes: its free space and watermark at the last check."""
+
+    directory: str
+    path: str
+    free_bytes: float
+    min_free_bytes: float
+
+
 class DashboardSnapshot(msgspec.Struct):
-    """Totals since the service started (over every worker), and the fold's lag now."""
+    """Totals since the service started (over every worker), the fold's lag now, the free
+    space of each directory written (``writes_refused``: ingest answers 507) and the
+    resident memory of each process."""
 
     time: float
     counters: dict[str, float]
@@ -68,6 +79,9 @@ class DashboardSnapshot(msgspec.Struct):
     prediction_hops: dict[str, Histogram]
     models: list[ModelHistogram]
     lag: dict[str, int]
+    disk: list[DiskSpace] = []
+    writes_refused: bool = False
+    memory: dict[str, float] = {}
 
 
 def snapshot(families: list[Metric], lag: dict[int, int], now: float) -> DashboardSnapshot:
@@ -87,7 +101,40 @@ def snapshot(families: list[Metric], lag: dict[int, int], now: float) -> Dashboa
             for key, value in sorted(models.items())
         ],
         lag={str(partition): value for partition, value in sorted(lag.items())},
+        disk=_disk(by_name),
+        writes_refused=_total_gauge(by_name.get("playerpulse_disk_writes_refused")) > 0,
+        memory=_memory(by_name.get("playerpulse_process_resident_bytes")),
     )
+
+
+def _total_gauge(family: Metric | None) -> float:
+    return max((sample.value for sample in family.samples), default=0.0) if family else 0.0
+
+
+def _disk(by_name: dict[str, Metric]) -> list[DiskSpace]:
+    """Free space and watermark per watched directory (the max over workers: they agree)."""
+    found: dict[tuple[str, str], dict[str, float]] = {}
+    for metric, field in (
+        ("playerpulse_disk_free_bytes", "free_bytes"),
+        ("playerpulse_disk_min_free_bytes", "min_free_bytes"),
+    ):
+        family = by_name.get(metric)
+        for sample in family.samples if family else []:
+            key = (sample.labels.get("directory", ""), sample.labels.get("path", ""))
+            values = found.setdefault(key, {})
+            values[field] = max(values.get(field, 0.0), sample.value)
+    return [
+        DiskSpace(name, path, v.get("free_bytes", 0.0), v.get("min_free_bytes", 0.0))
+        for (name, path), v in sorted(found.items())
+    ]
+
+
+def _memory(family: Metric | None) -> dict[str, float]:
+    """Resident bytes by process role (``worker-0``, ``postgresql``, ...): the live pids."""
+    out: dict[str, float] = {}
+    for sample in family.samples if family else []:
+        out[sample.labels.get("process", "?")] = sample.value
+    return dict(sorted(out.items()))
 
 
 def _total(family: Metric | None) -> float:

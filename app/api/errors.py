@@ -6,8 +6,15 @@ from typing import Any
 
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
-from litestar.status_codes import HTTP_400_BAD_REQUEST, HTTP_500_INTERNAL_SERVER_ERROR
+from litestar.status_codes import (
+    HTTP_400_BAD_REQUEST,
+    HTTP_500_INTERNAL_SERVER_ERROR,
+    HTTP_503_SERVICE_UNAVAILABLE,
+    HTTP_507_INSUFFICIENT_STORAGE,
+)
 
+from app.db.availability import database_unavailable
+from app.disk import out_of_space
 from app.log import get_logger
 
 log = get_logger(__name__)
@@ -43,7 +50,25 @@ def handle_http_error(_: Request[Any, Any, Any], exc: HTTPException) -> Response
 
 
 def handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
-    """Anything else is our bug: log it whole, answer 500 without internals."""
+    """A full disk: 507; PostgreSQL unreachable or too slow: 503 (both with Retry-After).
+    Anything else is our bug: log it whole, answer 500 without internals."""
+    if out_of_space(exc):
+        log.error("out of disk space", path=request.url.path, error=str(exc))
+        return Response(
+            error_body("out of disk space; nothing was changed", str(exc)),
+            status_code=HTTP_507_INSUFFICIENT_STORAGE,
+            headers={"Retry-After": "5"},
+        )
+    if database_unavailable(exc):
+        log.warning("database unavailable", path=request.url.path, error=repr(exc))
+        return Response(
+            error_body(
+                "the database (PostgreSQL) is unavailable; try again shortly",
+                f"{type(exc).__name__}: {exc}",
+            ),
+            status_code=HTTP_503_SERVICE_UNAVAILABLE,
+            headers={"Retry-After": "2"},
+        )
     log.error("unhandled error", path=request.url.path, exc_info=exc)
     return Response(
         error_body("internal error", "the server failed to handle this request; it was logged"),

@@ -21,6 +21,7 @@ from litestar.status_codes import (
     HTTP_415_UNSUPPORTED_MEDIA_TYPE,
     HTTP_429_TOO_MANY_REQUESTS,
     HTTP_503_SERVICE_UNAVAILABLE,
+    HTTP_507_INSUFFICIENT_STORAGE,
 )
 
 from app import metrics
@@ -35,7 +36,7 @@ from app.domain.events import (
 )
 from app.domain.segment import parse_segment
 from app.domain.tokens import encode_token
-from app.ingest import BrokerUnavailable, Ingestor, Overloaded
+from app.ingest import BrokerUnavailable, DiskFull, Ingestor, Overloaded
 from app.settings import Settings
 
 from .errors import ApiError
@@ -151,6 +152,19 @@ async def _accept(
             f"{exc}; nothing in this batch was accepted",
             headers={"Retry-After": str(exc.retry_after)},
         ) from None
+    except DiskFull as exc:
+        space = exc.space
+        raise ApiError(
+            HTTP_507_INSUFFICIENT_STORAGE,
+            str(exc),
+            {
+                "directory": space.path,
+                "role": space.name,
+                "free_bytes": space.free_bytes,
+                "min_free_bytes": space.min_free_bytes,
+            },
+            headers={"Retry-After": str(exc.retry_after)},
+        ) from None
     except BrokerUnavailable as exc:
         raise ApiError(
             HTTP_503_SERVICE_UNAVAILABLE,
@@ -233,7 +247,7 @@ def ingest_routes(settings: Settings) -> list[HTTPRouteHandler]:
     )
     most = settings.max_body_bytes
     common = secured(
-        Role.INGEST, 400, 413, 415, 429, 503, request_max_body_size=most, tags=["events"]
+        Role.INGEST, 400, 413, 415, 429, 503, 507, request_max_body_size=most, tags=["events"]
     )
     routes = [
         post(

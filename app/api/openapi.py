@@ -49,8 +49,11 @@ STATUS_TEXT = {
     422: "Well-formed but refused (the error says why)",
     429: "This key's rate limit: nothing accepted; retry after Retry-After seconds",
     500: "The server failed (logged); nothing to do but retry later",
-    503: "Overloaded or the broker is unavailable: nothing accepted; retry after Retry-After",
+    503: "Unavailable for now (overloaded, or the broker or PostgreSQL is down): nothing "
+    "accepted; retry after Retry-After",
     504: "The events of `after` were not folded within `wait_ms`",
+    507: "A disk of the service is below PLAYERPULSE_DISK_MIN_FREE: nothing accepted; retry "
+    "after Retry-After",
 }
 
 
@@ -93,11 +96,11 @@ def errors(*statuses: int) -> dict[int, ResponseSpec]:
 def secured(role: Role, *statuses: int, **more: Any) -> dict[str, Any]:
     """Keyword arguments of a route that needs a key of ``role``: the role (which the
     authentication middleware checks), its security requirement and its error statuses
-    (401 and 403 added)."""
+    (401 and 403 added, and 503: a key is checked in PostgreSQL, which may be down)."""
     return {
         "opt": {ROLE_OPT: role},
         "security": [{"apiKey": []}],
-        "responses": errors(401, 403, *statuses),
+        "responses": errors(401, 403, 503, *statuses),
         **more,
     }
 

@@ -19,6 +19,7 @@ def _register() -> None:
     from app.cli.analytics import analytics
     from app.cli.audit import audit
     from app.cli.backup import backup
+    from app.cli.deploy import service, worker
     from app.cli.fold import failed_events, replay
     from app.cli.keys import keys
     from app.cli.lake import lake
@@ -30,6 +31,8 @@ def _register() -> None:
         main.add_command(command)
     main.add_command(players)
     main.add_command(lake)
+    main.add_command(service)
+    main.add_command(worker)
 
 
 _register()

@@ -7,6 +7,9 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from alembic.script import ScriptDirectory
+from alembic.script.revision import ResolutionError
+from alembic.util import CommandError
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -53,9 +56,45 @@ def alembic_config(url: str) -> Config:
     return config
 
 
+class SchemaTooNewError(RuntimeError):
+    """The database was migrated by a newer release than this one."""
+
+
+async def _stored_revisions(url: str) -> list[str]:
+    """The Alembic revisions the database is at (none before the first migration)."""
+    import asyncpg
+
+    conn = await asyncpg.connect(libpq_url(url))
+    try:
+        if await conn.fetchval("SELECT to_regclass('alembic_version')") is None:
+            return []
+        return [row[0] for row in await conn.fetch("SELECT version_num FROM alembic_version")]
+    finally:
+        await conn.close()
+
+
 def migrate(url: str) -> None:
-    """Bring the schema to the newest revision (blocking; safe with several processes)."""
-    command.upgrade(alembic_config(url), "head")
+    """Bring the schema to the newest revision (blocking; safe with several processes).
+
+    A database at a revision this release does not know was migrated by a newer release:
+    it is refused (nothing is changed) rather than run with a schema the code does not
+    match.
+    """
+    config = alembic_config(url)
+    known = ScriptDirectory.from_config(config)
+    for revision in asyncio.run(_stored_revisions(url)):
+        try:
+            found = known.get_revision(revision)
+        except (ResolutionError, CommandError):
+            found = None
+        if found is None:
+            raise SchemaTooNewError(
+                f"the database is at schema revision {revision!r}, which this playerpulse "
+                f"(newest revision {known.get_current_head()!r}) does not know: a newer "
+                "release migrated it. Run that release (or a newer one), or restore a backup "
+                "made before the upgrade; this one changes nothing."
+            )
+    command.upgrade(config, "head")
 
 
 async def migrate_async(url: str) -> None:

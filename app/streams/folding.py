@@ -83,6 +83,21 @@ def _no_sample(
     """No hop sample (until bootstrap sets one)."""
 
 
+RESEEK_S = 5.0
+"""How long a partition held back for a gap waits for its seek before asking again."""
+
+
+class Folded(NamedTuple):
+    """What :meth:`ProfileFolder.fold_messages` did with a batch of messages."""
+
+    records: list[EventRecord]
+    """The records of the messages folded or skipped as redelivered (for the archive)."""
+    held: set[int]
+    """Indices of the messages held back: not folded; not to be acknowledged."""
+    resume: dict[int, int]
+    """Partitions to seek back, and the offset to read them from."""
+
+
 class RefusedByDatabase(Exception):
     """PostgreSQL refused the data itself (not a transient failure): retrying cannot help."""
 
@@ -143,6 +158,8 @@ class FoldStats(FoldCounts):
     seen: int = 0
     redelivered: int = 0
     """Of the duplicates, those skipped by offset alone."""
+    held: int = 0
+    """Messages held back for a gap before them (delivered again after a seek)."""
     batches: int = 0
 
 
@@ -157,6 +174,8 @@ class _Outcome(FoldCounts):
     seen: dict[PlayerKey, SeenIds] = field(default_factory=dict)
     """Written states, their new versions and id sets (as encoded): cached once the
     transaction commits (so the next events of a player decode nothing)."""
+    sizes: dict[PlayerKey, int] = field(default_factory=dict)
+    """The estimated memory of each written state with its id set, in the cache."""
 
 
 @dataclass(slots=True)
@@ -214,7 +233,7 @@ class ProfileFolder:
         repository: ProfileRepository | None = None,
         *,
         retry_max_s: float = 5.0,
-        cache_size: int = 100_000,
+        cache_bytes: int = 256 * 1024 * 1024,
         transaction_events: int = 2000,
         topic: str = "events",
         tombstones: TombstoneWatch | None = None,
@@ -241,7 +260,15 @@ class ProfileFolder:
         # Partition-owned state cache: the states this process wrote last, by version.
         # PostgreSQL stays the truth: each batch sends the versions it holds and gets
         # back only the states that changed elsewhere (after a rebalance, a replay).
-        self.cache_size = cache_size
+        # Bounded by memory, not by players: a state's size is estimated from its encoded
+        # row (see _cached_size), so heavy players take more of the budget than light ones.
+        self.cache_bytes = cache_bytes
+        self.cached_bytes = 0
+        self._sizes: dict[PlayerKey, int] = {}
+        # The fold's progress per partition, as last read or committed here.
+        self._progress: dict[int, Progress] = {}
+        # Partitions held back for a gap: the offset a seek was asked for, and when.
+        self._seeking: dict[int, tuple[int, float]] = {}
         # Parallel maps, not (version, state) pairs: a new pair per update would be a new
         # object for the garbage collector to track and scan, per player, per batch.
         self._cache: OrderedDict[PlayerKey, ProfileState] = OrderedDict()
@@ -256,16 +283,35 @@ class ProfileFolder:
     async def fold_batch(
         self, payloads: Sequence[bytes], positions: Sequence[Position] | None = None
     ) -> list[EventRecord]:
-        """Fold topic messages; returns, once their effect is committed, their records.
+        """Fold topic messages; returns, once their effect is committed, their records
+        (:meth:`fold_messages`, for callers that deliver messages in order)."""
+        return (await self.fold_messages(payloads, positions)).records
+
+    async def fold_messages(
+        self, payloads: Sequence[bytes], positions: Sequence[Position] | None = None
+    ) -> Folded:
+        """Fold topic messages; returns, once their effect is committed, their records,
+        and the messages held back.
 
         ``positions``: each message's partition, offset and broker timestamp: messages
         at or below their partition's recorded progress are not folded again (they are
         still returned, for the archive, but have no hop times), the others' offsets are
         recorded in the transaction that commits their events (read-your-writes reads them
-        too).
+        too). A message past the next offset of its partition (one before it is missing:
+        the consumer delivered out of order, as around a rebalance) is held back with the
+        rest of its partition: not folded, not returned; the caller must not acknowledge
+        it, and must seek the partition back to ``resume`` (the offsets of the topic are
+        contiguous: an idempotent producer, no transactions, no compaction).
         """
-        decoded, undecodable = _decode(payloads)
         committed = await self._committed(positions)
+        held: set[int] = set()
+        resume: dict[int, int] = {}
+        if positions is not None:
+            held, resume = self._in_order(positions, committed)
+            if held:
+                payloads = [m for i, m in enumerate(payloads) if i not in held]
+                positions = [m for i, m in enumerate(positions) if i not in held]
+        decoded, undecodable = _decode(payloads)
         records: list[EventRecord] = []
         ends: list[tuple[int, Position]] = []
         kept: list[EventRecord] = []
@@ -298,22 +344,90 @@ class ProfileFolder:
             _observe_appended(folded, carried)
         self.stats.seen += len(records) + len(undecodable)
         self.stats.batches += 1
-        return records
+        return Folded(records, held, resume)
+
+    def _in_order(
+        self, positions: Sequence[Position], committed: dict[int, Progress]
+    ) -> tuple[set[int], dict[int, int]]:
+        """The messages to hold back (indices), and where to seek their partitions.
+
+        A partition's next offset is the one after its recorded progress; a message below
+        it is a redelivery (or, newer than the message there, of a topic created again);
+        one past it means the messages between were not delivered: that one and the rest
+        of its partition in this batch wait for the seek. A seek is asked again only if
+        the last one, for the same offset, is older than ``RESEEK_S``.
+        """
+        held: set[int] = set()
+        resume: dict[int, int] = {}
+        expected: dict[int, int] = {}
+        stopped: set[int] = set()
+        now = time.monotonic()
+        for index, position in enumerate(positions):
+            partition = position.partition
+            if partition in stopped:
+                held.add(index)
+                continue
+            known = committed.get(partition)
+            if known is None or known.appended_ms is None:
+                expected[partition] = position.offset + 1  # nothing recorded: any start
+                continue
+            after = expected.get(partition, known.offset + 1)
+            if position.offset < after:  # a redelivery, or a topic created again
+                continue
+            if position.offset == after:
+                expected[partition] = after + 1
+                self._seeking.pop(partition, None)
+                continue
+            held.add(index)
+            stopped.add(partition)
+            asked = self._seeking.get(partition)
+            if asked is None or asked[0] != after or now - asked[1] > RESEEK_S:
+                self._seeking[partition] = (after, now)
+                resume[partition] = after
+        if held:
+            self.stats.held += len(held)
+            metrics.EVENTS_HELD.inc(len(held))
+            log.warning("messages delivered out of order held back", resume=resume or None)
+        return held, resume
 
     async def _committed(self, positions: Sequence[Position] | None) -> dict[int, Progress]:
-        """The recorded progress of the partitions of these messages (a lower bound)."""
+        """The recorded progress of the partitions of these messages (a lower bound).
+
+        Read from PostgreSQL once per partition after each assignment; after that, what
+        this process committed itself (:meth:`forget_progress` on every rebalance). Only
+        the partition's owner writes its progress, so the copy stays exact while it owns
+        it; a lower bound would only mean an id lookup instead of an offset skip.
+        """
         if not positions:
             return {}
-        partitions = sorted({p.partition for p in positions})
+        known = self._progress
+        partitions = {p.partition for p in positions}
+        missing = sorted(p for p in partitions if p not in known)
         delay = 0.05
-        while True:
+        while missing:
             try:
                 async with self.engine.connect() as conn:
-                    return await self.repository.committed_offsets(conn, self.topic, partitions)
+                    read = await self.repository.committed_offsets(conn, self.topic, missing)
+                for partition, progress in read.items():
+                    _advance(known, partition, progress)
+                break
             except (DBAPIError, OSError, TimeoutError) as exc:
                 log.warning("fold progress not read; retrying", error=str(exc))
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.retry_max_s)
+        return {p: known[p] for p in partitions if p in known}
+
+    def accept_from(self, partition: int, offset: int) -> None:
+        """Fold ``partition`` from ``offset`` on, whatever its recorded progress: the
+        messages before it are gone from the broker (its retention deleted them)."""
+        self._progress[partition] = Progress(offset - 1, None)
+        self._seeking.pop(partition, None)
+
+    def forget_progress(self) -> None:
+        """Read every partition's progress from PostgreSQL again (partitions were
+        reassigned: another copy may have folded them meanwhile)."""
+        self._progress.clear()
+        self._seeking.clear()
 
     def _count_skipped(self, skipped: int) -> None:
         if skipped:
@@ -329,6 +443,8 @@ class ProfileFolder:
                 async with self.engine.begin() as conn:
                     outcome = await self._apply(conn, part.records, list(part.failures))
                     await self.repository.record_progress(conn, self.topic, part.offsets)
+                for partition, progress in part.offsets.items():
+                    _advance(self._progress, partition, progress)
                 self._remember(outcome)
                 self._count(outcome, time.monotonic() - started)
                 return
@@ -342,17 +458,38 @@ class ProfileFolder:
                 delay = min(delay * 2, self.retry_max_s)
 
     def _remember(self, outcome: _Outcome) -> None:
-        cache = self._cache
+        cache, sizes = self._cache, self._sizes
         move_to_end = cache.move_to_end
         cache.update(outcome.states)
         self._versions.update(outcome.versions)
         self._seen.update(outcome.seen)
         for key in outcome.states:
             move_to_end(key)
-        while len(cache) > self.cache_size:
+        for key, size in outcome.sizes.items():
+            self.cached_bytes += size - sizes.get(key, 0)
+            sizes[key] = size
+        while cache and self.cached_bytes > self.cache_bytes:
             key, _state = cache.popitem(last=False)
             del self._versions[key]
             self._seen.pop(key, None)
+            self.cached_bytes -= sizes.pop(key, 0)
+
+    @property
+    def cached_players(self) -> int:
+        """Player states in the cache now."""
+        return len(self._cache)
+
+    def _forget(self, keys: Sequence[PlayerKey] | None = None) -> None:
+        """Drop these players' cached states (all of them when ``keys`` is None)."""
+        if keys is None:
+            self._cache.clear()
+            self._versions.clear()
+            self._seen.clear()
+            self._sizes.clear()
+            self.cached_bytes = 0
+            return
+        for key in keys:
+            self.cached_bytes -= self._sizes.pop(key, 0)
 
     def _count(self, outcome: _Outcome, seconds: float) -> None:
         """Counted once committed: an attempt that failed and was retried is not."""
@@ -392,9 +529,7 @@ class ProfileFolder:
         tombstones = await self.tombstones.refresh(conn)
         if tombstones.revision != self._tombstone_revision:
             # An erasure (or a lifted one): no state held in memory may outlive it.
-            self._cache.clear()
-            self._versions.clear()
-            self._seen.clear()
+            self._forget()
             self._tombstone_revision = tombstones.revision
         kept = TombstoneWatch.screen(tombstones, records)
         outcome.erased = len(records) - len(kept)
@@ -438,6 +573,7 @@ class ProfileFolder:
         held = {key: cache.pop(key) for key in keys if key in cache}
         versions = {key: known.pop(key) for key in held}
         held_seen = {key: seen.pop(key) for key in held}  # cached with their state
+        self._forget(list(held))
         stored = await self.repository.lock_states(conn, keys, versions)
         players = {}
         for key in keys:
@@ -514,12 +650,35 @@ class ProfileFolder:
             outcome.states[key] = state
             outcome.versions[key] = player.version + 1
             outcome.seen[key] = player.seen
-            writes.append(profile_write(key, state, seen_ids))
+            write = profile_write(key, state, seen_ids)
+            outcome.sizes[key] = _cached_size(write)
+            writes.append(write)
         return writes
+
+
+CACHE_ENTRY_OVERHEAD = 1200
+"""Bytes of a cache entry beyond its state: the key tuple, dict and OrderedDict slots,
+the version, the id set's object (measured with tracemalloc: tests/unit/test_fold_cache.py)."""
+CACHE_STATE_FACTOR = 4
+"""A decoded state takes about this many times its encoded size (Python objects)."""
+
+
+def _cached_size(write: ProfileWrite) -> int:
+    """The estimated memory of a state and its id set once cached, from their encoding."""
+    seen = len(write.seen_ids or b"")
+    return CACHE_ENTRY_OVERHEAD + CACHE_STATE_FACTOR * len(write.state) + 2 * seen
 
 
 def _ms(appended_at: float) -> int:
     return round(appended_at * 1000)
+
+
+def _advance(known: dict[int, Progress], partition: int, progress: Progress) -> None:
+    """``known`` after ``progress`` was recorded, as ``record_progress`` moves it: to the
+    higher offset (with that message's time), never backwards."""
+    held = known.get(partition)
+    if held is None or progress.offset >= held.offset:
+        known[partition] = progress
 
 
 def _redelivered(position: Position, committed: dict[int, Progress]) -> bool:

@@ -117,8 +117,12 @@ class LakeArchiver(Generic[R]):
         writer: Callable[[Any, list[R]], object],
         tombstones: TombstoneWatch | None = None,
         counter: Counter | None = None,
+        may_write: Callable[[], bool] | None = None,
     ) -> None:
         self.lake_dir = lake_dir
+        self.may_write = may_write
+        """When set and false (the disk is low), flushes wait: the buffer and its
+        unacknowledged events are kept, so the archive resumes where it paused."""
         self.writer = writer
         self.counter = counter
         """When set, counts every record written (the events archive's metric)."""
@@ -153,7 +157,12 @@ class LakeArchiver(Generic[R]):
         return self._oldest is not None and time.monotonic() - self._oldest >= self.flush_s
 
     async def flush(self) -> None:
-        """Write everything buffered, then acknowledge it; on failure keep it for later."""
+        """Write everything buffered, then acknowledge it; on failure keep it for later.
+
+        Paused (nothing written, everything kept) while ``may_write`` says no.
+        """
+        if self.may_write is not None and not self.may_write():
+            return
         async with self._lock:
             records, self._records = self._records, []
             acks, self._acks = self._acks, []

@@ -33,7 +33,12 @@ def test_readme_walkthrough_works_verbatim(serve: ServeProcess) -> None:
         timeout=180,
     )
     assert result.returncode == 0, f"{result.stdout}\n{result.stderr}\n{serve.log()}"
-    lines = result.stdout.splitlines()
+    check_walkthrough_output(result.stdout)
+
+
+def check_walkthrough_output(stdout: str) -> None:
+    """What the walkthrough prints, checked value by value."""
+    lines = stdout.splitlines()
     accepted, profile, upload, prediction = (json.loads(line) for line in lines[:4])
 
     token = accepted.pop("token")

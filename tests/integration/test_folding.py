@@ -247,3 +247,84 @@ async def test_a_resend_is_a_duplicate_within_the_horizon_and_counts_again_after
 
 def _fields(r: EventRecord) -> dict[str, Any]:
     return {name: getattr(r, name) for name in r.__struct_fields__}
+
+
+async def test_the_progress_is_read_once_per_assignment_then_kept_by_the_owner(
+    engine: AsyncEngine, reads: FastReads, features: FeatureSet
+) -> None:
+    folder = ProfileFolder(engine, features, dedup_horizon_s=60)
+    progress_reads: list[list[int]] = []
+    read_progress = folder.repository.committed_offsets
+
+    async def counted(conn: Any, topic: str, partitions: Any) -> Any:
+        progress_reads.append(list(partitions))
+        return await read_progress(conn, topic, partitions)
+
+    folder.repository.committed_offsets = counted  # type: ignore[method-assign]
+    events = [record(f"k-{i}", "kept", "purchase", NOW_US, amount=1) for i in range(3)]
+    await folder.fold_batch([encode_record(events[0])], [at(5, 1)])
+    await folder.fold_batch([encode_record(events[1])], [at(5, 2)])
+    assert progress_reads == [[5]]  # then what this process committed itself
+
+    # Partition 5 moves to another copy, which folds a message, then comes back.
+    other = ProfileFolder(engine, features, dedup_horizon_s=60)
+    await other.fold_batch([encode_record(events[2])], [at(5, 3)])
+    folder.forget_progress()  # the rebalance
+    async with engine.begin() as conn:  # ids forgotten (as past the horizon): offsets only
+        await conn.execute(text("UPDATE profiles SET seen_ids = NULL, version = version + 1"))
+    await folder.fold_batch([encode_record(events[2])], [at(5, 3)])
+    assert progress_reads == [[5], [5]]
+    assert (folder.stats.applied, folder.stats.redelivered) == (2, 1)
+    profile = await ProfileService(reads, features).get("g", "kept")
+    assert profile is not None
+    assert (profile.events_applied, profile.features["spend_total"]) == (3, 3)
+
+
+async def test_a_message_past_a_gap_is_held_back_until_the_partition_is_read_again(
+    engine: AsyncEngine, reads: FastReads, features: FeatureSet
+) -> None:
+    # Around a rebalance the consumer may deliver a partition's later messages before
+    # earlier ones; folding them first would move the progress past the earlier ones,
+    # which would then be skipped as redeliveries: lost.
+    folder = ProfileFolder(engine, features, dedup_horizon_s=60)
+    events = [record(f"g-{i}", "gapped", "purchase", NOW_US, amount=2**i) for i in range(5)]
+    messages = [encode_record(e) for e in events]
+    first = await folder.fold_messages(messages[:2], [at(4, 0), at(4, 1)])
+    assert (len(first.records), first.held, first.resume) == (2, set(), {})
+
+    # Offsets 3 and 4 arrive before 2 (with another partition's message between them).
+    other = encode_record(record("g-x", "elsewhere", "purchase", NOW_US, amount=100))
+    ahead = await folder.fold_messages(
+        [messages[3], other, messages[4]], [at(4, 3), at(5, 0), at(4, 4)]
+    )
+    assert [r.event_id for r in ahead.records] == ["g-x"]
+    assert (ahead.held, ahead.resume) == ({0, 2}, {4: 2})
+    # Still out of order before the seek took effect: held, the seek not asked again.
+    again = await folder.fold_messages([messages[4]], [at(4, 4)])
+    assert (again.records, again.held, again.resume) == ([], {0}, {})
+    async with engine.connect() as conn:
+        progress = await conn.scalar(
+            text("SELECT committed_offset FROM fold_progress WHERE partition = 4")
+        )
+    assert progress == 1
+
+    # Read again from offset 2, in order: everything folds once.
+    resumed = await folder.fold_messages(messages[2:], [at(4, 2), at(4, 3), at(4, 4)])
+    assert ([r.event_id for r in resumed.records], resumed.held) == (["g-2", "g-3", "g-4"], set())
+    profile = await ProfileService(reads, features).get("g", "gapped")
+    assert profile is not None
+    assert (profile.events_applied, profile.features["spend_total"]) == (5, 31)
+    assert folder.stats.held == 3
+
+
+async def test_a_gap_the_broker_no_longer_holds_is_accepted(
+    engine: AsyncEngine, reads: FastReads, features: FeatureSet
+) -> None:
+    folder = ProfileFolder(engine, features, dedup_horizon_s=60)
+    events = [record(f"r-{i}", "retained", "purchase", NOW_US, amount=1) for i in range(2)]
+    await folder.fold_messages([encode_record(events[0])], [at(6, 10)])
+    held = await folder.fold_messages([encode_record(events[1])], [at(6, 50)])
+    assert held.resume == {6: 11}
+    folder.accept_from(6, 50)  # the broker's earliest offset: 11..49 were deleted
+    done = await folder.fold_messages([encode_record(events[1])], [at(6, 50)])
+    assert ([r.event_id for r in done.records], done.held) == (["r-1"], set())

@@ -207,3 +207,23 @@ async def test_events_are_readable_in_the_lake_before_they_are_acknowledged(
     assert table.column("event_id").to_pylist() == ["e-0", "e-1", "e-2"]
     assert table.column("props").to_pylist() == ['{"amount":0}', '{"amount":1}', '{"amount":2}']
     assert buffer.archived == 3
+
+
+def test_a_paused_archive_writes_nothing_and_resumes_where_it_paused(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    acks = Acks()
+    writer = FakeWriter(acks)
+    disk_ok = [False]
+    buffer = LakeArchiver[str](
+        tmp_path, flush_s=10.0, flush_events=2, writer=writer, may_write=lambda: disk_ok[0]
+    )
+    buffer.add_batch(["a", "b"], acks("m1"))
+    asyncio.run(buffer.flush())
+    assert writer.calls == []  # paused: held, not acknowledged
+    assert acks.acked == []
+    buffer.add_batch(["c"], acks("m2"))
+    disk_ok[0] = True
+    asyncio.run(buffer.flush())
+    assert writer.calls == [["a", "b", "c"]]
+    assert acks.acked == ["m1", "m2"]

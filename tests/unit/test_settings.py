@@ -105,6 +105,8 @@ def test_each_variable_is_parsed_to_the_type_of_its_field(name: str) -> None:
         )
     elif name == "dedup_horizon":  # a duration, in seconds
         raw, expected = "90m", 5400
+    elif name == "disk_min_free":  # a size or a percentage
+        raw, expected = "750MB", "750MB"
     elif default is None:
         raw, expected = "a-url-or-brokers", "a-url-or-brokers"
     else:
@@ -121,7 +123,7 @@ def test_each_variable_is_parsed_to_the_type_of_its_field(name: str) -> None:
         ("PLAYERPULSE_TOPIC_PARTITIONS", "eight", "int"),
         ("PLAYERPULSE_FOLD_BATCH_MAX", "2.5", "int"),
         ("PLAYERPULSE_MAX_BODY_BYTES", "5MB", "int"),
-        ("PLAYERPULSE_PRODUCE_TIMEOUT_S", "ten", "float"),
+        ("PLAYERPULSE_PRODUCE_TIMEOUT_S", "ten", "seconds"),
         ("PLAYERPULSE_LAKE_FLUSH_S", "10s", "float"),
         ("PLAYERPULSE_LAKE_RETENTION_DAYS", "30d", "int"),
     ],

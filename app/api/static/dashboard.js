@@ -109,6 +109,7 @@ function render(now, prev) {
   setText("tile-predictions", fmt(predictionRate, 1));
   setText("tile-accepted", fmt(now.counters.events_accepted));
   setText("tile-folded", fmt(now.counters.events_folded));
+  renderResources(now);
 
   if (!prev) return;
   const p50 = {}, p99 = {};
@@ -152,6 +153,30 @@ function renderModels(now, prev, dt) {
     }
     return row;
   }));
+}
+
+function renderResources(now) {
+  const mb = (bytes) => fmt(bytes / 1e6, 0);
+  const disks = now.disk || [];
+  const least = disks.reduce((low, d) => (low === null || d.free_bytes < low.free_bytes ? d : low), null);
+  const state = now.writes_refused ? "REFUSED (507)" : "accepting";
+  setText("tile-disk", least ? `${mb(least.free_bytes)} MB / ${state}` : state);
+  const memory = Object.values(now.memory || {}).reduce((a, b) => a + b, 0);
+  setText("tile-memory", memory ? `${mb(memory)} MB` : "-");
+  const fill = (selector, rows) => {
+    const body = document.querySelector(selector);
+    body.replaceChildren(...rows.map((cells) => {
+      const tr = document.createElement("tr");
+      for (const cell of cells) {
+        const td = document.createElement("td");
+        td.textContent = cell;
+        tr.append(td);
+      }
+      return tr;
+    }));
+  };
+  fill("#disks tbody", disks.map((d) => [d.directory, d.path, mb(d.free_bytes), mb(d.min_free_bytes)]));
+  fill("#memory tbody", Object.entries(now.memory || {}).map(([name, rss]) => [name, mb(rss)]));
 }
 
 function setText(id, text) { document.getElementById(id).textContent = text; }
