@@ -55,7 +55,7 @@ class SegmentBody(msgspec.Struct, forbid_unknown_fields=True):
     """Announce the players already in it (``entered``) when it is first evaluated."""
 
 
-class SegmentReply(msgspec.Struct):
+class SegmentDefinitionReply(msgspec.Struct):
     """A segment's definition, and whether it has been evaluated over every profile."""
 
     name: str
@@ -66,10 +66,10 @@ class SegmentReply(msgspec.Struct):
     profiles_evaluated: int
 
 
-class SegmentsReply(msgspec.Struct):
+class SegmentDefinitionsReply(msgspec.Struct):
     """The game's segments (the features file's and its own), by name."""
 
-    segments: list[SegmentReply]
+    segments: list[SegmentDefinitionReply]
 
 
 class SegmentSizeReply(msgspec.Struct):
@@ -94,8 +94,8 @@ class MembersReply(msgspec.Struct):
     next: str | None
 
 
-def _reply(info: SegmentInfo) -> SegmentReply:
-    return msgspec.convert(info, SegmentReply, from_attributes=True)
+def _reply(info: SegmentInfo) -> SegmentDefinitionReply:
+    return msgspec.convert(info, SegmentDefinitionReply, from_attributes=True)
 
 
 def _unknown(name: str) -> ApiError:
@@ -107,7 +107,7 @@ async def put_segment(
     data: SegmentBody,
     request: Request[Principal, Any, Any],
     segment_catalog: SegmentCatalog,
-) -> SegmentReply:
+) -> SegmentDefinitionReply:
     """Create or replace a segment; every worker and copy judges players on it at once,
     and it is evaluated over the existing profiles (``GET`` shows the progress)."""
     try:
@@ -127,16 +127,16 @@ async def put_segment(
 
 async def list_segments(
     request: Request[Principal, Any, Any], segment_catalog: SegmentCatalog
-) -> SegmentsReply:
+) -> SegmentDefinitionsReply:
     """The game's segments."""
-    return SegmentsReply(
+    return SegmentDefinitionsReply(
         segments=[_reply(i) for i in await segment_catalog.list(request.user.game)]
     )
 
 
 async def get_segment(
     name: SegmentName, request: Request[Principal, Any, Any], segment_catalog: SegmentCatalog
-) -> SegmentReply:
+) -> SegmentDefinitionReply:
     """One segment's definition and evaluation progress."""
     try:
         return _reply(await segment_catalog.get(request.user.game, name))
