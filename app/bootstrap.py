@@ -29,6 +29,7 @@ from app.db.model_versions import MODEL_CHANNEL
 from app.db.notify import ChangeListener
 from app.db.privacy import ERASURE_CHANNEL
 from app.db.reads import FastReads
+from app.db.segments import CHANGES_CHANNEL, SEGMENT_CHANNEL
 from app.disk import DiskWatch
 from app.domain.events import EventRecord
 from app.domain.features import FeatureSet, load_features
@@ -43,6 +44,15 @@ from app.models.registry import ModelRegistry
 from app.privacy import BrokerView, Eraser, PrivacyService
 from app.profiles import FailedEventService, ProfileService, ReadYourWrites
 from app.replay import sync_features
+from app.segment_catalog import SegmentCatalog, SegmentJudge, SegmentReads
+from app.segment_clock import SegmentClock
+from app.segment_delivery import (
+    LakeRelay,
+    SegmentDelivery,
+    TopicRelay,
+    WebhookSender,
+    WebhookService,
+)
 from app.settings import Settings
 from app.streams.app import create_stream_app
 from app.streams.folding import ProfileFolder
@@ -90,7 +100,15 @@ class Services:
     key_changes: ChangeListener
     cors: CorsOrigins
     cors_changes: ChangeListener
+    segments: SegmentCatalog
+    segment_reads: SegmentReads
+    segment_changes: ChangeListener
+    segment_clock: SegmentClock
+    segment_delivery: SegmentDelivery
+    segment_outbox: ChangeListener
+    webhooks: WebhookService
     disk: DiskWatch
+    _segment_clock_task: asyncio.Task[None] | None = None
     _release_serving_lock: Callable[[], Awaitable[None]] | None = None
     _disk_task: asyncio.Task[None] | None = None
     _eraser_task: asyncio.Task[None] | None = None
@@ -115,6 +133,13 @@ class Services:
         await self.key_changes.start()
         await self.cors.load()
         await self.cors_changes.start()
+        await self.segments.start()
+        await self.segment_changes.start()
+        self._segment_clock_task = asyncio.create_task(
+            self.segment_clock.run_forever(), name="segment-clock"
+        )
+        await self.segment_outbox.start()
+        self.segment_delivery.start()
         self.prediction_log.start()
         await self.erasure_notices.start()
         self._eraser_task = asyncio.create_task(self.eraser.run_forever(), name="eraser")
@@ -143,6 +168,13 @@ class Services:
         await self.model_changes.stop()
         await self.key_changes.stop()
         await self.cors_changes.stop()
+        await self.segment_changes.stop()
+        await self.segment_outbox.stop()
+        await self.segment_delivery.stop()
+        if self._segment_clock_task is not None:
+            self._segment_clock_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._segment_clock_task
         if self._audit_copy_task is not None:
             self._audit_copy_task.cancel()
         if self._disk_task is not None:
@@ -282,12 +314,15 @@ async def open_services(settings: Settings) -> Services:
     replication = await asyncio.to_thread(_ensure_topics, settings, brokers)
     producer = EventProducer(brokers, timeout_s=settings.produce_timeout_s)
     tombstones = TombstoneWatch(engine)
+    segments = SegmentCatalog(engine, features)
+    delivery = _segment_delivery(settings, engine, producer)
     folder = ProfileFolder(
         engine,
         features,
         topic=settings.events_topic,
         tombstones=tombstones,
         dedup_horizon_s=settings.dedup_horizon,
+        segments=SegmentJudge(segments.for_game),
         cache_bytes=settings.fold_cache_bytes,
     )
     archiver, prediction_archiver, hop_archiver = _archivers(settings, tombstones, disk)
@@ -348,13 +383,44 @@ async def open_services(settings: Settings) -> Services:
         cors=cors,
         cors_changes=ChangeListener(url, CORS_CHANNEL, cors.changed),
         disk=disk,
+        segments=segments,
+        segment_reads=SegmentReads(engine, segments),
+        segment_changes=ChangeListener(url, SEGMENT_CHANNEL, segments.changed),
+        segment_clock=SegmentClock(
+            engine,
+            segments,
+            interval_s=settings.segment_clock_s,
+            keep_changes_s=settings.segment_changes_keep,
+        ),
+        segment_delivery=delivery,
+        segment_outbox=ChangeListener(url, CHANGES_CHANNEL, delivery.notice),
+        webhooks=WebhookService(engine, delivery.sender),
+    )
+
+
+def _segment_delivery(
+    settings: Settings, engine: AsyncEngine, producer: EventProducer
+) -> SegmentDelivery:
+    """The relays of segment transitions: topic, webhooks, lake."""
+    sender = WebhookSender(
+        timeout_s=settings.webhook_timeout_s,
+        retries=settings.webhook_retries,
+        backoff_s=settings.webhook_backoff_s,
+        allow_private=settings.webhook_allow_private,
+    )
+    return SegmentDelivery(
+        engine,
+        TopicRelay(engine, producer, settings.segments_topic),
+        LakeRelay(engine, settings.lake_root),
+        sender,
+        lake_every_s=settings.lake_flush_s,
     )
 
 
 def _ensure_topics(settings: Settings, brokers: str) -> int:
     """Create the events and predictions topics if missing; their replication factor."""
     replication = 0
-    for topic in (settings.events_topic, settings.predictions_topic):
+    for topic in (settings.events_topic, settings.predictions_topic, settings.segments_topic):
         replication = ensure_topic(
             brokers, topic, settings.topic_partitions, settings.topic_replication
         )

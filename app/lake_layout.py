@@ -67,6 +67,19 @@ _SQL_TYPES = {
 }
 
 
+SEGMENT_CHANGES_SCHEMA = pa.schema(
+    [
+        ("id", pa.int64()),
+        ("player_id", pa.string()),
+        ("segment", pa.string()),
+        ("kind", pa.string()),
+        ("at", TIMESTAMP),
+        ("features", pa.string()),
+    ]
+)
+"""Columns of ``<lake>/segment_changes/game=/date=/`` (``features``: JSON text)."""
+
+
 def typed_nulls(schema: pa.Schema) -> str:
     """A select list of typed NULLs, one per column (``NULL::VARCHAR AS event_id, ...``):
     what a query over a lake without files selects, so its views keep their columns."""

@@ -48,11 +48,20 @@ STORES = (
     "lake_hot",
     "lake_cold",
     "predictions",
+    "segments",
     "training_sets",
 )
 """Every store an erasure reports on, in the receipt's order."""
 
-_SWEPT = ("profiles", "applied_ids", "failed_events", "lake_hot", "lake_cold", "predictions")
+_SWEPT = (
+    "profiles",
+    "applied_ids",
+    "failed_events",
+    "lake_hot",
+    "lake_cold",
+    "predictions",
+    "segments",
+)
 _encode = msgspec.json.Encoder()
 
 

@@ -44,6 +44,8 @@ class Profile(msgspec.Struct, frozen=True):
     last_received_at: datetime | None
     updated_at: datetime
     freshness: Freshness
+    segments: list[str] = msgspec.field(default_factory=list)
+    """The segments the player is in now, by name."""
 
 
 class ProfileService:

@@ -250,6 +250,26 @@ class Settings:
     """PLAYERPULSE_TLS_CERT: PEM certificate (chain) to serve HTTPS; needs TLS_KEY."""
     tls_key: UserPath | None = None
     """PLAYERPULSE_TLS_KEY: PEM private key of TLS_CERT."""
+    segments_topic: str = "segment-changes"
+    """PLAYERPULSE_SEGMENTS_TOPIC: the Kafka topic segment transitions are written to
+    (keyed by player, one record per transition)."""
+    segment_changes_keep: Duration = 7 * 86400
+    """PLAYERPULSE_SEGMENT_CHANGES_KEEP: how long the transitions outbox keeps a
+    transition once every relay (topic, lake, each webhook) has delivered it (SSE streams
+    resume within it); a duration such as 7d."""
+    segment_clock_s: float = 1.0
+    """PLAYERPULSE_SEGMENT_CLOCK_S: how often each process looks for players whose windows
+    moved (time-driven segment exits) and for new segments to evaluate over profiles."""
+    webhook_allow_private: bool = False
+    """PLAYERPULSE_WEBHOOK_ALLOW_PRIVATE: accept webhook URLs on private, loopback or
+    link-local addresses (refused by default: SSRF)."""
+    webhook_timeout_s: float = 5.0
+    """PLAYERPULSE_WEBHOOK_TIMEOUT_S: longest wait for a webhook receiver's answer."""
+    webhook_retries: int = 8
+    """PLAYERPULSE_WEBHOOK_RETRIES: attempts after the first before a delivery is kept as
+    failed (GET /v1/admin/webhooks/{id}/failed); waits double from WEBHOOK_BACKOFF_S."""
+    webhook_backoff_s: float = 0.5
+    """PLAYERPULSE_WEBHOOK_BACKOFF_S: the first wait before a webhook delivery is retried."""
 
     @property
     def cors_everywhere(self) -> frozenset[str]:
@@ -329,6 +349,14 @@ class Settings:
             raise SettingsError(f"{PREFIX}CORS_ORIGINS: {exc}") from None
         if (settings.tls_cert is None) != (settings.tls_key is None):
             raise SettingsError(f"{PREFIX}TLS_CERT and {PREFIX}TLS_KEY go together")
+        if settings.segment_clock_s <= 0 or settings.webhook_timeout_s <= 0:
+            raise SettingsError(
+                f"{PREFIX}SEGMENT_CLOCK_S and {PREFIX}WEBHOOK_TIMEOUT_S must be positive"
+            )
+        if settings.webhook_retries < 0 or settings.webhook_backoff_s < 0:
+            raise SettingsError(
+                f"{PREFIX}WEBHOOK_RETRIES and {PREFIX}WEBHOOK_BACKOFF_S must be 0 or more"
+            )
         if settings.workers < 0:
             raise SettingsError(f"{PREFIX}WORKERS must be 0 (one per core) or more")
         if not 0 <= settings.hop_sample <= 1:

@@ -46,7 +46,7 @@ from .location import LakeLocation, connect_lake, files_source
 
 log = get_logger(__name__)
 
-KINDS = ("events", "predictions")
+KINDS = ("events", "predictions", "segment_changes")
 
 PartitionFile = StoredFile
 """One Parquet file of a partition, under any root and kind."""
@@ -120,9 +120,10 @@ def _rewrite_without(f: StoredFile, player_id: str) -> int:
 def erase_player(location: LakeLocation, game: str, player_id: str) -> dict[str, int]:
     """Remove the player's rows from every lake file; rows removed by store.
 
-    Stores: ``lake_hot`` and ``lake_cold`` (events), ``predictions`` (logged predictions).
+    Stores: ``lake_hot`` and ``lake_cold`` (events), ``predictions`` (logged predictions),
+    ``segments`` (segment transitions).
     """
-    removed = {"lake_hot": 0, "lake_cold": 0, "predictions": 0}
+    removed = {"lake_hot": 0, "lake_cold": 0, "predictions": 0, "segments": 0}
     with lake_lock(location, wait=True):
         for kind in KINDS:
             roots = _roots(location, kind)
@@ -132,6 +133,8 @@ def erase_player(location: LakeLocation, game: str, player_id: str) -> dict[str,
                     count = _rewrite_without(f, player_id)
                     if kind == "predictions":
                         removed["predictions"] += count
+                    elif kind == "segment_changes":
+                        removed["segments"] += count
                     elif root == location.hot:
                         removed["lake_hot"] += count
                     else:

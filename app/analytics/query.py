@@ -11,7 +11,7 @@ import duckdb
 import msgspec
 import pyarrow as pa
 
-from app.lake_layout import HOPS_SCHEMA, PREDICTIONS_SCHEMA, typed_nulls
+from app.lake_layout import HOPS_SCHEMA, PREDICTIONS_SCHEMA, SEGMENT_CHANGES_SCHEMA, typed_nulls
 from app.lake_store import LakeStoreError, list_lake
 
 from .location import LakeLocation, connect_lake, files_source
@@ -46,6 +46,8 @@ def connect(lake: Path | LakeLocation) -> duckdb.DuckDBPyConnection:
     ``lake_rows`` and ``distinct_events`` (see :func:`connect_lake`).
     ``predictions``: every logged prediction (served and shadow), with ``game``.
     ``hops``: the sample of folded events with each hop's time (PLAYERPULSE_HOP_SAMPLE).
+    ``segment_changes``: every segment transition (id, player_id, segment, kind, at,
+    features as JSON text, game).
     """
     location = lake if isinstance(lake, LakeLocation) else LakeLocation(str(lake))
     conn = connect_lake(location)
@@ -53,6 +55,10 @@ def connect(lake: Path | LakeLocation) -> duckdb.DuckDBPyConnection:
     conn.execute(f"CREATE VIEW predictions AS {predictions}")
     hops = _kind_source(conn, location.hot, "hops", HOPS_SCHEMA)
     conn.execute(f"CREATE VIEW hops AS {hops}")
+    changes = _kind_source(conn, location.hot, "segment_changes", SEGMENT_CHANGES_SCHEMA)
+    # A relay that crashed after writing a file and before its cursor moved writes the
+    # same transitions again: each (game, id) once.
+    conn.execute(f"CREATE VIEW segment_changes AS SELECT DISTINCT * FROM ({changes})")
     return conn
 
 

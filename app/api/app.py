@@ -36,6 +36,7 @@ from .openapi import finish, operation_id
 from .ops import AdminAudit, Cors
 from .ops_routes import OPS_BODIES, document_ops
 from .routes import build_routes
+from .segment_routes import SEGMENT_BODIES
 
 log = get_logger(__name__)
 
@@ -92,6 +93,9 @@ PROVIDED = {
     "keys": "keys",
     "audit": "audit",
     "cors": "cors",
+    "segment_catalog": "segments",
+    "segment_reads": "segment_reads",
+    "webhooks": "webhooks",
 }
 
 DOCS_ASSETS = "/docs/assets"
@@ -206,7 +210,7 @@ def create_app(
         debug=False,
         logging_config=None,  # structlog owns logging (app.log)
     )
-    finish(app, settings, [*STRICT_BODIES, *OPS_BODIES])
+    finish(app, settings, [*STRICT_BODIES, *OPS_BODIES, *SEGMENT_BODIES])
     document_ops(app)
     # Outermost, around routing too (app-level middleware runs after routing).
     app.asgi_handler = ServerTiming(

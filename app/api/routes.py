@@ -18,6 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from app import metrics
 from app.domain.access import Principal, Role
 from app.profiles import FailedEventService, Profile, ProfileService, ReadYourWrites
+from app.segment_catalog import SegmentReads
 from app.settings import Settings
 
 from .dashboard import dashboard_routes
@@ -28,6 +29,7 @@ from .openapi import documented, secured
 from .ops_routes import ops_routes
 from .privacy_routes import privacy_routes
 from .read_your_writes import After, WaitMs, await_token
+from .segment_routes import segment_routes, webhook_routes
 
 if TYPE_CHECKING:
     from app.db.failed_events import FailedEvent
@@ -80,6 +82,7 @@ async def get_profile(
     request: Request[Principal, Any, Any],
     profiles: ProfileService,
     read_your_writes: ReadYourWrites,
+    segment_reads: SegmentReads,
     after: After = None,
     wait_ms: WaitMs = 1000,
 ) -> Profile:
@@ -89,7 +92,8 @@ async def get_profile(
     profile = await profiles.get(request.user.game, player_id)
     if profile is None:
         raise ApiError(HTTP_404_NOT_FOUND, f"player {player_id!r} has no events in this game")
-    return profile
+    segments = await segment_reads.of_player(request.user.game, player_id)
+    return msgspec.structs.replace(profile, segments=segments) if segments else profile
 
 
 async def list_failed_events(
@@ -152,4 +156,6 @@ def build_routes(settings: Settings) -> list[Any]:
         *dashboard_routes(),
         *privacy_routes(),
         *ops_routes(),
+        *segment_routes(),
+        *webhook_routes(),
     ]

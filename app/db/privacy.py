@@ -135,7 +135,8 @@ class ErasureRepository:
     async def purge_player(
         self, conn: AsyncConnection, game: str, player_id: str
     ) -> dict[str, int]:
-        """Delete the player's profile (with its id hashes) and failed events; rows by store.
+        """Delete the player's profile (with its id hashes), failed events and segment rows;
+        rows by store.
 
         ``applied_ids`` counts the event id hashes the deleted profile held.
         """
@@ -155,10 +156,19 @@ class ErasureRepository:
             ),
             params,
         )
+        # Segment memberships, due times and transitions (the outbox: a transition not
+        # yet relayed is not relayed).
+        segments = 0
+        for table in ("segment_members", "segment_due", "segment_changes"):
+            gone = await conn.execute(
+                text(f"DELETE FROM {table} WHERE game = :g AND player_id = :p"), params
+            )
+            segments += gone.rowcount
         return {
             "profiles": len(deleted),
             "applied_ids": sum(len(SeenIds.decode(row[0])) for row in deleted),
             "failed_events": failed.rowcount,
+            "segments": segments,
         }
 
     async def save_progress(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     Column,
     DateTime,
@@ -216,4 +217,95 @@ player_erasures = Table(
     CheckConstraint("status IN ('pending', 'done')", name="status"),
     Index(None, "game", "player_key"),
     Index(None, "revision"),
+)
+
+# Segments a game defined through the admin API; the features file's are recorded with
+# game "" (every game has them). A new or changed one is evaluated over the existing
+# profiles by whichever process takes it first (``backfill_after``: where it got to).
+segment_defs = Table(
+    "segment_defs",
+    metadata,
+    Column("game", Text, primary_key=True),
+    Column("name", Text, primary_key=True),
+    Column("where_expr", Text, nullable=False),
+    Column("announce", Boolean, nullable=False, server_default="true"),
+    Column("backfill_state", Text, nullable=False, server_default="pending"),
+    Column("backfill_game", Text),
+    Column("backfill_after", Text),
+    Column("backfill_done", BigInteger, nullable=False, server_default="0"),
+    Column("created_at", TZ, nullable=False, server_default=func.now()),
+    Column("updated_at", TZ, nullable=False, server_default=func.now()),
+    CheckConstraint("backfill_state IN ('pending', 'done')", name="backfill_state"),
+)
+
+# Who is in which segment now; written by the fold with the profile.
+segment_members = Table(
+    "segment_members",
+    metadata,
+    Column("game", Text, primary_key=True),
+    Column("segment", Text, primary_key=True),
+    Column("player_id", Text, primary_key=True),
+    Column("entered_at", TZ, nullable=False),
+    Index(None, "game", "player_id"),
+)
+
+# When a player's windowed features next change with no event (a time-driven exit may
+# happen then): written with the profile, found by the segment clock by ``due_at``.
+segment_due = Table(
+    "segment_due",
+    metadata,
+    Column("game", Text, primary_key=True),
+    Column("player_id", Text, primary_key=True),
+    Column("due_at", TZ, nullable=False),
+    Index(None, "due_at"),
+)
+
+# The outbox: every transition, in commit order of its id; delivered from here to the
+# Kafka topic, webhooks, SSE streams and the lake, each from its own cursor.
+segment_changes = Table(
+    "segment_changes",
+    metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("game", Text, nullable=False),
+    Column("player_id", Text, nullable=False),
+    Column("segment", Text, nullable=False),
+    Column("kind", Text, nullable=False),
+    Column("at", TZ, nullable=False),
+    Column("features", JSONB, nullable=False),
+    Index(None, "game", "id"),
+    Index(None, "game", "player_id"),
+    CheckConstraint("kind IN ('entered', 'left')", name="kind"),
+)
+
+# How far each relay of the outbox (the Kafka topic, the lake, each webhook) got.
+segment_cursors = Table(
+    "segment_cursors",
+    metadata,
+    Column("consumer", Text, primary_key=True),
+    Column("last_id", BigInteger, nullable=False),
+    Column("updated_at", TZ, nullable=False, server_default=func.now()),
+)
+
+webhooks = Table(
+    "webhooks",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("game", Text, nullable=False),
+    Column("url", Text, nullable=False),
+    Column("secret", Text, nullable=False),
+    Column("events", ARRAY(Text), nullable=False),
+    Column("segments", ARRAY(Text)),
+    Column("created_at", TZ, nullable=False, server_default=func.now()),
+    Index(None, "game"),
+)
+
+# Deliveries that exhausted their retries: kept, listed, and sent again on request.
+webhook_failures = Table(
+    "webhook_failures",
+    metadata,
+    Column("webhook_id", Text, primary_key=True),
+    Column("change_id", BigInteger, primary_key=True),
+    Column("attempts", Integer, nullable=False),
+    Column("error", Text, nullable=False),
+    Column("failed_at", TZ, nullable=False, server_default=func.now()),
 )

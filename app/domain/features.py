@@ -11,6 +11,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from .segment_defs import SegmentDef, SegmentError, parse_segments
+
 
 class Agg(StrEnum):
     """How a feature folds the events it matches.
@@ -110,15 +112,19 @@ class FeatureSet:
 
     specs: tuple[FeatureSpec, ...]
     by_event: Mapping[str, tuple[FeatureSpec, ...]] = field(default_factory=dict)
+    segments: tuple[SegmentDef, ...] = ()
+    """The file's ``[segments.NAME]`` (every game has them; compiled by app/segment_rules)."""
 
     @classmethod
-    def of(cls, specs: tuple[FeatureSpec, ...]) -> FeatureSet:
+    def of(
+        cls, specs: tuple[FeatureSpec, ...], segments: tuple[SegmentDef, ...] = ()
+    ) -> FeatureSet:
         """Build the event-type index for ``specs``."""
         index: dict[str, list[FeatureSpec]] = {}
         for spec in specs:
             for event_type in sorted(spec.events):
                 index.setdefault(event_type, []).append(spec)
-        return cls(specs, {k: tuple(v) for k, v in index.items()})
+        return cls(specs, {k: tuple(v) for k, v in index.items()}, segments)
 
     @property
     def fingerprints(self) -> dict[str, str]:
@@ -177,14 +183,21 @@ def parse_features(text: str, source: str = "features file") -> FeatureSet:
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise FeatureFileError(f"{source}: not valid TOML: {exc}") from exc
-    unknown = set(document) - {"features"}
+    unknown = set(document) - {"features", "segments"}
     if unknown:
         raise FeatureFileError(f"{source}: unknown top-level table(s) {sorted(unknown)}")
     table = document.get("features")
     if not isinstance(table, dict) or not table:
         raise FeatureFileError(f"{source}: no [features.NAME] tables")
     specs = tuple(_parse_spec(name, body, source) for name, body in table.items())
-    return FeatureSet.of(specs)
+    try:
+        segments = parse_segments(document.get("segments"), source)
+    except SegmentError as exc:
+        raise FeatureFileError(str(exc)) from None
+    clash = {s.name for s in segments} & {s.name for s in specs}
+    if clash:
+        raise FeatureFileError(f"{source}: {sorted(clash)} named both a feature and a segment")
+    return FeatureSet.of(specs, segments)
 
 
 class _Bad(ValueError):

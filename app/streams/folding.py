@@ -17,7 +17,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import msgspec
 from sqlalchemy.exc import DBAPIError
@@ -40,6 +40,9 @@ from app.domain.fold import (
 from app.log import get_logger
 
 from .tombstones import TombstoneWatch
+
+if TYPE_CHECKING:
+    from app.segment_catalog import SegmentJudge
 
 log = get_logger(__name__)
 
@@ -235,8 +238,11 @@ class ProfileFolder:
         topic: str = "events",
         tombstones: TombstoneWatch | None = None,
         dedup_horizon_s: int = 86400,
+        segments: SegmentJudge | None = None,
     ) -> None:
         self.engine = engine
+        self.segments = segments
+        """Judges the written profiles on their game's segments, in the same transaction."""
         self.topic = topic
         self.features = features
         # The fold specialised to these features (equal to fold_event, checked by a
@@ -545,6 +551,12 @@ class ProfileFolder:
             player = players[(record.game, record.player_id)]
             self._fold_one(record, player, failures, outcome, late_before)
         await self.repository.save_states(conn, self._writes(players, outcome))
+        if self.segments is not None and outcome.states:
+            # Once per written player per transaction, not per event; a game without
+            # segments costs one dict lookup.
+            judge = self.segments
+            if judge.concerned(list(outcome.states)):
+                await judge.judge(conn, outcome.states, time.time_ns() // 1000)
         await self.repository.add_failed(conn, failures)
         if failures:
             log.warning("events failed to fold", count=len(failures), first=failures[0].reason)

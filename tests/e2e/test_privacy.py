@@ -29,6 +29,7 @@ pytestmark = pytest.mark.kafka  # erasure against a separate Apache Kafka too
 
 STORES = {
     "profiles",
+    "segments",
     "applied_ids",
     "failed_events",
     "broker",

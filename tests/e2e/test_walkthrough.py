@@ -60,5 +60,19 @@ def check_walkthrough_output(stdout: str) -> None:
     assert set(probabilities) == {"0", "1", "2"}
     assert abs(sum(probabilities.values()) - 1.0) < 1e-6
     table = "\n".join(lines[4:])
+    # Step 7: the segment, then its first transition as a server-sent event.
+    segment = json.loads(next(line for line in lines[4:] if line.startswith('{"name"')))
+    assert segment["name"] == "big_spenders"
+    assert segment["source"] == "api"
+    event = dict(
+        line.strip().split(": ", 1) for line in lines if line.startswith(("event:", "data:", "id:"))
+    )
+    assert event["event"] == "segment.entered"
+    change = json.loads(event["data"])
+    assert change["type"] == "segment.entered"
+    assert change["data"]["player_id"] == "p-42"
+    assert change["data"]["segment"] == "big_spenders"
+    assert change["data"]["features"] == {"sessions_7d": 1, "spend_total": 44.5}
+    assert event["id"] == str(change["id"])
     for event_type, count in [("level_complete", 1), ("purchase", 2), ("session_start", 1)]:
         assert re.search(rf"{event_type}\s*┃?│?\s*{count}\b", table), table

@@ -57,7 +57,7 @@ def test_erase_rewrites_hot_cold_and_prediction_files(tmp_path: Path) -> None:
 
     removed = erase_player(location, "g", VICTIM)
 
-    assert removed == {"lake_hot": 5, "lake_cold": 10, "predictions": 1}
+    assert removed == {"lake_hot": 5, "lake_cold": 10, "predictions": 1, "segments": 0}
     g_files = [p for p in tmp_path.rglob("*.parquet") if "game=g/" in p.as_posix()]
     assert g_files
     assert not any(holds(p, VICTIM) for p in g_files)
@@ -69,7 +69,12 @@ def test_erase_rewrites_hot_cold_and_prediction_files(tmp_path: Path) -> None:
     assert rows == [("g", "other", 10), ("g2", VICTIM, 2)]
     predictions = pq.read_table(hot / "predictions").to_pydict()
     assert sorted(predictions["player_id"], key=str) == [None, "other"]
-    assert erase_player(location, "g", VICTIM) == {"lake_hot": 0, "lake_cold": 0, "predictions": 0}
+    assert erase_player(location, "g", VICTIM) == {
+        "lake_hot": 0,
+        "lake_cold": 0,
+        "predictions": 0,
+        "segments": 0,
+    }
 
 
 def test_retention_drops_old_partitions_hot_and_cold(tmp_path: Path) -> None:

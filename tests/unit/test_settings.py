@@ -70,7 +70,12 @@ def test_contract_variables_are_read() -> None:
     assert settings.log_format == "console"
 
 
-EXAMPLES = {int: ("17", 17), float: ("0.25", 0.25), str: ("custom", "custom")}
+EXAMPLES = {
+    bool: ("true", True),
+    int: ("17", 17),
+    float: ("0.25", 0.25),
+    str: ("custom", "custom"),
+}
 
 
 @pytest.mark.parametrize(
