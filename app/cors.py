@@ -3,17 +3,14 @@
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import replace
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.db.cors import CorsRepository
+from app.db.notify import Reload
 from app.domain.cors import CorsPolicy, parse_origins
-from app.log import get_logger
-
-log = get_logger(__name__)
 
 CORS_CHANNEL = "playerpulse_cors"
 
@@ -25,7 +22,8 @@ class CorsOrigins:
         self.engine = engine
         self.policy = CorsPolicy(everywhere=everywhere)
         self.repository = CorsRepository()
-        self._reloading: set[asyncio.Task[None]] = set()
+        self.changed = Reload(self.load, "CORS origins")
+        """A NOTIFY (or a reconnection): reload, off the listener's callback."""
 
     async def load(self) -> None:
         """Read every game's origins."""
@@ -46,15 +44,3 @@ class CorsOrigins:
             await conn.execute(text("SELECT pg_notify(:c, :g)"), {"c": CORS_CHANNEL, "g": game})
         await self.load()
         return parsed
-
-    def changed(self, _payload: str | None) -> None:
-        """A NOTIFY (or a reconnection): reload, off the listener's callback."""
-        task = asyncio.get_running_loop().create_task(self._reload())
-        self._reloading.add(task)
-        task.add_done_callback(self._reloading.discard)
-
-    async def _reload(self) -> None:
-        try:
-            await self.load()
-        except Exception as exc:  # the previous origins stay in force
-            log.warning("could not reload CORS origins", error=str(exc))

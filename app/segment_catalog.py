@@ -13,13 +13,13 @@ transitions (memberships and outbox) and the next time their windows move.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from app.db.notify import Reload
 from app.db.segments import (
     ALL_GAMES,
     PlayerKey,
@@ -79,7 +79,8 @@ class SegmentCatalog:
             raise FeatureFileError(f"features file: {exc}") from None
         self.per_game: dict[str, dict[str, CompiledSegment]] = {}
         self._games: dict[str, GameSegments | None] = {}
-        self._reloading: set[asyncio.Task[None]] = set()
+        self.changed = Reload(self.load, "segments")
+        """A NOTIFY (or a reconnection): reload, off the listener's callback."""
 
     async def start(self) -> None:
         """Record the file's segments (a new or changed one is evaluated over profiles),
@@ -169,18 +170,6 @@ class SegmentCatalog:
         if row is None:
             raise UnknownSegment(name)
         return _info(row)
-
-    def changed(self, _payload: str | None) -> None:
-        """A NOTIFY (or a reconnection): reload, off the listener's callback."""
-        task = asyncio.get_running_loop().create_task(self._reload())
-        self._reloading.add(task)
-        task.add_done_callback(self._reloading.discard)
-
-    async def _reload(self) -> None:
-        try:
-            await self.load()
-        except Exception as exc:  # the segments held stay in force until the next notice
-            log.warning("could not reload segments", error=str(exc))
 
 
 def _by_name(row: StoredSegment) -> str:

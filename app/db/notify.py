@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import asyncpg
 
@@ -13,6 +13,28 @@ from app.log import get_logger
 from .engine import libpq_url
 
 log = get_logger(__name__)
+
+
+class Reload:
+    """A :class:`ChangeListener` callback that runs ``load`` off the listener's callback
+    (its task kept until done); a reload that fails is logged, and what was loaded before
+    stays in force until the next notice."""
+
+    def __init__(self, load: Callable[[], Awaitable[object]], what: str) -> None:
+        self.load = load
+        self.what = what
+        self._running: set[asyncio.Task[None]] = set()
+
+    def __call__(self, _payload: str | None) -> None:
+        task = asyncio.get_running_loop().create_task(self._reload())
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+
+    async def _reload(self) -> None:
+        try:
+            await self.load()
+        except Exception as exc:
+            log.warning(f"could not reload {self.what}", error=str(exc))
 
 
 class ChangeListener:
